@@ -1,0 +1,152 @@
+"""The primary network: a Wide-ResNet whose 3x3 kernels are stored or generated.
+
+WRN-(6N+4)-k for CIFAR (Zagoruyko & Komodakis, 2016), as used in Sec. 4.2 of the paper:
+
+    stem   conv3x3(3 -> 16) + BN                                ordinary layers
+    stage1 N blocks, 16k channels,  32x32                       2N generated kernels
+    stage2 N blocks, 32k channels,  16x16 (first block stride 2) 2N generated kernels
+    stage3 N blocks, 64k channels,   8x8  (first block stride 2) 2N generated kernels
+    head   BN -> ReLU -> global average pool -> linear(64k -> classes)
+
+With ``hyper=True`` all 6N block kernels come from one `KernelBank` (one hypernetwork
+call per forward); with ``hyper=False`` they are ordinary parameters. Everything else
+is the same code. ``python primary_net.py`` prints the paper's Table 2 beside our counts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hypernetwork_modules import HyperNetwork, KernelBank
+from resnet_blocks import WideBasicBlock
+
+STEM_CHANNELS = 16
+TILE = 16  # basic kernels are TILE x TILE x 3 x 3 (paper Sec. 4.2)
+
+# Paper Table 2 (arXiv 1609.09106 v4): (depth, width, hyper) -> (test error %, params in M).
+PAPER_TABLE2 = {
+    (40, 1, False): (6.73, 0.563),
+    (40, 1, True): (8.02, 0.097),
+    (40, 2, False): (5.66, 2.236),
+    (40, 2, True): (7.23, 0.148),
+}
+
+
+def blocks_per_stage(depth: int) -> int:
+    """N for a WRN of depth 6N+4.
+
+    Raises:
+        ValueError: If depth is not of the form 6N+4 with N >= 1.
+    """
+    if depth < 10 or (depth - 4) % 6:
+        raise ValueError(f"depth must be 6N+4 with N >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth}")
+    return (depth - 4) // 6
+
+
+def model_name(depth: int, width: int, hyper: bool) -> str:
+    """Short name used for runs and tables, e.g. ``hyper-40-1`` or ``wrn-40-2``."""
+    return f"{'hyper' if hyper else 'wrn'}-{depth}-{width}"
+
+
+class PrimaryNetwork(nn.Module):
+    """Wide-ResNet-(depth)-(width) for 32x32 images, with stored or generated 3x3 kernels.
+
+    Args:
+        depth: 6N+4 (40 in the paper).
+        width: Widening factor k (1 or 2 in the paper); stage widths 16k, 32k, 64k.
+        num_classes: Output classes.
+        hyper: Generate the block kernels with the hypernetwork (else store them).
+        z_dim: Size of each z-embedding (and of the hypernetwork's hidden layer).
+        shortcut: ``"pad"`` (parameter-free, matches the paper's counts) or ``"conv"``
+            (1x1 projection) where a block changes shape.
+    """
+
+    def __init__(
+        self,
+        depth: int = 40,
+        width: int = 1,
+        num_classes: int = 10,
+        hyper: bool = True,
+        z_dim: int = 64,
+        shortcut: str = "pad",
+    ):
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        n = blocks_per_stage(depth)
+        self.depth, self.width, self.hyper = depth, width, hyper
+        widths = [STEM_CHANNELS] + [STEM_CHANNELS * (2**s) * width for s in range(3)]
+
+        self.stem = nn.Conv2d(3, STEM_CHANNELS, 3, padding=1, bias=True)
+        self.stem_bn = nn.BatchNorm2d(STEM_CHANNELS)
+        self.blocks = nn.ModuleList()
+        for stage in range(3):
+            for j in range(n):
+                in_ch = widths[stage] if j == 0 else widths[stage + 1]
+                stride = 2 if stage > 0 and j == 0 else 1
+                self.blocks.append(WideBasicBlock(in_ch, widths[stage + 1], stride, shortcut))
+        self.bn = nn.BatchNorm2d(widths[-1])
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+        shapes = [s for block in self.blocks for s in block.kernel_shapes()]
+        if hyper:
+            self.kernel_bank = KernelBank(shapes, HyperNetwork(z_dim, TILE, TILE, 3))
+        else:
+            self.stored_kernels = nn.ParameterList(nn.Parameter(torch.empty(s)) for s in shapes)
+            for w in self.stored_kernels:
+                nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")
+
+    def kernels(self) -> list[torch.Tensor]:
+        """The 6N block kernels in use, in block order (generated on each call if hyper)."""
+        if self.hyper:
+            return self.kernel_bank()
+        return list(self.stored_kernels)
+
+    def forward(self, x: torch.Tensor, kernels: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Classify a batch.
+
+        Args:
+            x: Images of shape (N, 3, 32, 32).
+            kernels: Block kernels from `kernels()`; generated here when None. Passing
+                them lets a caller reuse one generation (e.g. for the L2 penalty or for
+                a whole evaluation pass).
+
+        Returns:
+            Logits of shape (N, num_classes).
+        """
+        if kernels is None:
+            kernels = self.kernels()
+        h = self.stem_bn(self.stem(x))  # (N, 16, 32, 32)
+        for i, block in enumerate(self.blocks):
+            h = block(h, kernels[2 * i], kernels[2 * i + 1])  # (N, 16k|32k|64k, 32|16|8, 32|16|8)
+        h = F.relu(self.bn(h))
+        h = F.adaptive_avg_pool2d(h, 1).flatten(1)  # (N, 64k)
+        return self.fc(h)
+
+
+def num_parameters(module: nn.Module) -> int:
+    """Number of learnable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def paper_table() -> str:
+    """Table 2's four rows with our exact parameter counts, as Markdown."""
+    lines = [
+        "| model | our params | ours (M) | paper (M) | paper test error | z's | generated layers |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (depth, width, hyper), (error, paper_m) in PAPER_TABLE2.items():
+        net = PrimaryNetwork(depth, width, hyper=hyper)
+        count = num_parameters(net)
+        zs = net.kernel_bank.num_tiles if hyper else 0
+        lines.append(
+            f"| {model_name(depth, width, hyper)} | {count:,} | {count / 1e6:.3f} | {paper_m:.3f} | "
+            f"{error:.2f}% | {zs} | {len(net.kernels()) if hyper else 0} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(paper_table())

@@ -1,0 +1,203 @@
+"""The hypernetwork, the kernel bank and the primary network against the paper."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from hypernetwork_modules import HyperNetwork, KernelBank
+from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, num_parameters, paper_table
+
+# Exact counts of our layout: parameter-free "pad" shortcuts, a bias on every conv, a BN
+# after the stem conv, BN gamma/beta, FC bias, the hypernetwork's biases.
+PINNED = {
+    (40, 1, False): 562_762,
+    (40, 1, True): 96_602,
+    (40, 2, False): 2_235_530,
+    (40, 2, True): 147_610,
+}
+
+
+def paper_hypernet(hn: HyperNetwork, z: torch.Tensor) -> torch.Tensor:
+    """Direct transcription of Sec. 3.1 for one z: loop over input slices i."""
+    d, f = hn.z_dim, hn.f_size
+    w_in, b_in = hn.w_in.weight, hn.w_in.bias  # rows i*d..(i+1)*d-1 are W_i, B_i
+    w_out, b_out = hn.w_out.weight, hn.w_out.bias
+    slices = []
+    for i in range(hn.in_size):
+        a_i = w_in[i * d : (i + 1) * d] @ z + b_in[i * d : (i + 1) * d]
+        k_i = w_out @ a_i + b_out  # (out*f*f,)
+        slices.append(k_i.view(hn.out_size, f, f))
+    return torch.stack(slices, dim=1)  # K[:, i] = K_i
+
+
+def per_tile_kernels(bank: KernelBank) -> list[torch.Tensor]:
+    """Reference assembly: one hypernetwork call per z, tiles concatenated (the public way)."""
+    kernels, offset = [], 0
+    for rows, cols in bank.grids:
+        row_blocks = []
+        for r in range(rows):
+            tiles = [bank.hypernet(bank.z[offset + r * cols + c]) for c in range(cols)]
+            row_blocks.append(torch.cat(tiles, dim=1))
+        kernels.append(torch.cat(row_blocks, dim=0))
+        offset += rows * cols
+    return kernels
+
+
+def randomize_(module: nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def test_hypernetwork_parameter_count_matches_paper_formula():
+    hn = HyperNetwork()
+    d = nz = 64
+    assert num_parameters(hn) == d * (nz + 1) * 16 + 3 * 16 * 3 * (d + 1) == 75_920
+
+
+@pytest.mark.parametrize("z_dim,in_size,out_size,f", [(64, 16, 16, 3), (4, 16, 16, 7), (8, 3, 5, 3)])
+def test_hypernetwork_equals_paper_equations(z_dim, in_size, out_size, f):
+    hn = HyperNetwork(z_dim, in_size, out_size, f).double()
+    randomize_(hn, seed=1)
+    z = torch.randn(z_dim, dtype=torch.float64)
+    torch.testing.assert_close(hn(z), paper_hypernet(hn, z), rtol=1e-12, atol=1e-12)
+
+
+def test_hypernetwork_accepts_any_leading_shape():
+    hn = HyperNetwork(z_dim=8)
+    z = torch.randn(2, 3, 5, 8)
+    out = hn(z)
+    assert out.shape == (2, 3, 5, 16, 16, 3, 3)
+    torch.testing.assert_close(out[1, 2, 4], hn(z[1, 2, 4]))
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_batched_assembly_equals_per_tile_loop(width):
+    net = PrimaryNetwork(40, width, hyper=True).double()
+    randomize_(net.kernel_bank, seed=2)
+    batched = net.kernels()
+    reference = per_tile_kernels(net.kernel_bank)
+    assert len(batched) == len(reference) == 36
+    for b, r in zip(batched, reference):
+        assert b.shape == r.shape
+        # float64: one batched GEMM and 966 single-row GEMMs may round differently
+        # only in the last bits; any tiling mistake would be O(1).
+        torch.testing.assert_close(b, r, rtol=1e-12, atol=1e-12)
+
+
+def test_tiles_land_in_the_right_place():
+    """Each tile (r, c) of a layer is the hypernetwork applied to that tile's own z."""
+    bank = KernelBank([(32, 48, 3, 3)], HyperNetwork(z_dim=8)).double()
+    (kernel,) = bank()
+    assert bank.grids == [(2, 3)]
+    for r in range(2):
+        for c in range(3):
+            tile = bank.hypernet(bank.z[r * 3 + c])
+            torch.testing.assert_close(kernel[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16], tile, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("key", list(PINNED))
+def test_parameter_counts_pinned_and_round_to_paper(key):
+    depth, width, hyper = key
+    count = num_parameters(PrimaryNetwork(depth, width, hyper=hyper))
+    assert count == PINNED[key]
+    assert round(count / 1e6, 3) == PAPER_TABLE2[key][1]
+
+
+@pytest.mark.parametrize("width,tiles", [(1, 242), (2, 966)])
+def test_number_of_z_and_generated_layers(width, tiles):
+    net = PrimaryNetwork(40, width, hyper=True)
+    assert net.kernel_bank.num_tiles == tiles
+    assert net.kernel_bank.z.shape == (tiles, 64)
+    assert len(net.kernels()) == 36
+
+
+def test_projection_shortcut_option_adds_1x1_convs():
+    pad = PrimaryNetwork(40, 2, hyper=True)
+    conv = PrimaryNetwork(40, 2, hyper=True, shortcut="conv")
+    # 1x1 projections where shape changes: 16->32, 32->64 (stride 2), 64->128 (stride 2)
+    assert num_parameters(conv) - num_parameters(pad) == 16 * 32 + 32 * 64 + 64 * 128
+    assert round(num_parameters(conv) / 1e6, 3) > PAPER_TABLE2[(40, 2, True)][1]
+    assert conv(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_hypernetwork_called_once_per_forward():
+    net = PrimaryNetwork(40, 2, hyper=True)
+    calls = []
+    net.kernel_bank.hypernet.register_forward_hook(lambda *args: calls.append(1))
+    net(torch.randn(2, 3, 32, 32))
+    assert len(calls) == 1
+    net(torch.randn(2, 3, 32, 32))
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("hyper", [True, False])
+def test_every_parameter_gets_a_gradient(hyper):
+    torch.manual_seed(0)
+    net = PrimaryNetwork(10, 2, hyper=hyper)
+    net.fc.bias.data.normal_()  # zero-initialised biases still get gradients; keep it generic
+    loss = nn.functional.cross_entropy(net(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,)))
+    loss.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    if hyper:
+        assert net.kernel_bank.z.grad.abs().sum(dim=1).gt(0).all(), "every single z must get a gradient"
+    else:
+        assert not any(isinstance(m, (HyperNetwork, KernelBank)) for m in net.modules())
+
+
+@pytest.mark.parametrize("hyper", [True, False])
+def test_output_shape(hyper):
+    assert PrimaryNetwork(16, 1, hyper=hyper)(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+    assert PrimaryNetwork(10, 1, num_classes=7, hyper=hyper)(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_generated_kernels_start_with_kaiming_std(width):
+    torch.manual_seed(0)
+    net = PrimaryNetwork(40, width, hyper=True)
+    for kernel in net.kernels():
+        target = math.sqrt(2.0 / (kernel.shape[1] * 9))
+        assert abs(kernel.std().item() / target - 1) < 0.2, (tuple(kernel.shape), kernel.std().item(), target)
+
+
+def test_kernels_passed_in_are_used():
+    net = PrimaryNetwork(10, 1, hyper=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    kernels = net.kernels()
+    torch.testing.assert_close(net(x, kernels), net(x))
+    zeroed = [torch.zeros_like(k) for k in kernels]
+    assert not torch.allclose(net(x, zeroed), net(x))
+
+
+@pytest.mark.parametrize("depth", [0, 9, 11, 39, 41])
+def test_depth_must_be_6n_plus_4(depth):
+    with pytest.raises(ValueError, match="6N\\+4"):
+        PrimaryNetwork(depth)
+
+
+def test_blocks_per_stage():
+    assert blocks_per_stage(40) == 6 and blocks_per_stage(10) == 1
+
+
+def test_kernel_shape_not_tileable_is_rejected():
+    with pytest.raises(ValueError, match="tiled"):
+        KernelBank([(24, 16, 3, 3)], HyperNetwork())
+
+
+def test_no_device_in_constructor_and_to_moves_everything():
+    net = PrimaryNetwork(10, 1, hyper=True)
+    assert {t.device.type for t in list(net.parameters()) + list(net.buffers())} == {"cpu"}
+    net = net.to(torch.float64)  # .to() reaches every tensor: z, hypernetwork, blocks
+    assert {t.dtype for t in net.parameters()} == {torch.float64}
+    assert net(torch.randn(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_paper_table_lists_four_rows_with_counts():
+    table = paper_table()
+    for count in PINNED.values():
+        assert f"{count:,}" in table
+    assert "| hyper-40-2 | 147,610 | 0.148 | 0.148 | 7.23% | 966 | 36 |" in table
