@@ -1,0 +1,300 @@
+"""train.py: the CLI end to end, exact resume, crash safety, bad input, the data pipeline."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from conftest import write_fake_cifar
+
+REPO = Path(__file__).resolve().parent.parent
+# 200 fake images: 160 train + 40 val, 40 test; batch 32 -> 5 steps an epoch.
+SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download"]
+
+
+def run_args(tmp_path: Path, cifar_dir: Path, *extra: str) -> list[str]:
+    return [*SMALL, "--data-dir", str(cifar_dir), "--checkpoint-dir", str(tmp_path / "ck"),
+            "--log-dir", str(tmp_path / "runs"), *extra]
+
+
+def cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Model and optimizer tensors bit-identical."""
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for pid, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][pid][name]), (pid, name)
+    assert a["step"] == b["step"] and a["epoch"] == b["epoch"]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_cli_end_to_end(tmp_path, cifar_dir):
+    result = cli(run_args(tmp_path, cifar_dir, "--epochs", "2", "--run-name", "e2e"))
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "ck" / "e2e"
+    assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+    assert list((tmp_path / "runs" / "e2e").glob("events.out.tfevents.*"))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and '"val_error"' in lines[0] and '"test_error"' in lines[0]
+    final = result.stdout.strip().splitlines()[-1]
+    assert final.startswith("final: hyper-10-1 test error") and "parameters" in final
+    ckpt = load(run / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 10 and ckpt["config"]["depth"] == 10
+    assert set(ckpt["rng"]) >= {"torch", "numpy", "python", "data_order", "augment"}
+    assert len(ckpt["val_indices"]) == 40 and len(ckpt["train_indices"]) == 160
+    assert f"{ckpt['num_parameters']:,} parameters" in final
+
+
+def test_plain_run_uses_sgd(tmp_path, cifar_dir):
+    assert train.main(run_args(tmp_path, cifar_dir, "--epochs", "1", "--plain")) == 0
+    ckpt = load(tmp_path / "ck" / "wrn-10-1" / "last.pt")
+    assert ckpt["optimizer"]["param_groups"][0]["nesterov"] is True
+    assert not any("kernel_bank" in k for k in ckpt["model"])
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_is_bit_identical(tmp_path, cifar_dir):
+    straight = run_args(tmp_path / "a", cifar_dir, "--epochs", "2")
+    assert train.main(straight) == 0
+    split = run_args(tmp_path / "b", cifar_dir, "--epochs", "2")
+    assert train.main([*split, "--stop-after", "1"]) == 0
+    assert load(tmp_path / "b" / "ck" / "hyper-10-1" / "last.pt")["epoch"] == 1
+    assert train.main([*split, "-r"]) == 0
+    a = load(tmp_path / "a" / "ck" / "hyper-10-1" / "last.pt")
+    b = load(tmp_path / "b" / "ck" / "hyper-10-1" / "last.pt")
+    assert_same_state(a, b)
+    assert a["best"] == b["best"]
+    assert (tmp_path / "b" / "ck" / "hyper-10-1" / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path):
+    data = write_fake_cifar(tmp_path / "data", per_batch=100)  # 460 train images: 14 steps an epoch
+    args = run_args(tmp_path / "killed", data, "--epochs", "3")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    last = tmp_path / "killed" / "ck" / "hyper-10-1" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 2
+    assert proc.poll() is None, "run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load(last)["epoch"] in (1, 2)  # whatever was last saved is intact
+    resumed = cli([*args, "-r"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert cli(run_args(tmp_path / "straight", data, "--epochs", "3")).returncode == 0
+    assert_same_state(load(last), load(tmp_path / "straight" / "ck" / "hyper-10-1" / "last.pt"))
+
+
+def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    train.atomic_save({"epoch": 1}, path)
+
+    def dies_midway(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        train.atomic_save({"epoch": 2}, path)
+    assert load(path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--depth", "12"], "6N+4"),
+    (["--width", "0"], "must be >= 1"),
+    (["--epochs", "0"], "must be >= 1"),
+    (["--batch-size", "0"], "must be >= 1"),
+])
+def test_bad_flags_are_argparse_errors(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(flags)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def error_line(code: int, capsys) -> str:
+    """The single stderr line of a failed in-process run."""
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_missing_data_names_data_dir(tmp_path, capsys):
+    line = error_line(train.main(run_args(tmp_path, tmp_path / "nowhere")), capsys)
+    assert "--data-dir" in line and "cifar-10-batches-py" in line
+
+
+def test_corrupt_batch_file_is_a_clear_error(tmp_path, capsys):
+    data = write_fake_cifar(tmp_path / "data")
+    batch = data / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:500])
+    assert "data_batch_3 is not a CIFAR-10 batch file" in error_line(train.main(run_args(tmp_path, data)), capsys)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_marker",))
+
+
+def test_malicious_cifar_pickle_is_refused_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = write_fake_cifar(tmp_path / "data")
+    with open(data / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": RunsCode(), b"labels": [0]}, f)
+    line = error_line(train.main(run_args(tmp_path, data)), capsys)
+    assert "refusing to load" in line and "posix.system" in line
+    assert not (tmp_path / "pwned_marker").exists()
+
+
+def test_unwritable_checkpoint_dir_fails_before_training(tmp_path, cifar_dir, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    args = run_args(tmp_path, cifar_dir)
+    args[args.index("--checkpoint-dir") + 1] = str(blocker / "ck")
+    assert "checkpoint directory" in error_line(train.main(args), capsys)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("events*"))
+
+
+def test_unwritable_log_dir_fails_before_training(tmp_path, cifar_dir, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    args = run_args(tmp_path, cifar_dir)
+    args[args.index("--log-dir") + 1] = str(blocker)
+    assert "log directory" in error_line(train.main(args), capsys)
+    assert not (tmp_path / "ck" / "hyper-10-1" / "last.pt").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cifar_dir, capsys, monkeypatch):
+    args = run_args(tmp_path, cifar_dir, "--epochs", "3")
+    real = torch.nn.functional.cross_entropy
+    calls = []
+
+    def nan_after_first_epoch(logits, y):
+        calls.append(1)
+        loss = real(logits, y)
+        return loss * float("nan") if len(calls) > 5 else loss
+
+    monkeypatch.setattr(train.F, "cross_entropy", nan_after_first_epoch)
+    line = error_line(train.main(args), capsys)
+    assert "training loss became nan" in line
+    assert load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["epoch"] == 1
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, cifar_dir, capsys):
+    assert "no checkpoint at" in error_line(train.main([*run_args(tmp_path, cifar_dir), "-r"]), capsys)
+
+
+def test_resume_with_conflicting_model_is_an_error(tmp_path, cifar_dir, capsys):
+    args = run_args(tmp_path, cifar_dir, "--epochs", "2", "--run-name", "r")
+    assert train.main([*args, "--stop-after", "1"]) == 0
+    capsys.readouterr()
+    line = error_line(train.main([*args, "--width", "2", "-r"]), capsys)
+    assert "--width" in line
+
+
+def test_new_run_does_not_overwrite_an_existing_one(tmp_path, cifar_dir, capsys):
+    args = run_args(tmp_path, cifar_dir, "--epochs", "1")
+    assert train.main(args) == 0
+    before = (tmp_path / "ck" / "hyper-10-1" / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert "resume it with -r" in error_line(train.main(args), capsys)
+    assert (tmp_path / "ck" / "hyper-10-1" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign", "malicious"])
+def test_bad_resume_file_is_one_clear_line(kind, tmp_path, cifar_dir):
+    bad = tmp_path / "bad.pt"
+    if kind == "garbage":
+        bad.write_bytes(os.urandom(4096))
+    elif kind == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, bad)
+    elif kind == "malicious":
+        torch.save({"format": train.CHECKPOINT_FORMAT, "x": RunsCode()}, bad)
+    else:
+        torch.save({"format": train.CHECKPOINT_FORMAT, "model": {"w": torch.zeros(10_000)}}, bad)
+        bad.write_bytes(bad.read_bytes()[:20_000])
+    result = cli([*run_args(tmp_path, cifar_dir), "-r", str(bad)])
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0], result.stderr
+    assert not (REPO / "pwned_marker").exists()
+
+
+# ----------------------------------------------------------------------------- data pipeline
+
+
+def test_augment_crops_and_flips_within_the_padded_image():
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = train.augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    flipped = 0
+    for img, src in zip(out, padded):
+        windows = [src[:, r : r + 32, c : c + 32] for r in range(5) for c in range(5)]
+        plain = any(torch.equal(img, w) for w in windows)
+        mirrored = any(torch.equal(img, w.flip(2)) for w in windows)
+        assert plain or mirrored
+        flipped += mirrored and not plain
+    assert 10 < flipped < 54  # about half are flipped
+    again = train.augment(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_normalize_standardises_per_channel():
+    x = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8)
+    out = train.Normalize(x)(x, torch.contiguous_format)
+    torch.testing.assert_close(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+
+
+def test_split_is_disjoint_and_deterministic():
+    tr, val = train.split_indices(50_000, 5_000)
+    assert len(tr) == 45_000 and len(val) == 5_000
+    assert len(set(tr.tolist()) | set(val.tolist())) == 50_000
+    tr2, val2 = train.split_indices(50_000, 5_000)
+    assert torch.equal(val, val2) and torch.equal(tr, tr2)
+
+
+def test_read_cifar_batch_gives_images_in_official_layout(tmp_path):
+    data = write_fake_cifar(tmp_path / "d", per_batch=3)
+    x, y = train.read_cifar_batch(data / "cifar-10-batches-py" / "data_batch_1")
+    with open(data / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    assert x.shape == (3, 3, 32, 32) and x.dtype == torch.uint8
+    assert x[1, 2, 0, 5] == raw[b"data"][1][2 * 1024 + 5]  # blue plane, row 0, column 5
+    assert y.tolist() == raw[b"labels"]
+
+
+def test_schedule_rescales_paper_boundaries():
+    args = train.parse_args(["--epochs", "4"])[0]
+    sched, total, epochs = train.schedule_for(args, steps_per_epoch=100)
+    assert (total, epochs) == (400, 4)
+    assert [train.lr_multiplier(s, sched, total) for s in (0, 99, 100, 199, 200, 300, 399)] == [1, 1, 0.5, 0.5, 0.1, 0.025, 0.025]
+    args = train.parse_args(["--plain"])[0]
+    sched, total, epochs = train.schedule_for(args, steps_per_epoch=351)
+    assert epochs == 399 and sched["optimizer"] == "sgd"  # 140k paper steps at 351 steps/epoch

@@ -1,0 +1,539 @@
+"""Train a HyperResNet (or the plain WRN baseline) on CIFAR-10 with the paper's protocol.
+
+    python train.py                         # Hyper-WRN-40-1, paper schedule (App. A.3.2)
+    python train.py --plain --width 2       # the WRN-40-2 baseline
+    python train.py --epochs 10             # the same schedule squeezed into 10 epochs
+    python train.py -r                      # resume the run named by the flags, exactly
+
+Top to bottom: arguments, data (pickles -> uint8 tensors on the device -> batched
+augmentation), schedule, checkpoints (atomic, weights_only-loadable), evaluation, the
+training loop. Every user error ends in one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_name, num_parameters
+
+CHECKPOINT_FORMAT = "hyperresnet-train-v1"
+SPLIT_SEED = 0  # the validation images are drawn once with this seed, for every run
+PAD = 2  # the paper pads 32x32 images to 36x36 before the random 32x32 crop
+
+# Paper App. A.3.2, batch 128. Boundaries in steps; lr multipliers of the base lr.
+SCHEDULES = {
+    "hyper": dict(optimizer="adam", lr=0.002, total=672_000, boundaries=[168_000, 336_000, 504_000], factors=[1, 0.5, 0.1, 0.025]),
+    "plain": dict(optimizer="sgd", lr=0.1, total=140_000, boundaries=[28_000, 56_000, 84_000, 112_000], factors=[1, 0.2, 0.04, 0.008, 0.0016]),
+}
+
+# Flags that may differ between a checkpoint and the command that resumes it.
+RESUMABLE_CHANGES = {"resume", "device", "progress", "log_dir", "checkpoint_dir", "compile", "eval_batch_size", "data_dir",
+                     "download", "stop_after"}
+
+
+class UserError(Exception):
+    """A mistake the user can fix; reported as one line, exit status 1."""
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def wrn_depth(text: str) -> int:
+    depth = int(text)
+    try:
+        blocks_per_stage(depth)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return depth
+
+
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The command line. With suppress_defaults, only flags given explicitly appear."""
+    p = argparse.ArgumentParser(
+        description="Train a HyperResNet or a plain Wide-ResNet on CIFAR-10 (Ha et al. 2017).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS if suppress_defaults else None,
+    )
+    d = (lambda v: {}) if suppress_defaults else (lambda v: {"default": v})
+    m = p.add_argument_group("model")
+    m.add_argument("--depth", type=wrn_depth, **d(40), help="WRN depth, 6N+4")
+    m.add_argument("--width", type=positive_int, **d(1), help="widening factor k")
+    m.add_argument("--plain", action="store_true", **d(False), help="train the plain WRN baseline instead of the hypernetwork")
+    m.add_argument("--z-dim", type=positive_int, **d(64), help="size of each z-embedding")
+    m.add_argument("--shortcut", choices=["pad", "conv"], **d("pad"), help="shortcut where a block changes shape")
+    t = p.add_argument_group("training")
+    t.add_argument("--schedule", choices=["paper"], **d("paper"), help="lr schedule (App. A.3.2: Table 9 hyper, Table 8 plain)")
+    t.add_argument("--epochs", type=positive_int, **d(None), help="rescale the schedule to this many epochs (default: the paper's step count)")
+    t.add_argument("--batch-size", type=positive_int, **d(128))
+    t.add_argument("--optimizer", choices=["adam", "sgd"], **d(None), help="default: adam for hyper, Nesterov sgd for plain")
+    t.add_argument("--lr", type=float, **d(None), help="base lr (default: 0.002 hyper, 0.1 plain)")
+    t.add_argument("--weight-decay", type=float, **d(5e-4), help="L2 penalty wd/2*sum(K^2) on the 3x3 kernels in use")
+    t.add_argument("--seed", type=int, **d(0))
+    t.add_argument("--val-size", type=positive_int, **d(5000), help="validation images held out of the 50k training set")
+    t.add_argument("--stop-after", type=positive_int, **d(None), metavar="EPOCH",
+                   help="stop after this epoch (resume later with -r), e.g. to fit a job time limit")
+    s = p.add_argument_group("system")
+    s.add_argument("--data-dir", **d("./data"), help="folder holding cifar-10-batches-py/")
+    s.add_argument("--download", action=argparse.BooleanOptionalAction, **d(True), help="download CIFAR-10 if missing")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], **d("auto"), help="auto: cuda > mps > cpu")
+    s.add_argument("--amp", action=argparse.BooleanOptionalAction, **d(None), help="bf16 autocast (default: on for cuda)")
+    s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, **d(None), help="default: on for cuda")
+    s.add_argument("--compile", action="store_true", **d(False), help="torch.compile the model")
+    s.add_argument("--eval-batch-size", type=positive_int, **d(1000))
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, **d(True), help="tqdm progress bar")
+    o = p.add_argument_group("output")
+    o.add_argument("--run-name", **d(None), help="default: from the model, e.g. hyper-40-1")
+    o.add_argument("--checkpoint-dir", **d("checkpoints"))
+    o.add_argument("--log-dir", **d("runs"), help="TensorBoard logs go to LOG_DIR/RUN_NAME")
+    o.add_argument("-r", "--resume", nargs="?", const="", **d(None), metavar="PATH", help="resume PATH, or this run's last.pt")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
+    """Parsed arguments and the names of the flags given explicitly."""
+    args = build_parser().parse_args(argv)
+    explicit = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
+    if args.run_name is None:
+        args.run_name = model_name(args.depth, args.width, not args.plain)
+    return args, explicit
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR-10 batch dicts and nothing else: no code can run."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes in protocol-2 pickles; a pure function
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One CIFAR-10 pickle -> (images uint8 (N, 3, 32, 32), labels int64 (N,))."""
+    try:
+        with open(path, "rb") as f:
+            batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except Exception as e:  # truncated, garbage, foreign or malicious pickle
+        raise UserError(f"{path} is not a CIFAR-10 batch file ({type(e).__name__}: {e})") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise UserError(f"{path} is not a CIFAR-10 batch file (data {data.dtype} {data.shape}, {len(labels)} labels)")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise UserError(f"{path} has labels outside 0..9")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+
+
+def load_cifar10(data_dir: str | os.PathLike, download: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CIFAR-10 from DATA_DIR/cifar-10-batches-py, downloading it there if missing and allowed.
+
+    Returns:
+        train images uint8 (50000, 3, 32, 32), train labels int64, test images, test labels.
+    """
+    folder = Path(data_dir) / "cifar-10-batches-py"
+    if not folder.is_dir() and not download:
+        raise UserError(f"no CIFAR-10 at {folder}: put cifar-10-batches-py/ under --data-dir (now {data_dir})")
+    if not folder.is_dir():
+        try:
+            import torchvision
+
+            torchvision.datasets.CIFAR10(str(data_dir), train=True, download=True)
+        except Exception as e:
+            raise UserError(
+                f"no CIFAR-10 at {folder} and the download failed ({type(e).__name__}); "
+                f"put cifar-10-batches-py/ under --data-dir (now {data_dir})"
+            ) from None
+    train = [read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    test_x, test_y = read_cifar_batch(folder / "test_batch")
+    return torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), test_x, test_y
+
+
+def split_indices(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint (train, validation) indices of n images, the same for every run."""
+    if not 0 < val_size < n:
+        raise UserError(f"--val-size must be in [1, {n - 1}] for {n} training images, got {val_size}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crop of the image zero-padded to 36x36, and a random horizontal flip.
+
+    Args:
+        x: uint8 images (B, C, H, W) on any device.
+        gen: CPU generator for the crop offsets and flips.
+    """
+    b, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * PAD + 1, (2, b), generator=gen).to(x.device)
+    flips = torch.rand(b, generator=gen).lt(0.5).to(x.device)
+    padded = F.pad(x, (PAD, PAD, PAD, PAD))  # (B, C, H+2P, W+2P)
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (B, H)
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (B, W)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+class Normalize:
+    """uint8 images -> float, per-channel standardised with the training split's statistics."""
+
+    def __init__(self, images: torch.Tensor):
+        total = torch.zeros(2, images.shape[1], dtype=torch.float64, device=images.device)
+        for chunk in images.split(5000):  # bounded memory: never the whole set in float
+            c = chunk.double().div_(255)
+            total += torch.stack([c.sum(dim=(0, 2, 3)), c.pow(2).sum(dim=(0, 2, 3))])
+        count = images.numel() / images.shape[1]
+        mean, mean_sq = total / count
+        self.mean = mean.float().view(1, -1, 1, 1)
+        self.std = (mean_sq - mean**2).sqrt().float().view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        x = x.float().div_(255).sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+        return x.contiguous(memory_format=memory_format)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def schedule_for(args: argparse.Namespace, steps_per_epoch: int) -> tuple[dict, int, int]:
+    """(paper schedule entry, total steps, epochs), rescaled to --epochs when given."""
+    sched = SCHEDULES["plain" if args.plain else "hyper"]
+    epochs = args.epochs or max(1, round(sched["total"] / steps_per_epoch))
+    return sched, epochs * steps_per_epoch, epochs
+
+
+def lr_multiplier(step: int, sched: dict, total: int) -> float:
+    """Piecewise-constant multiplier at STEP, the paper's boundaries scaled to TOTAL steps."""
+    return sched["factors"][sum(step * sched["total"] >= b * total for b in sched["boundaries"])]  # exact in integers
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def rng_state(generators: dict[str, torch.Generator], device: torch.device) -> dict:
+    """Every random state that affects training, as tensors, numbers, strings, lists."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
+        **{name: g.get_state() for name, g in generators.items()},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generators: dict[str, torch.Generator], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    internal, version, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    for name, g in generators.items():
+        g.set_state(state[name])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """torch.save to a temporary file, fsync, then rename over PATH: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint with weights_only=True (no code runs) and check it is one of ours."""
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a checkpoint written by this train.py")
+    return ckpt
+
+
+def check_resume_config(saved: dict, args: argparse.Namespace, explicit: set[str]) -> None:
+    """Refuse to resume when an explicit flag contradicts the checkpoint's configuration."""
+    for name in sorted(explicit - RESUMABLE_CHANGES):
+        if saved.get(name) != getattr(args, name):
+            raise UserError(
+                f"cannot resume: the checkpoint has --{name.replace('_', '-')} {saved.get(name)!r} "
+                f"but {getattr(args, name)!r} was given"
+            )
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """Create PATH and check a file can be written there, before any training step."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f"{what} {path} is not writable ({e.strerror or e})") from None
+    return path
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model: PrimaryNetwork, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
+             batch_size: int, memory_format: torch.memory_format, amp: bool) -> float:
+    """Top-1 error in percent. Kernels are generated once for the whole pass."""
+    model.eval()
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        kernels = model.kernels()
+        wrong = torch.zeros((), dtype=torch.long, device=images.device)
+        for i in range(0, len(images), batch_size):
+            logits = model(normalize(images[i : i + batch_size], memory_format), kernels)
+            wrong += (logits.argmax(1) != labels[i : i + batch_size]).sum()
+    model.train()
+    return 100.0 * wrong.item() / len(images)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but CUDA is not available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps was given but MPS is not available")
+    return torch.device(name)
+
+
+def format_time(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    return (f"{days}d " if days else "") + time.strftime("%H:%M:%S", time.gmtime(rest))
+
+
+def train(argv: list[str] | None = None) -> dict:
+    """Run (or resume) one training run; returns its final summary."""
+    args, explicit = parse_args(argv)
+    ckpt = None
+    if args.resume is not None:
+        path = Path(args.resume) if args.resume else Path(args.checkpoint_dir) / args.run_name / "last.pt"
+        ckpt = load_checkpoint(path)
+        check_resume_config(ckpt["config"], args, explicit)
+        saved = dict(ckpt["config"])
+        saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES})
+        args = argparse.Namespace(**saved)
+
+    device = pick_device(args.device)
+    amp = args.amp if args.amp is not None else device.type == "cuda"
+    channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    run_dir = writable_dir(Path(args.checkpoint_dir) / args.run_name, "checkpoint directory")
+    if ckpt is None and (run_dir / "last.pt").exists():
+        raise UserError(f"{run_dir / 'last.pt'} exists: resume it with -r, or pick another --run-name")
+    log_dir = writable_dir(Path(args.log_dir) / args.run_name, "log directory")
+
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    generators = {"data_order": torch.Generator().manual_seed(args.seed + 1), "augment": torch.Generator().manual_seed(args.seed + 2)}
+
+    # Data: whole dataset as uint8 tensors on the device.
+    train_x, train_y, test_x, test_y = load_cifar10(args.data_dir, args.download)
+    if ckpt is not None:
+        train_idx, val_idx = ckpt["train_indices"], ckpt["val_indices"]
+    else:
+        train_idx, val_idx = split_indices(len(train_x), args.val_size)
+    val_x, val_y = train_x[val_idx].to(device), train_y[val_idx].to(device)
+    train_x, train_y = train_x[train_idx].to(device), train_y[train_idx].to(device)
+    test_x, test_y = test_x.to(device), test_y.to(device)
+    normalize = Normalize(train_x)
+    batch_size = min(args.batch_size, len(train_x))
+    steps_per_epoch = len(train_x) // batch_size
+    sched, total_steps, epochs = schedule_for(args, steps_per_epoch)
+
+    # Model, optimizer, schedule.
+    model = PrimaryNetwork(args.depth, args.width, hyper=not args.plain, z_dim=args.z_dim, shortcut=args.shortcut)
+    model = model.to(device, memory_format=memory_format)
+    n_params = num_parameters(model)
+    optimizer_name = args.optimizer or sched["optimizer"]
+    lr = args.lr if args.lr is not None else sched["lr"]
+    if optimizer_name == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, sched, total_steps))
+    forward = torch.compile(model) if args.compile else model
+
+    start_epoch, step, best_val, best = 0, 0, math.inf, {}
+    metrics_path = run_dir / "metrics.jsonl"
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"], generators, device)
+        start_epoch, step, best_val, best = ckpt["epoch"], ckpt["step"], ckpt["best_val_error"], ckpt["best"]
+        # Forget metrics of epochs that ran after this checkpoint (an interrupted epoch).
+        if metrics_path.exists():
+            kept = [line for line in metrics_path.read_text().splitlines() if line and json.loads(line)["epoch"] <= start_epoch]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
+
+    writer = SummaryWriter(str(log_dir), purge_step=step if ckpt is not None else None)
+    name = model_name(args.depth, args.width, not args.plain)
+    print(f"{name}: {n_params:,} parameters | {len(train_x)} train / {len(val_x)} val / {len(test_x)} test images | "
+          f"device {device.type}{' bf16' if amp else ''}{' channels_last' if channels_last else ''} | "
+          f"{optimizer_name} lr {lr:g}, {epochs} epochs x {steps_per_epoch} steps of {batch_size}"
+          + (f" | resumed at epoch {start_epoch}" if ckpt is not None else ""))
+    if device.type == "cpu" and args.epochs is None:
+        print(f"note: the paper schedule is {total_steps:,} steps; on a CPU that takes days "
+              "(see the ETA below). Use --epochs N for a short budget.")
+
+    run_start, run_start_step = time.time(), step
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        order = torch.randperm(len(train_x), generator=generators["data_order"]).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        epoch_start = time.time()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not args.progress,
+                   leave=False, dynamic_ncols=True, file=sys.stderr)
+        for i in bar:
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            x = normalize(augment(train_x[idx], generators["augment"]), memory_format)
+            y = train_y[idx]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                kernels = model.kernels()
+                logits = forward(x, kernels)
+                loss = F.cross_entropy(logits.float(), y)
+                penalty = 0.5 * args.weight_decay * sum(k.float().pow(2).sum() for k in kernels)
+            optimizer.zero_grad(set_to_none=True)
+            (loss + penalty).backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += loss.detach()
+            correct += (logits.argmax(1) == y).sum()
+            if i % 10 == 9 or i == steps_per_epoch - 1:
+                running = loss_sum.item() / (i + 1)
+                if not math.isfinite(running):
+                    raise UserError(f"training loss became {running} at step {step}; stopped. "
+                                    f"The last good checkpoint is kept: {run_dir / 'last.pt'}")
+                rate = (i + 1) * batch_size / (time.time() - epoch_start)
+                eta = (time.time() - run_start) / max(step - run_start_step, 1) * (total_steps - step)
+                bar.set_postfix_str(f"loss {running:.3f} acc {100 * correct.item() / ((i + 1) * batch_size):.1f}% "
+                                    f"{rate:.0f} img/s run ETA {format_time(eta)}")
+        bar.close()
+        train_loss = loss_sum.item() / steps_per_epoch
+        seconds = time.time() - epoch_start
+        images_per_s = steps_per_epoch * batch_size / seconds
+        val_error = evaluate(model, val_x, val_y, normalize, args.eval_batch_size, memory_format, amp)
+        test_error = evaluate(model, test_x, test_y, normalize, args.eval_batch_size, memory_format, amp)
+        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
+                  "train_error": 100 - 100 * correct.item() / (steps_per_epoch * batch_size),
+                  "val_error": val_error, "test_error": test_error, "lr": optimizer.param_groups[0]["lr"],
+                  "images_per_s": images_per_s, "epoch_seconds": seconds}
+        for key in ("train_loss", "train_error", "val_error", "test_error", "lr", "images_per_s"):
+            writer.add_scalar(key, record[key], step)
+        writer.flush()
+
+        is_best = val_error < best_val
+        if is_best:
+            best_val = val_error
+            best = {"epoch": epoch + 1, "step": step, "val_error": val_error, "test_error": test_error}
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best_val_error": best_val,
+            "best": best, "rng": rng_state(generators, device), "config": vars(args),
+            "train_indices": train_idx, "val_indices": val_idx, "num_parameters": n_params,
+        }
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if is_best:
+            atomic_save(checkpoint, run_dir / "best.pt")
+        atomic_save(checkpoint, run_dir / "last.pt")
+        eta = (time.time() - run_start) / max(step - run_start_step, 1) * (total_steps - step)
+        print(f"epoch {epoch + 1}/{epochs} step {step} | loss {train_loss:.4f} train err {record['train_error']:.2f}% | "
+              f"val err {val_error:.2f}% test err {test_error:.2f}% | lr {record['lr']:.3g} | "
+              f"{images_per_s:.0f} img/s | {format_time(seconds)}/epoch, ETA {format_time(eta)}", flush=True)
+        if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < epochs:
+            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with: python train.py -r {run_dir / 'last.pt'}")
+            writer.close()
+            return {"name": name, "num_parameters": n_params, "stopped_at": epoch + 1, **best}
+    writer.close()
+
+    paper = PAPER_TABLE2.get((args.depth, args.width, not args.plain))
+    paper_text = f"paper: {paper[0]:.2f}% with {paper[1]:.3f}M" if paper else "no paper row for this configuration"
+    print(f"final: {name} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "
+          f"val error {best['val_error']:.2f}%) | {n_params:,} parameters ({n_params / 1e6:.3f}M) | {paper_text}")
+    return {"name": name, "num_parameters": n_params, **best}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        train(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch is saved; resume with -r", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
