@@ -22,6 +22,30 @@ import torch
 import torch.nn as nn
 
 
+class L2Grad(torch.autograd.Function):
+    """Identity in the forward pass; adds ``weight_decay * x`` to the gradient in the backward.
+
+    The gradient of the penalty ``weight_decay / 2 * sum(x**2)``, folded into a backward
+    pass that runs anyway: no extra forward op, one fused add in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight_decay: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.weight_decay = weight_decay
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return torch.add(grad, x, alpha=ctx.weight_decay), None
+
+
+def l2_grad(x: torch.Tensor, weight_decay: float) -> torch.Tensor:
+    """``x``, whose backward also applies the L2 penalty ``weight_decay / 2 * sum(x**2)``."""
+    return L2Grad.apply(x, weight_decay) if weight_decay and x.requires_grad else x
+
+
 class HyperNetwork(nn.Module):
     """The paper's static hypernetwork: z -> one (out_size, in_size, f, f) basic kernel.
 
@@ -129,13 +153,18 @@ class KernelBank(nn.Module):
         """Total number of z-embeddings (tiles) over all layers."""
         return self.z.shape[0]
 
-    def forward(self) -> list[torch.Tensor]:
+    def forward(self, weight_decay: float = 0.0) -> list[torch.Tensor]:
         """Generate every layer's kernel.
+
+        Args:
+            weight_decay: L2 penalty ``weight_decay / 2 * sum(K**2)`` over all generated
+                kernels, applied in the backward pass (see `l2_grad`); the kernels are a
+                permutation of the tiles, so it is applied once, to the tiles.
 
         Returns:
             One kernel per layer, shape (C_out, C_in, f, f), in the order of `shapes`.
         """
-        tiles = self.hypernet(self.z)  # (num_tiles, out, in, f, f), a transposed view
+        tiles = l2_grad(self.hypernet(self.z), weight_decay)  # (num_tiles, out, in, f, f), a transposed view
         kernels = []
         for t, (rows, cols), shape in zip(tiles.split(self.tiles_per_layer), self.grids, self.shapes):
             t = t.unflatten(0, (rows, cols))  # (rows, cols, out, in, f, f)

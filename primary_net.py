@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hypernetwork_modules import HyperNetwork, KernelBank
+from hypernetwork_modules import HyperNetwork, KernelBank, l2_grad
 from resnet_blocks import WideBasicBlock
 
 STEM_CHANNELS = 16
@@ -77,6 +77,7 @@ class PrimaryNetwork(nn.Module):
             raise ValueError(f"width must be >= 1, got {width}")
         n = blocks_per_stage(depth)
         self.depth, self.width, self.hyper = depth, width, hyper
+        self.num_classes, self.z_dim, self.shortcut = num_classes, z_dim, shortcut
         widths = [STEM_CHANNELS] + [STEM_CHANNELS * (2**s) * width for s in range(3)]
 
         self.stem = nn.Conv2d(3, STEM_CHANNELS, 3, padding=1, bias=True)
@@ -98,11 +99,16 @@ class PrimaryNetwork(nn.Module):
             for w in self.stored_kernels:
                 nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")
 
-    def kernels(self) -> list[torch.Tensor]:
-        """The 6N block kernels in use, in block order (generated on each call if hyper)."""
+    def kernels(self, weight_decay: float = 0.0) -> list[torch.Tensor]:
+        """The 6N block kernels in use, in block order (generated on each call if hyper).
+
+        Args:
+            weight_decay: L2 penalty ``weight_decay / 2 * sum(K**2)`` on these kernels,
+                applied by their backward pass (the loss value does not include it).
+        """
         if self.hyper:
-            return self.kernel_bank()
-        return list(self.stored_kernels)
+            return self.kernel_bank(weight_decay)
+        return [l2_grad(w, weight_decay) for w in self.stored_kernels]
 
     def forward(self, x: torch.Tensor, kernels: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Classify a batch.
@@ -124,6 +130,17 @@ class PrimaryNetwork(nn.Module):
         h = F.relu(self.bn(h))
         h = F.adaptive_avg_pool2d(h, 1).flatten(1)  # (N, 64k)
         return self.fc(h)
+
+
+@torch.no_grad()
+def to_plain(model: PrimaryNetwork) -> PrimaryNetwork:
+    """A ``hyper=False`` network that stores MODEL's generated kernels: the same function,
+    with nothing left to generate at inference time."""
+    plain = PrimaryNetwork(model.depth, model.width, model.num_classes, hyper=False, shortcut=model.shortcut)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("kernel_bank.")}
+    state.update({f"stored_kernels.{i}": k for i, k in enumerate(model.kernels())})
+    plain.load_state_dict(state)
+    return plain.to(next(model.parameters()).device)
 
 
 def num_parameters(module: nn.Module) -> int:

@@ -344,6 +344,36 @@ def evaluate(model: PrimaryNetwork, images: torch.Tensor, labels: torch.Tensor, 
 # ----------------------------------------------------------------------------- training
 
 
+def build_optimizer(model: torch.nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+    """Adam (the paper's for hyper) or Nesterov SGD with momentum 0.9 (for plain)."""
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+
+
+def train_step(model: PrimaryNetwork, forward, optimizer: torch.optim.Optimizer, scheduler, x: torch.Tensor,
+               y: torch.Tensor, weight_decay: float, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step: generate kernels once; cross-entropy plus L2 on the kernels in use.
+
+    Args:
+        model: The network (owner of the kernels).
+        forward: ``model`` or its torch.compile'd version.
+        x: Normalised images (B, 3, 32, 32); y: labels (B,).
+
+    Returns:
+        The detached cross-entropy loss and logits.
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        kernels = model.kernels(weight_decay)  # the L2 penalty rides on their backward pass
+        logits = forward(x, kernels)
+        loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), logits.detach()
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -409,10 +439,7 @@ def train(argv: list[str] | None = None) -> dict:
     n_params = num_parameters(model)
     optimizer_name = args.optimizer or sched["optimizer"]
     lr = args.lr if args.lr is not None else sched["lr"]
-    if optimizer_name == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    optimizer = build_optimizer(model, optimizer_name, lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, sched, total_steps))
     forward = torch.compile(model) if args.compile else model
 
@@ -456,17 +483,9 @@ def train(argv: list[str] | None = None) -> dict:
             idx = order[i * batch_size : (i + 1) * batch_size]
             x = normalize(augment(train_x[idx], generators["augment"]), memory_format)
             y = train_y[idx]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                kernels = model.kernels()
-                logits = forward(x, kernels)
-                loss = F.cross_entropy(logits.float(), y)
-                penalty = 0.5 * args.weight_decay * sum(k.float().pow(2).sum() for k in kernels)
-            optimizer.zero_grad(set_to_none=True)
-            (loss + penalty).backward()
-            optimizer.step()
-            scheduler.step()
+            loss, logits = train_step(model, forward, optimizer, scheduler, x, y, args.weight_decay, amp)
             step += 1
-            loss_sum += loss.detach()
+            loss_sum += loss
             correct += (logits.argmax(1) == y).sum()
             if i % 10 == 9 or i == steps_per_epoch - 1:
                 running = loss_sum.item() / (i + 1)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from bench import per_tile_kernels
 from hypernetwork_modules import HyperNetwork, KernelBank
 from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, num_parameters, paper_table
 
@@ -30,19 +31,6 @@ def paper_hypernet(hn: HyperNetwork, z: torch.Tensor) -> torch.Tensor:
         k_i = w_out @ a_i + b_out  # (out*f*f,)
         slices.append(k_i.view(hn.out_size, f, f))
     return torch.stack(slices, dim=1)  # K[:, i] = K_i
-
-
-def per_tile_kernels(bank: KernelBank) -> list[torch.Tensor]:
-    """Reference assembly: one hypernetwork call per z, tiles concatenated (the public way)."""
-    kernels, offset = [], 0
-    for rows, cols in bank.grids:
-        row_blocks = []
-        for r in range(rows):
-            tiles = [bank.hypernet(bank.z[offset + r * cols + c]) for c in range(cols)]
-            row_blocks.append(torch.cat(tiles, dim=1))
-        kernels.append(torch.cat(row_blocks, dim=0))
-        offset += rows * cols
-    return kernels
 
 
 def randomize_(module: nn.Module, seed: int) -> None:

@@ -1,0 +1,183 @@
+"""What does the hypernetwork cost? Ratios measured in one run, one process.
+
+    python bench.py                      # CPU, all threads: the table in the README
+    python bench.py --json bench.json    # also write the numbers
+
+1. Kernel generation (forward + backward) for 40-1 and 40-2: our one batched call vs a
+   per-tile loop (one hypernetwork call per z, as the public implementation does).
+2. A training step (`train.train_step`: forward, backward, optimizer step) at two batch
+   sizes: Hyper-WRN-40-k vs WRN-40-k, k = 1, 2.
+3. `train.py` end to end (data pipeline, augmentation, logging: images/s of its second
+   epoch on an in-memory-sized fake CIFAR-10) vs the bare step rate of 2.
+
+Timings are medians over --repeats; hyper and plain repeats are interleaved so that
+drift in the machine's speed affects both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import train
+from hypernetwork_modules import KernelBank
+from primary_net import PrimaryNetwork
+
+# Targets of issue 5 (CPU, 2 threads): hyper/plain step-time ratio by batch size.
+TARGETS = {"step_128": 1.05, "step_8": 1.12, "generation_speedup_40_2": 30.0, "pipeline": 0.95}
+
+
+def per_tile_kernels(bank: KernelBank) -> list[torch.Tensor]:
+    """Reference: one hypernetwork call per z, tiles concatenated into kernels."""
+    kernels, offset = [], 0
+    for rows, cols in bank.grids:
+        row_blocks = []
+        for r in range(rows):
+            tiles = [bank.hypernet(bank.z[offset + r * cols + c]) for c in range(cols)]
+            row_blocks.append(torch.cat(tiles, dim=1))  # (16, cols*16, 3, 3)
+        kernels.append(torch.cat(row_blocks, dim=0))  # (rows*16, cols*16, 3, 3)
+        offset += rows * cols
+    return kernels
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def interleaved_medians(fns: list[Callable[[], object]], repeats: int, device: torch.device, warmup: int = 2) -> list[float]:
+    """Median seconds of each function, timing them in turn (A B A B ...)."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def generation_bench(width: int, device: torch.device, repeats: int) -> dict:
+    bank = PrimaryNetwork(40, width, hyper=True).kernel_bank.to(device)
+
+    def batched():
+        sum(k.sum() for k in bank()).backward()
+
+    def loop():
+        sum(k.sum() for k in per_tile_kernels(bank)).backward()
+
+    t_batched, t_loop = interleaved_medians([batched, loop], repeats, device)
+    return {"tiles": bank.num_tiles, "batched_s": t_batched, "per_tile_s": t_loop, "speedup": t_loop / t_batched}
+
+
+class StepRunner:
+    """A model, its optimizer and one fixed batch: calling it runs `train.train_step`."""
+
+    def __init__(self, width: int, hyper: bool, batch: int, device: torch.device, args: argparse.Namespace):
+        torch.manual_seed(0)
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.model = PrimaryNetwork(40, width, hyper=hyper).to(device, memory_format=memory_format)
+        self.forward = torch.compile(self.model) if args.compile else self.model
+        self.optimizer = train.build_optimizer(self.model, "adam" if hyper else "sgd", 1e-4)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
+        self.y = torch.randint(0, 10, (batch,), device=device)
+        self.amp = args.amp
+
+    def __call__(self) -> None:
+        train.train_step(self.model, self.forward, self.optimizer, self.scheduler, self.x, self.y, 5e-4, self.amp)
+
+
+def step_bench(width: int, batch: int, device: torch.device, args: argparse.Namespace) -> dict:
+    hyper, plain = StepRunner(width, True, batch, device, args), StepRunner(width, False, batch, device, args)
+    t_hyper, t_plain = interleaved_medians([hyper, plain], args.repeats, device)
+    return {"hyper_s": t_hyper, "plain_s": t_plain, "ratio": t_hyper / t_plain}
+
+
+def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 10) -> dict:
+    """images/s of train.py's second epoch vs the bare step at the same batch size."""
+    from tests.conftest import write_fake_cifar
+
+    batch = args.batch_size
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        per_batch = (steps * batch + 100) // 5 + 1  # 5 train batches: steps*batch train images + 100 val
+        write_fake_cifar(root / "data", per_batch=per_batch, test_size=100)
+        argv = ["--depth", "40", "--width", "1", "--epochs", "2", "--batch-size", str(batch), "--val-size", "100",
+                "--data-dir", str(root / "data"), "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"),
+                "--device", device.type, "--no-download", "--eval-batch-size", "100"]
+        argv += ["--compile"] if args.compile else []
+        argv += ["--amp" if args.amp else "--no-amp", "--channels-last" if args.channels_last else "--no-channels-last"]
+        train.main(argv)
+        record = json.loads((root / "ck" / "hyper-40-1" / "metrics.jsonl").read_text().splitlines()[-1])
+    bare = StepRunner(1, True, batch, device, args)
+    (t_step,) = interleaved_medians([bare], args.repeats, device)
+    return {"train_py_images_per_s": record["images_per_s"], "bare_step_images_per_s": batch / t_step,
+            "ratio": record["images_per_s"] * t_step / batch}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    p.add_argument("--threads", type=train.positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--batch-size", type=train.positive_int, default=128, help="large batch of section 2, and section 3")
+    p.add_argument("--small-batch", type=train.positive_int, default=8, help="small batch of section 2")
+    p.add_argument("--widths", type=train.positive_int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=train.positive_int, default=5)
+    p.add_argument("--compile", action="store_true", help="torch.compile the models")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast")
+    p.add_argument("--skip-pipeline", action="store_true", help="leave out section 3")
+    p.add_argument("--json", metavar="PATH", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results: dict = {"device": device.type, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "repeats": args.repeats, "compile": args.compile, "channels_last": args.channels_last, "amp": args.amp}
+
+    print(f"bench on {device.type}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"median of {args.repeats} repeats\n")
+    rows = ["| measurement | ours | reference | ratio | target | met |", "|---|---:|---:|---:|---:|:-:|"]
+    for width in args.widths:
+        g = generation_bench(width, device, args.repeats)
+        results[f"generation_40_{width}"] = g
+        target = TARGETS["generation_speedup_40_2"] if width == 2 else None
+        rows.append(f"| kernel generation fwd+bwd, 40-{width} ({g['tiles']} tiles): batched vs per-tile loop | "
+                    f"{1e3 * g['batched_s']:.2f} ms | {1e3 * g['per_tile_s']:.1f} ms | {g['speedup']:.1f}x faster | "
+                    + (f">= {target:.0f}x | {'yes' if g['speedup'] >= target else 'NO'} |" if target else "| |"))
+    for batch, key in ((args.batch_size, "step_128"), (args.small_batch, "step_8")):
+        for width in args.widths:
+            s = step_bench(width, batch, device, args)
+            results[f"step_40_{width}_b{batch}"] = s
+            rows.append(f"| train step, batch {batch}: Hyper-40-{width} vs WRN-40-{width} | {1e3 * s['hyper_s']:.1f} ms | "
+                        f"{1e3 * s['plain_s']:.1f} ms | {s['ratio']:.3f}x | <= {TARGETS[key]:.2f}x | "
+                        f"{'yes' if s['ratio'] <= TARGETS[key] else 'NO'} |")
+    if not args.skip_pipeline:
+        e = pipeline_bench(device, args)
+        results["pipeline"] = e
+        rows.append(f"| train.py end to end vs bare step, Hyper-40-1, batch {args.batch_size} | "
+                    f"{e['train_py_images_per_s']:.0f} img/s | {e['bare_step_images_per_s']:.0f} img/s | {e['ratio']:.3f}x | "
+                    f">= {TARGETS['pipeline']:.2f}x | {'yes' if e['ratio'] >= TARGETS['pipeline'] else 'NO'} |")
+    print("\n".join(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Export a trained HyperResNet as a plain WRN: inference pays nothing for the hypernetwork.
+
+    python export.py checkpoints/hyper-40-1/best.pt            # -> checkpoints/hyper-40-1/best-plain.pt
+
+The generated kernels are computed once and stored; the result is the same function
+(identical outputs in eval mode) as a `PrimaryNetwork(depth, width, hyper=False)`:
+
+    model = export.load_exported("checkpoints/hyper-40-1/best-plain.pt").eval()
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import torch
+
+import train
+from primary_net import PrimaryNetwork, num_parameters, to_plain
+
+EXPORT_FORMAT = "hyperresnet-plain-v1"
+
+
+def model_from_checkpoint(ckpt: dict) -> PrimaryNetwork:
+    """The network a train.py checkpoint describes, with its trained weights."""
+    c = ckpt["config"]
+    model = PrimaryNetwork(c["depth"], c["width"], hyper=not c["plain"], z_dim=c["z_dim"], shortcut=c["shortcut"])
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def load_exported(path: str | Path) -> PrimaryNetwork:
+    """A plain network from a file written by this script (loaded with weights_only=True)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != EXPORT_FORMAT:
+        raise train.UserError(f"{path} is not a file written by export.py")
+    a = blob["architecture"]
+    model = PrimaryNetwork(a["depth"], a["width"], a["num_classes"], hyper=False, shortcut=a["shortcut"])
+    model.load_state_dict(blob["model"])
+    return model
+
+
+def weights_bytes(model: torch.nn.Module) -> int:
+    """Size of the model's state_dict as torch.save writes it."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def export(checkpoint: Path, out: Path | None = None) -> Path:
+    """Write the plain version of CHECKPOINT's model; returns the output path."""
+    model = model_from_checkpoint(train.load_checkpoint(checkpoint))
+    if not model.hyper:
+        raise train.UserError(f"{checkpoint} holds a plain network already: nothing to export")
+    plain = to_plain(model)
+    out = out or checkpoint.with_name(f"{checkpoint.stem}-plain.pt")
+    architecture = {"depth": plain.depth, "width": plain.width, "num_classes": plain.num_classes, "shortcut": plain.shortcut}
+    train.atomic_save({"format": EXPORT_FORMAT, "architecture": architecture, "model": plain.state_dict()}, out)
+    kib = 1024
+    print(f"{checkpoint}: {checkpoint.stat().st_size / kib:,.0f} KiB (training checkpoint: weights, optimizer, RNG)")
+    print(f"hyper weights: {num_parameters(model):,} parameters, {weights_bytes(model) / kib:,.0f} KiB")
+    print(f"{out}: {out.stat().st_size / kib:,.0f} KiB, plain weights: {num_parameters(plain):,} parameters "
+          f"({weights_bytes(plain) / weights_bytes(model):.1f}x the hyper weights)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Store a trained HyperResNet's generated kernels in a plain WRN.")
+    p.add_argument("checkpoint", type=Path, help="a train.py checkpoint (last.pt or best.pt) of a hyper run")
+    p.add_argument("-o", "--out", type=Path, help="output file (default: CHECKPOINT's name + '-plain.pt')")
+    args = p.parse_args(argv)
+    try:
+        export(args.checkpoint, args.out)
+    except train.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
