@@ -13,6 +13,7 @@ training loop. Every user error ends in one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import math
 import os
@@ -123,20 +124,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles the CIFAR-10 batch dicts and nothing else: no code can run."""
+    """Unpickles the CIFAR-10 batch dicts and nothing else: no code can run.
 
-    ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("_codecs", "encode"),  # how Python 3 writes bytes in protocol-2 pickles; a pure function
-    }
+    Only the globals a pickled numpy array needs resolve, to objects fixed here (not
+    imported by name): numpy's array rebuilder under its numpy 1 and numpy 2 module
+    names, ndarray, dtype, and the pure function Python 3 uses to write bytes in
+    protocol-2 pickles.
+    """
 
     def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
+        rebuild = np.ndarray.__reduce__(np.zeros(0))[0]
+        allowed = {
+            ("numpy.core.multiarray", "_reconstruct"): rebuild,
+            ("numpy._core.multiarray", "_reconstruct"): rebuild,
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): np.dtype,
+            ("_codecs", "encode"): codecs.encode,
+        }
+        if (module, name) not in allowed:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
+        return allowed[(module, name)]
 
 
 def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -443,7 +450,7 @@ def train(argv: list[str] | None = None) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, sched, total_steps))
     forward = torch.compile(model) if args.compile else model
 
-    start_epoch, step, best_val, best = 0, 0, math.inf, {}
+    start_epoch, step, best_val, best, elapsed = 0, 0, math.inf, {}, 0.0
     metrics_path = run_dir / "metrics.jsonl"
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -451,6 +458,7 @@ def train(argv: list[str] | None = None) -> dict:
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"], generators, device)
         start_epoch, step, best_val, best = ckpt["epoch"], ckpt["step"], ckpt["best_val_error"], ckpt["best"]
+        elapsed = ckpt["elapsed_seconds"]
         # Forget metrics of epochs that ran after this checkpoint (an interrupted epoch).
         if metrics_path.exists():
             kept = [line for line in metrics_path.read_text().splitlines() if line and json.loads(line)["epoch"] <= start_epoch]
@@ -466,9 +474,7 @@ def train(argv: list[str] | None = None) -> dict:
           f"device {device.type}{' bf16' if amp else ''}{' channels_last' if channels_last else ''} | "
           f"{optimizer_name} lr {lr:g}, {epochs} epochs x {steps_per_epoch} steps of {batch_size}"
           + (f" | resumed at epoch {start_epoch}" if ckpt is not None else ""))
-    if device.type == "cpu" and args.epochs is None:
-        print(f"note: the paper schedule is {total_steps:,} steps; on a CPU that takes days "
-              "(see the ETA below). Use --epochs N for a short budget.")
+    cpu_note_due = device.type == "cpu" and args.epochs is None  # printed once the step time is known
 
     run_start, run_start_step = time.time(), step
     for epoch in range(start_epoch, epochs):
@@ -494,6 +500,10 @@ def train(argv: list[str] | None = None) -> dict:
                                     f"The last good checkpoint is kept: {run_dir / 'last.pt'}")
                 rate = (i + 1) * batch_size / (time.time() - epoch_start)
                 eta = (time.time() - run_start) / max(step - run_start_step, 1) * (total_steps - step)
+                if cpu_note_due:
+                    tqdm.write(f"note: the paper schedule is {total_steps:,} steps: about {format_time(eta)} more "
+                               "on this CPU. Use --epochs N for a short budget.", file=sys.stderr)
+                    cpu_note_due = False
                 bar.set_postfix_str(f"loss {running:.3f} acc {100 * correct.item() / ((i + 1) * batch_size):.1f}% "
                                     f"{rate:.0f} img/s run ETA {format_time(eta)}")
         bar.close()
@@ -505,8 +515,11 @@ def train(argv: list[str] | None = None) -> dict:
         record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
                   "train_error": 100 - 100 * correct.item() / (steps_per_epoch * batch_size),
                   "val_error": val_error, "test_error": test_error, "lr": optimizer.param_groups[0]["lr"],
-                  "images_per_s": images_per_s, "epoch_seconds": seconds}
-        for key in ("train_loss", "train_error", "val_error", "test_error", "lr", "images_per_s"):
+                  "images_per_s": images_per_s, "epoch_seconds": seconds,
+                  "elapsed_seconds": elapsed + time.time() - epoch_start, "device": device.type}
+        writer.add_scalar("train/loss", train_loss, step)
+        writer.add_scalar("train/accuracy", 100 - record["train_error"], step)
+        for key in ("val_error", "test_error", "lr", "images_per_s"):
             writer.add_scalar(key, record[key], step)
         writer.flush()
 
@@ -519,12 +532,14 @@ def train(argv: list[str] | None = None) -> dict:
             "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best_val_error": best_val,
             "best": best, "rng": rng_state(generators, device), "config": vars(args),
             "train_indices": train_idx, "val_indices": val_idx, "num_parameters": n_params,
+            "elapsed_seconds": record["elapsed_seconds"],
         }
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if is_best:
             atomic_save(checkpoint, run_dir / "best.pt")
         atomic_save(checkpoint, run_dir / "last.pt")
+        elapsed = record["elapsed_seconds"]
         eta = (time.time() - run_start) / max(step - run_start_step, 1) * (total_steps - step)
         print(f"epoch {epoch + 1}/{epochs} step {step} | loss {train_loss:.4f} train err {record['train_error']:.2f}% | "
               f"val err {val_error:.2f}% test err {test_error:.2f}% | lr {record['lr']:.3g} | "
