@@ -20,30 +20,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-
-
-class L2Grad(torch.autograd.Function):
-    """Identity in the forward pass; adds ``weight_decay * x`` to the gradient in the backward.
-
-    The gradient of the penalty ``weight_decay / 2 * sum(x**2)``, folded into a backward
-    pass that runs anyway: no extra forward op, one fused add in the backward.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight_decay: float) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        ctx.weight_decay = weight_decay
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        return torch.add(grad, x, alpha=ctx.weight_decay), None
-
-
-def l2_grad(x: torch.Tensor, weight_decay: float) -> torch.Tensor:
-    """``x``, whose backward also applies the L2 penalty ``weight_decay / 2 * sum(x**2)``."""
-    return L2Grad.apply(x, weight_decay) if weight_decay and x.requires_grad else x
+import torch.nn.functional as F
 
 
 class HyperNetwork(nn.Module):
@@ -56,6 +33,11 @@ class HyperNetwork(nn.Module):
     slice index i is therefore the kernel's *second* (input-channel) dimension.
 
     Parameters: d*(z_dim+1)*in_size + f*out_size*f*(d+1) = 75,920 with the defaults.
+
+    Both maps are linear, so `forward` evaluates them in the cheaper order
+    K_i = (W_out W_i) z + (W_out B_i + B_out): the same function of the same parameters
+    (tested against the equations above), with ~25% fewer multiply-adds over a batch
+    of z's, forward and backward, because the hidden a_i are never formed.
 
     Initialisation keeps scale: with zero biases, std(K) ~= std(z), so the caller sets
     the kernel's initial std through the std of z (see `KernelBank`).
@@ -83,6 +65,33 @@ class HyperNetwork(nn.Module):
         nn.init.zeros_(self.w_in.bias)
         nn.init.zeros_(self.w_out.bias)
 
+    def composed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two linear maps as one: K(z) = M z + c, slice i major.
+
+        Returns:
+            M of shape (in*out*f*f, z_dim) and c of shape (in*out*f*f,).
+        """
+        w_i = self.w_in.weight.view(self.in_size, self.z_dim, self.z_dim)  # (in, d, z_dim): W_i for every i
+        b_i = self.w_in.bias.view(self.in_size, self.z_dim)  # (in, d): B_i for every i
+        m = torch.matmul(self.w_out.weight, w_i)  # (in, out*f*f, z_dim): W_out W_i
+        c = torch.addmm(self.w_out.bias, b_i, self.w_out.weight.t())  # (in, out*f*f): W_out B_i + B_out
+        return m.flatten(0, 1), c.flatten()
+
+    def sq_norm(self, z: torch.Tensor) -> torch.Tensor:
+        """sum over all z of ||K(z)||^2, without generating a single kernel.
+
+        With K(z) = M z + c and Z the (n, z_dim) stack of z's:
+            sum ||M z + c||^2 = <M^T M, Z^T Z> + 2 c^T M sum(z) + n ||c||^2,
+        which needs only z_dim x z_dim Gram matrices. This is how the L2 penalty on the
+        generated kernels costs (almost) nothing. At least float32, even under autocast.
+        """
+        dtype = torch.promote_types(z.dtype, torch.float32)
+        with torch.autocast(z.device.type, enabled=False):
+            m, c = (t.to(dtype) for t in self.composed())
+            z = z.reshape(-1, self.z_dim).to(dtype)  # (n, z_dim)
+            gram = (m.t() @ m) * (z.t() @ z)  # (z_dim, z_dim), elementwise product of the two Grams
+            return gram.sum() + 2 * (c @ m) @ z.sum(0) + z.shape[0] * c.dot(c)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Generate basic kernels.
 
@@ -90,12 +99,12 @@ class HyperNetwork(nn.Module):
             z: Embeddings of shape (..., z_dim); any leading batch shape.
 
         Returns:
-            Kernels of shape (..., out_size, in_size, f_size, f_size). The result is a
-            transposed view; `KernelBank` relies on that to assemble with one copy.
+            Kernels of shape (..., out_size, in_size, f_size, f_size): a transposed view
+            of the contiguous (..., in_size, out_size, f_size, f_size) result.
         """
-        a = self.w_in(z).unflatten(-1, (self.in_size, self.z_dim))  # (..., in, d): a_i for every i
-        k = self.w_out(a)  # (..., in, out*f*f): K_i for every i
-        k = k.unflatten(-1, (self.out_size, self.f_size, self.f_size))  # (..., in, out, f, f)
+        m, c = self.composed()
+        k = F.linear(z, m, c)  # (..., in*out*f*f): K_i for every i, i major
+        k = k.unflatten(-1, (self.in_size, self.out_size, self.f_size, self.f_size))  # (..., in, out, f, f)
         return k.transpose(-4, -3)  # (..., out, in, f, f)
 
 
@@ -153,21 +162,22 @@ class KernelBank(nn.Module):
         """Total number of z-embeddings (tiles) over all layers."""
         return self.z.shape[0]
 
-    def forward(self, weight_decay: float = 0.0) -> list[torch.Tensor]:
-        """Generate every layer's kernel.
+    def sq_norm(self) -> torch.Tensor:
+        """Sum of squares of every generated kernel (for the L2 penalty), from Gram matrices."""
+        return self.hypernet.sq_norm(self.z)
 
-        Args:
-            weight_decay: L2 penalty ``weight_decay / 2 * sum(K**2)`` over all generated
-                kernels, applied in the backward pass (see `l2_grad`); the kernels are a
-                permutation of the tiles, so it is applied once, to the tiles.
+    def forward(self) -> list[torch.Tensor]:
+        """Generate every layer's kernel.
 
         Returns:
             One kernel per layer, shape (C_out, C_in, f, f), in the order of `shapes`.
         """
-        tiles = l2_grad(self.hypernet(self.z), weight_decay)  # (num_tiles, out, in, f, f), a transposed view
+        # Work in the hypernetwork's own contiguous (in, out) order, so that the backward
+        # pass (the gradients' concatenation, the GEMMs) stays contiguous too.
+        tiles = self.hypernet(self.z).transpose(1, 2)  # (num_tiles, in, out, f, f), contiguous
         kernels = []
         for t, (rows, cols), shape in zip(tiles.split(self.tiles_per_layer), self.grids, self.shapes):
-            t = t.unflatten(0, (rows, cols))  # (rows, cols, out, in, f, f)
-            t = t.permute(0, 2, 1, 3, 4, 5)  # (rows, out, cols, in, f, f)
+            t = t.unflatten(0, (rows, cols))  # (rows, cols, in, out, f, f)
+            t = t.permute(0, 3, 1, 2, 4, 5)  # (rows, out, cols, in, f, f)
             kernels.append(t.reshape(shape))  # (rows*out, cols*in, f, f): the one copy
         return kernels

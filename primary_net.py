@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hypernetwork_modules import HyperNetwork, KernelBank, l2_grad
+from hypernetwork_modules import HyperNetwork, KernelBank
 from resnet_blocks import WideBasicBlock
 
 STEM_CHANNELS = 16
@@ -99,16 +99,18 @@ class PrimaryNetwork(nn.Module):
             for w in self.stored_kernels:
                 nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")
 
-    def kernels(self, weight_decay: float = 0.0) -> list[torch.Tensor]:
-        """The 6N block kernels in use, in block order (generated on each call if hyper).
-
-        Args:
-            weight_decay: L2 penalty ``weight_decay / 2 * sum(K**2)`` on these kernels,
-                applied by their backward pass (the loss value does not include it).
-        """
+    def kernels(self) -> list[torch.Tensor]:
+        """The 6N block kernels in use, in block order (generated on each call if hyper)."""
         if self.hyper:
-            return self.kernel_bank(weight_decay)
-        return [l2_grad(w, weight_decay) for w in self.stored_kernels]
+            return self.kernel_bank()
+        return list(self.stored_kernels)
+
+    def kernel_sq_norm(self) -> torch.Tensor:
+        """Sum of squares of all kernels in use, for the L2 penalty. For a hyper network it
+        comes from the hypernetwork's Gram matrices, without generating the kernels."""
+        if self.hyper:
+            return self.kernel_bank.sq_norm()
+        return sum(w.pow(2).sum() for w in self.stored_kernels)
 
     def forward(self, x: torch.Tensor, kernels: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Classify a batch.

@@ -371,11 +371,11 @@ def train_step(model: PrimaryNetwork, forward, optimizer: torch.optim.Optimizer,
         The detached cross-entropy loss and logits.
     """
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        kernels = model.kernels(weight_decay)  # the L2 penalty rides on their backward pass
-        logits = forward(x, kernels)
+        logits = forward(x, model.kernels())
         loss = F.cross_entropy(logits.float(), y)
+        penalty = 0.5 * weight_decay * model.kernel_sq_norm() if weight_decay else 0.0
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss + penalty).backward()
     optimizer.step()
     scheduler.step()
     return loss.detach(), logits.detach()

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import bench
 import export
@@ -13,22 +12,30 @@ from primary_net import PrimaryNetwork, num_parameters, to_plain
 
 
 @pytest.mark.parametrize("hyper", [True, False])
-def test_folded_l2_equals_explicit_penalty(hyper):
+def test_kernel_sq_norm_equals_sum_of_squares_of_generated_kernels(hyper):
     torch.manual_seed(0)
     net = PrimaryNetwork(10, 2, hyper=hyper).double()
-    x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (4,))
-    wd = 0.01
+    if hyper:  # non-zero biases, so every term of the Gram identity matters
+        torch.nn.init.normal_(net.kernel_bank.hypernet.w_in.bias)
+        torch.nn.init.normal_(net.kernel_bank.hypernet.w_out.bias)
+    params = list(net.parameters())
+    explicit = sum(k.pow(2).sum() for k in net.kernels())
+    cheap = net.kernel_sq_norm()
+    torch.testing.assert_close(cheap, explicit, rtol=1e-12, atol=0)
+    for (name, _), e, g in zip(net.named_parameters(), torch.autograd.grad(explicit, params, allow_unused=True),
+                               torch.autograd.grad(cheap, params, allow_unused=True)):
+        if e is None:
+            assert g is None or not g.any(), name
+        else:
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=name)
 
-    kernels = net.kernels()
-    explicit = F.cross_entropy(net(x, kernels), y) + 0.5 * wd * sum(k.pow(2).sum() for k in kernels)
-    expected = torch.autograd.grad(explicit, list(net.parameters()))
 
-    folded = F.cross_entropy(net(x, net.kernels(weight_decay=wd)), y)
-    got = torch.autograd.grad(folded, list(net.parameters()))
-    for (name, _), e, g in zip(net.named_parameters(), expected, got):
-        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=name)
-    without = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
-    assert not all(torch.allclose(w, e) for w, e in zip(without, expected))  # the penalty matters
+def test_sq_norm_is_float32_under_bf16_autocast():
+    net = PrimaryNetwork(10, 1, hyper=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = net.kernel_sq_norm()
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, sum(k.pow(2).sum() for k in net.kernels()), rtol=1e-4, atol=0)
 
 
 def test_to_plain_gives_identical_outputs():
@@ -79,5 +86,11 @@ def test_bench_runs_with_tiny_sizes(tmp_path, capsys):
     assert saved == json.loads(json.dumps(results))
     assert saved["generation_40_1"]["tiles"] == 242
     for key in ("step_40_1_b4", "step_40_1_b2"):
-        assert saved[key]["ratio"] == pytest.approx(saved[key]["hyper_s"] / saved[key]["plain_s"])
+        assert saved[key]["ratio"] > 0 and saved[key]["hyper_s"] > 0 and saved[key]["plain_s"] > 0
     assert saved["pipeline"]["train_py_images_per_s"] > 0
+
+
+def test_paired_ratio_is_the_median_of_per_pair_ratios():
+    # pair 2 ran while the machine was slow for both: its ratio is still 1
+    fast, slow = [1.0, 10.0, 1.0], [2.0, 10.0, 3.0]
+    assert bench.paired(fast, slow) == (1.0, 3.0, 2.0)
