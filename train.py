@@ -279,6 +279,9 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator], device: t
 def atomic_save(obj: dict, path: Path) -> None:
     """torch.save to a temporary file, fsync, then rename over PATH: never a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

@@ -69,6 +69,16 @@ def test_plain_run_uses_sgd(tmp_path, cifar_dir):
     assert not any("kernel_bank" in k for k in ckpt["model"])
 
 
+@pytest.mark.parametrize("flag", ["--amp", "--channels-last"])
+def test_cuda_default_paths_run_on_cpu(flag, tmp_path, cifar_dir):
+    """bf16 autocast and channels_last (on by default on CUDA) train and save finite weights."""
+    assert train.main(run_args(tmp_path, cifar_dir, "--epochs", "1", flag)) == 0
+    ckpt = load(tmp_path / "ck" / "hyper-10-1" / "last.pt")
+    assert ckpt["config"][flag.lstrip("-").replace("-", "_")] is True
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    assert all(t.dtype != torch.bfloat16 for t in ckpt["model"].values())  # weights stay float32
+
+
 # ----------------------------------------------------------------------------- resume
 
 
@@ -103,6 +113,15 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert cli(run_args(tmp_path / "straight", data, "--epochs", "3")).returncode == 0
     assert_same_state(load(last), load(tmp_path / "straight" / "ck" / "hyper-10-1" / "last.pt"))
+
+
+def test_atomic_save_uses_the_usual_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        train.atomic_save({"epoch": 1}, tmp_path / "a.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o640
 
 
 def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch):
