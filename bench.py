@@ -159,15 +159,15 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=train.HelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where to measure")
     p.add_argument("--threads", type=train.positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--batch-size", type=train.positive_int, default=128, help="large batch of section 2, and section 3")
     p.add_argument("--small-batch", type=train.positive_int, default=8, help="small batch of section 2")
-    p.add_argument("--widths", type=train.positive_int, nargs="+", default=[1, 2])
-    p.add_argument("--repeats", type=train.positive_int, default=7, help="(the small-batch steps get 3x as many)")
+    p.add_argument("--widths", type=train.positive_int, nargs="+", default=[1, 2], help="WRN-40-k widths k to measure")
+    p.add_argument("--repeats", type=train.positive_int, default=7, help="timed repeats per measurement (3x for the small batch)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False, help="channels_last memory format")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast")
     p.add_argument("--skip-pipeline", action="store_true", help="leave out section 3")
     p.add_argument("--json", metavar="PATH", help="also write the results here")

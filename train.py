@@ -69,28 +69,37 @@ def wrn_depth(text: str) -> int:
     return depth
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is None or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The command line. With suppress_defaults, only flags given explicitly appear."""
     p = argparse.ArgumentParser(
         description="Train a HyperResNet or a plain Wide-ResNet on CIFAR-10 (Ha et al. 2017).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         argument_default=argparse.SUPPRESS if suppress_defaults else None,
     )
     d = (lambda v: {}) if suppress_defaults else (lambda v: {"default": v})
     m = p.add_argument_group("model")
     m.add_argument("--depth", type=wrn_depth, **d(40), help="WRN depth, 6N+4")
     m.add_argument("--width", type=positive_int, **d(1), help="widening factor k")
-    m.add_argument("--plain", action="store_true", **d(False), help="train the plain WRN baseline instead of the hypernetwork")
+    m.add_argument("--plain", action="store_true", **d(False), help="train the plain WRN baseline, not the hypernetwork")
     m.add_argument("--z-dim", type=positive_int, **d(64), help="size of each z-embedding")
     m.add_argument("--shortcut", choices=["pad", "conv"], **d("pad"), help="shortcut where a block changes shape")
     t = p.add_argument_group("training")
     t.add_argument("--schedule", choices=["paper"], **d("paper"), help="lr schedule (App. A.3.2: Table 9 hyper, Table 8 plain)")
     t.add_argument("--epochs", type=positive_int, **d(None), help="rescale the schedule to this many epochs (default: the paper's step count)")
-    t.add_argument("--batch-size", type=positive_int, **d(128))
+    t.add_argument("--batch-size", type=positive_int, **d(128), help="images per training step")
     t.add_argument("--optimizer", choices=["adam", "sgd"], **d(None), help="default: adam for hyper, Nesterov sgd for plain")
     t.add_argument("--lr", type=float, **d(None), help="base lr (default: 0.002 hyper, 0.1 plain)")
     t.add_argument("--weight-decay", type=float, **d(5e-4), help="L2 penalty wd/2*sum(K^2) on the 3x3 kernels in use")
-    t.add_argument("--seed", type=int, **d(0))
+    t.add_argument("--seed", type=int, **d(0), help="seeds the model init, data order and augmentation")
     t.add_argument("--val-size", type=positive_int, **d(5000), help="validation images held out of the 50k training set")
     t.add_argument("--stop-after", type=positive_int, **d(None), metavar="EPOCH",
                    help="stop after this epoch (resume later with -r), e.g. to fit a job time limit")
@@ -101,7 +110,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     s.add_argument("--amp", action=argparse.BooleanOptionalAction, **d(None), help="bf16 autocast (default: on for cuda)")
     s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, **d(None), help="default: on for cuda")
     s.add_argument("--compile", action="store_true", **d(False), help="torch.compile the model")
-    s.add_argument("--eval-batch-size", type=positive_int, **d(1000))
+    s.add_argument("--eval-batch-size", type=positive_int, **d(1000), help="images per evaluation batch")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, **d(True), help="tqdm progress bar")
     o = p.add_argument_group("output")
     o.add_argument("--run-name", **d(None), help="default: from the model, e.g. hyper-40-1")
