@@ -32,6 +32,8 @@ from tqdm import tqdm
 from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_name, num_parameters
 
 CHECKPOINT_FORMAT = "hyperresnet-train-v1"
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "step", "best_val_error", "best", "rng", "config",
+                   "train_indices", "val_indices", "elapsed_seconds"}
 SPLIT_SEED = 0  # the validation images are drawn once with this seed, for every run
 PAD = 2  # the paper pads 32x32 images to 36x36 before the random 32x32 crop
 
@@ -318,6 +320,9 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"{path} is not a readable checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a checkpoint written by this train.py")
+    missing = sorted(CHECKPOINT_KEYS - set(ckpt))
+    if missing:
+        raise UserError(f"{path} is incomplete: it lacks {', '.join(missing)}")
     return ckpt
 
 
@@ -465,10 +470,14 @@ def train(argv: list[str] | None = None) -> dict:
     start_epoch, step, best_val, best, elapsed = 0, 0, math.inf, {}, 0.0
     metrics_path = run_dir / "metrics.jsonl"
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"], generators, device)
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"], generators, device)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{args.resume or 'the checkpoint'} does not fit its own configuration ({first[:200]})") from None
         start_epoch, step, best_val, best = ckpt["epoch"], ckpt["step"], ckpt["best_val_error"], ckpt["best"]
         elapsed = ckpt["elapsed_seconds"]
         # Forget metrics of epochs that ran after this checkpoint (an interrupted epoch).

@@ -245,7 +245,7 @@ def test_new_run_does_not_overwrite_an_existing_one(tmp_path, cifar_dir, capsys)
     assert (tmp_path / "ck" / "hyper-10-1" / "last.pt").read_bytes() == before
 
 
-@pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign", "malicious"])
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign", "malicious", "incomplete", "mismatched"])
 def test_bad_resume_file_is_one_clear_line(kind, tmp_path, cifar_dir):
     bad = tmp_path / "bad.pt"
     if kind == "garbage":
@@ -254,6 +254,14 @@ def test_bad_resume_file_is_one_clear_line(kind, tmp_path, cifar_dir):
         torch.save({"state_dict": {"w": torch.zeros(2)}}, bad)
     elif kind == "malicious":
         torch.save({"format": train.CHECKPOINT_FORMAT, "x": RunsCode()}, bad)
+    elif kind == "incomplete":
+        torch.save({"format": train.CHECKPOINT_FORMAT, "model": {}}, bad)
+    elif kind == "mismatched":  # every key present, but the weights are not this model's
+        good = run_args(tmp_path / "good", cifar_dir, "--epochs", "1")
+        assert train.main(good) == 0
+        ckpt = load(tmp_path / "good" / "ck" / "hyper-10-1" / "last.pt")
+        ckpt["model"] = {"w": torch.zeros(3)}
+        torch.save(ckpt, bad)
     else:
         torch.save({"format": train.CHECKPOINT_FORMAT, "model": {"w": torch.zeros(10_000)}}, bad)
         bad.write_bytes(bad.read_bytes()[:20_000])
