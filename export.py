@@ -25,8 +25,7 @@ EXPORT_FORMAT = "hyperresnet-plain-v1"
 
 def model_from_checkpoint(ckpt: dict) -> PrimaryNetwork:
     """The network a train.py checkpoint describes, with its trained weights."""
-    c = ckpt["config"]
-    model = PrimaryNetwork(c["depth"], c["width"], hyper=not c["plain"], z_dim=c["z_dim"], shortcut=c["shortcut"])
+    model = train.build_model(ckpt["config"])
     model.load_state_dict(ckpt["model"])
     return model
 

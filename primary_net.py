@@ -77,7 +77,7 @@ class PrimaryNetwork(nn.Module):
             raise ValueError(f"width must be >= 1, got {width}")
         n = blocks_per_stage(depth)
         self.depth, self.width, self.hyper = depth, width, hyper
-        self.num_classes, self.z_dim, self.shortcut = num_classes, z_dim, shortcut
+        self.num_classes, self.shortcut = num_classes, shortcut
         widths = [STEM_CHANNELS] + [STEM_CHANNELS * (2**s) * width for s in range(3)]
 
         self.stem = nn.Conv2d(3, STEM_CHANNELS, 3, padding=1, bias=True)

@@ -52,6 +52,12 @@ class UserError(Exception):
     """A mistake the user can fix; reported as one line, exit status 1."""
 
 
+def first_line(error: Exception) -> str:
+    """An exception's message cut to one short line (its type name if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 # ----------------------------------------------------------------------------- arguments
 
 
@@ -316,8 +322,7 @@ def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable checkpoint ({first[:200]})") from None
+        raise UserError(f"{path} is not a readable checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a checkpoint written by this train.py")
     missing = sorted(CHECKPOINT_KEYS - set(ckpt))
@@ -366,6 +371,12 @@ def evaluate(model: PrimaryNetwork, images: torch.Tensor, labels: torch.Tensor, 
 
 
 # ----------------------------------------------------------------------------- training
+
+
+def build_model(config: dict) -> PrimaryNetwork:
+    """The network a run's configuration (its arguments, as saved in checkpoints) describes."""
+    return PrimaryNetwork(config["depth"], config["width"], hyper=not config["plain"], z_dim=config["z_dim"],
+                          shortcut=config["shortcut"])
 
 
 def build_optimizer(model: torch.nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
@@ -458,8 +469,7 @@ def train(argv: list[str] | None = None) -> dict:
     sched, total_steps, epochs = schedule_for(args, steps_per_epoch)
 
     # Model, optimizer, schedule.
-    model = PrimaryNetwork(args.depth, args.width, hyper=not args.plain, z_dim=args.z_dim, shortcut=args.shortcut)
-    model = model.to(device, memory_format=memory_format)
+    model = build_model(vars(args)).to(device, memory_format=memory_format)
     n_params = num_parameters(model)
     optimizer_name = args.optimizer or sched["optimizer"]
     lr = args.lr if args.lr is not None else sched["lr"]
@@ -476,8 +486,7 @@ def train(argv: list[str] | None = None) -> dict:
             scheduler.load_state_dict(ckpt["scheduler"])
             set_rng_state(ckpt["rng"], generators, device)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{args.resume or 'the checkpoint'} does not fit its own configuration ({first[:200]})") from None
+            raise UserError(f"{args.resume or 'the checkpoint'} does not fit its own configuration ({first_line(e)})") from None
         start_epoch, step, best_val, best = ckpt["epoch"], ckpt["step"], ckpt["best_val_error"], ckpt["best"]
         elapsed = ckpt["elapsed_seconds"]
         # Forget metrics of epochs that ran after this checkpoint (an interrupted epoch).
@@ -498,6 +507,10 @@ def train(argv: list[str] | None = None) -> dict:
     cpu_note_due = device.type == "cpu" and args.epochs is None  # printed once the step time is known
 
     run_start, run_start_step = time.time(), step
+
+    def run_eta() -> float:
+        """Seconds left in the run, at this session's average step time so far."""
+        return (time.time() - run_start) / max(step - run_start_step, 1) * (total_steps - step)
     for epoch in range(start_epoch, epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=generators["data_order"]).to(device)
@@ -520,7 +533,7 @@ def train(argv: list[str] | None = None) -> dict:
                     raise UserError(f"training loss became {running} at step {step}; stopped. "
                                     f"The last good checkpoint is kept: {run_dir / 'last.pt'}")
                 rate = (i + 1) * batch_size / (time.time() - epoch_start)
-                eta = (time.time() - run_start) / max(step - run_start_step, 1) * (total_steps - step)
+                eta = run_eta()
                 if cpu_note_due:
                     tqdm.write(f"note: the paper schedule is {total_steps:,} steps: about {format_time(eta)} more "
                                "on this CPU. Use --epochs N for a short budget.", file=sys.stderr)
@@ -561,10 +574,9 @@ def train(argv: list[str] | None = None) -> dict:
             atomic_save(checkpoint, run_dir / "best.pt")
         atomic_save(checkpoint, run_dir / "last.pt")
         elapsed = record["elapsed_seconds"]
-        eta = (time.time() - run_start) / max(step - run_start_step, 1) * (total_steps - step)
         print(f"epoch {epoch + 1}/{epochs} step {step} | loss {train_loss:.4f} train err {record['train_error']:.2f}% | "
               f"val err {val_error:.2f}% test err {test_error:.2f}% | lr {record['lr']:.3g} | "
-              f"{images_per_s:.0f} img/s | {format_time(seconds)}/epoch, ETA {format_time(eta)}", flush=True)
+              f"{images_per_s:.0f} img/s | {format_time(seconds)}/epoch, ETA {format_time(run_eta())}", flush=True)
         if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < epochs:
             print(f"stopped after epoch {epoch + 1} (--stop-after); continue with: python train.py -r {run_dir / 'last.pt'}")
             writer.close()
