@@ -22,7 +22,10 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,7 +48,7 @@ SCHEDULES = {
 
 # Flags that may differ between a checkpoint and the command that resumes it.
 RESUMABLE_CHANGES = {"resume", "device", "progress", "log_dir", "checkpoint_dir", "compile", "eval_batch_size", "data_dir",
-                     "download", "stop_after"}
+                     "download", "stop_after", "patience"}
 
 
 class UserError(Exception):
@@ -86,54 +89,88 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
-    """The command line. With suppress_defaults, only flags given explicitly appear."""
+class Schedule(NamedTuple):
+    """How an experiment trains: optimizer, base lr, length, and the lr multiplier per step."""
+
+    optimizer: str
+    lr: float
+    epochs: int
+    total_steps: int
+    multiplier: Callable[[int], float]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What one experiment defines. `fit` supplies the rest (data on the device, the loop,
+    checkpoints, exact resume, metrics, TensorBoard, one-line errors), the same for all.
+
+    The model it builds must offer ``kernels()``, ``kernel_sq_norm()`` and
+    ``forward(x, kernels)``, like `PrimaryNetwork`.
+    """
+
+    name: str  # stored in every checkpoint's config, e.g. "cifar10"
+    script: str  # the command that runs it, for messages
+    description: str
+    add_arguments: Callable[[dict[str, argparse._ArgumentGroup], Callable[[object], dict]], None]
+    defaults: dict  # batch_size, weight_decay, epochs, patience and help texts for the shared flags
+    load_data: Callable[[str, bool], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    build_model: Callable[[dict], torch.nn.Module]
+    schedule: Callable[[argparse.Namespace, int], Schedule]
+    run_name: Callable[[argparse.Namespace], str]
+    paper_result: Callable[[argparse.Namespace], str]
+
+
+def build_parser(experiment: Experiment, suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The command line: the experiment's own flags plus the shared ones. With
+    suppress_defaults, only flags given explicitly appear."""
     p = argparse.ArgumentParser(
-        description="Train a HyperResNet or a plain Wide-ResNet on CIFAR-10 (Ha et al. 2017).",
+        prog=experiment.script,
+        description=experiment.description,
         formatter_class=HelpFormatter,
         argument_default=argparse.SUPPRESS if suppress_defaults else None,
     )
     d = (lambda v: {}) if suppress_defaults else (lambda v: {"default": v})
-    m = p.add_argument_group("model")
-    m.add_argument("--depth", type=wrn_depth, **d(40), help="WRN depth, 6N+4")
-    m.add_argument("--width", type=positive_int, **d(1), help="widening factor k")
-    m.add_argument("--plain", action="store_true", **d(False), help="train the plain WRN baseline, not the hypernetwork")
-    m.add_argument("--z-dim", type=positive_int, **d(64), help="size of each z-embedding")
-    m.add_argument("--shortcut", choices=["pad", "conv"], **d("pad"), help="shortcut where a block changes shape")
-    t = p.add_argument_group("training")
-    t.add_argument("--schedule", choices=["paper"], **d("paper"), help="lr schedule (App. A.3.2: Table 9 hyper, Table 8 plain)")
-    t.add_argument("--epochs", type=positive_int, **d(None), help="rescale the schedule to this many epochs (default: the paper's step count)")
-    t.add_argument("--batch-size", type=positive_int, **d(128), help="images per training step")
-    t.add_argument("--optimizer", choices=["adam", "sgd"], **d(None), help="default: adam for hyper, Nesterov sgd for plain")
-    t.add_argument("--lr", type=float, **d(None), help="base lr (default: 0.002 hyper, 0.1 plain)")
-    t.add_argument("--weight-decay", type=float, **d(5e-4), help="L2 penalty wd/2*sum(K^2) on the 3x3 kernels in use")
+    defaults = experiment.defaults
+    groups = {name: p.add_argument_group(name) for name in ("model", "training", "system", "output")}
+    experiment.add_arguments(groups, d)
+    t = groups["training"]
+    t.add_argument("--epochs", type=positive_int, **d(defaults["epochs"]), help=defaults["epochs_help"])
+    t.add_argument("--batch-size", type=positive_int, **d(defaults["batch_size"]), help="images per training step")
+    t.add_argument("--optimizer", choices=["adam", "sgd"], **d(None), help=defaults["optimizer_help"])
+    t.add_argument("--lr", type=float, **d(None), help=defaults["lr_help"])
+    t.add_argument("--weight-decay", type=float, **d(defaults["weight_decay"]), help="L2 penalty wd/2*sum(K^2) on the kernels in use")
     t.add_argument("--seed", type=int, **d(0), help="seeds the model init, data order and augmentation")
-    t.add_argument("--val-size", type=positive_int, **d(5000), help="validation images held out of the 50k training set")
+    t.add_argument("--val-size", type=positive_int, **d(5000), help="validation images held out of the training set")
+    t.add_argument("--patience", type=positive_int, **d(defaults["patience"]), metavar="EPOCHS",
+                   help="early stopping: end the run after this many epochs without a better validation error")
     t.add_argument("--stop-after", type=positive_int, **d(None), metavar="EPOCH",
                    help="stop after this epoch (resume later with -r), e.g. to fit a job time limit")
-    s = p.add_argument_group("system")
-    s.add_argument("--data-dir", **d("./data"), help="folder holding cifar-10-batches-py/")
-    s.add_argument("--download", action=argparse.BooleanOptionalAction, **d(True), help="download CIFAR-10 if missing")
+    s = groups["system"]
+    s.add_argument("--data-dir", **d("./data"), help=defaults["data_help"])
+    s.add_argument("--download", action=argparse.BooleanOptionalAction, **d(True), help="download the dataset if missing")
     s.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], **d("auto"), help="auto: cuda > mps > cpu")
     s.add_argument("--amp", action=argparse.BooleanOptionalAction, **d(None), help="bf16 autocast (default: on for cuda)")
     s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, **d(None), help="default: on for cuda")
     s.add_argument("--compile", action="store_true", **d(False), help="torch.compile the model")
     s.add_argument("--eval-batch-size", type=positive_int, **d(1000), help="images per evaluation batch")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, **d(True), help="tqdm progress bar")
-    o = p.add_argument_group("output")
-    o.add_argument("--run-name", **d(None), help="default: from the model, e.g. hyper-40-1")
+    o = groups["output"]
+    o.add_argument("--run-name", **d(None), help=f"default: from the model, e.g. {defaults['run_name_example']}")
     o.add_argument("--checkpoint-dir", **d("checkpoints"))
     o.add_argument("--log-dir", **d("runs"), help="TensorBoard logs go to LOG_DIR/RUN_NAME")
     o.add_argument("-r", "--resume", nargs="?", const="", **d(None), metavar="PATH", help="resume PATH, or this run's last.pt")
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
-    """Parsed arguments and the names of the flags given explicitly."""
-    args = build_parser().parse_args(argv)
-    explicit = set(vars(build_parser(suppress_defaults=True).parse_args(argv)))
+def parse_args(argv: list[str] | None = None, experiment: Experiment | None = None) -> tuple[argparse.Namespace, set[str]]:
+    """Parsed arguments (CIFAR-10's unless another experiment is given) and the names of
+    the flags given explicitly."""
+    experiment = experiment or CIFAR10
+    args = build_parser(experiment).parse_args(argv)
+    explicit = set(vars(build_parser(experiment, suppress_defaults=True).parse_args(argv)))
     if args.run_name is None:
-        args.run_name = model_name(args.depth, args.width, not args.plain)
+        args.run_name = experiment.run_name(args)
     return args, explicit
 
 
@@ -212,22 +249,28 @@ def split_indices(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random 32x32 crop of the image zero-padded to 36x36, and a random horizontal flip.
+def random_crop(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool) -> torch.Tensor:
+    """Random crop of the image zero-padded by PAD on each side, back to its own size, and
+    (if FLIP) a random horizontal flip: the whole batch in one gather.
 
     Args:
         x: uint8 images (B, C, H, W) on any device.
         gen: CPU generator for the crop offsets and flips.
     """
     b, _, h, w = x.shape
-    offsets = torch.randint(0, 2 * PAD + 1, (2, b), generator=gen).to(x.device)
-    flips = torch.rand(b, generator=gen).lt(0.5).to(x.device)
-    padded = F.pad(x, (PAD, PAD, PAD, PAD))  # (B, C, H+2P, W+2P)
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(x.device)
+    flips = torch.rand(b, generator=gen).lt(0.5).to(x.device) if flip else torch.zeros(b, dtype=torch.bool, device=x.device)
+    padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2P, W+2P)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (B, W)
     cols = torch.where(flips[:, None], cols.flip(1), cols)
     batch = torch.arange(b, device=x.device)[:, None, None]
     return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The paper's CIFAR augmentation: pad 32x32 to 36x36, random 32x32 crop, random flip."""
+    return random_crop(x, gen, PAD, flip=True)
 
 
 class Normalize:
@@ -428,17 +471,20 @@ def format_time(seconds: float) -> str:
     return (f"{days}d " if days else "") + time.strftime("%H:%M:%S", time.gmtime(rest))
 
 
-def train(argv: list[str] | None = None) -> dict:
-    """Run (or resume) one training run; returns its final summary."""
-    args, explicit = parse_args(argv)
+def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
+    """Run (or resume) one training run of EXPERIMENT; returns its final summary."""
+    args, explicit = parse_args(argv, experiment)
     ckpt = None
     if args.resume is not None:
         path = Path(args.resume) if args.resume else Path(args.checkpoint_dir) / args.run_name / "last.pt"
         ckpt = load_checkpoint(path)
+        saved_experiment = ckpt["config"].get("experiment", CIFAR10.name)  # checkpoints before MNIST: CIFAR-10
+        if saved_experiment != experiment.name:
+            raise UserError(f"{path} is a {saved_experiment} run, not {experiment.name}: resume it with its own script")
         check_resume_config(ckpt["config"], args, explicit)
         saved = dict(ckpt["config"])
         saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES})
-        args = argparse.Namespace(**saved)
+        args = argparse.Namespace(**{"patience": None, **saved})  # patience: absent in older checkpoints
 
     device = pick_device(args.device)
     amp = args.amp if args.amp is not None else device.type == "cuda"
@@ -455,7 +501,7 @@ def train(argv: list[str] | None = None) -> dict:
     generators = {"data_order": torch.Generator().manual_seed(args.seed + 1), "augment": torch.Generator().manual_seed(args.seed + 2)}
 
     # Data: whole dataset as uint8 tensors on the device.
-    train_x, train_y, test_x, test_y = load_cifar10(args.data_dir, args.download)
+    train_x, train_y, test_x, test_y = experiment.load_data(args.data_dir, args.download)
     if ckpt is not None:
         train_idx, val_idx = ckpt["train_indices"], ckpt["val_indices"]
     else:
@@ -466,15 +512,16 @@ def train(argv: list[str] | None = None) -> dict:
     normalize = Normalize(train_x)
     batch_size = min(args.batch_size, len(train_x))
     steps_per_epoch = len(train_x) // batch_size
-    sched, total_steps, epochs = schedule_for(args, steps_per_epoch)
+    schedule = experiment.schedule(args, steps_per_epoch)
+    total_steps, epochs = schedule.total_steps, schedule.epochs
 
     # Model, optimizer, schedule.
-    model = build_model(vars(args)).to(device, memory_format=memory_format)
+    model = experiment.build_model(vars(args)).to(device, memory_format=memory_format)
     n_params = num_parameters(model)
-    optimizer_name = args.optimizer or sched["optimizer"]
-    lr = args.lr if args.lr is not None else sched["lr"]
+    optimizer_name = args.optimizer or schedule.optimizer
+    lr = args.lr if args.lr is not None else schedule.lr
     optimizer = build_optimizer(model, optimizer_name, lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, sched, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
     forward = torch.compile(model) if args.compile else model
 
     start_epoch, step, best_val, best, elapsed = 0, 0, math.inf, {}, 0.0
@@ -499,7 +546,7 @@ def train(argv: list[str] | None = None) -> dict:
     from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
 
     writer = SummaryWriter(str(log_dir), purge_step=step if ckpt is not None else None)
-    name = model_name(args.depth, args.width, not args.plain)
+    name = experiment.run_name(args)
     print(f"{name}: {n_params:,} parameters | {len(train_x)} train / {len(val_x)} val / {len(test_x)} test images | "
           f"device {device.type}{' bf16' if amp else ''}{' channels_last' if channels_last else ''} | "
           f"{optimizer_name} lr {lr:g}, {epochs} epochs x {steps_per_epoch} steps of {batch_size}"
@@ -512,6 +559,9 @@ def train(argv: list[str] | None = None) -> dict:
         """Seconds left in the run, at this session's average step time so far."""
         return (time.time() - run_start) / max(step - run_start_step, 1) * (total_steps - step)
     for epoch in range(start_epoch, epochs):
+        if args.patience is not None and best and epoch - best["epoch"] >= args.patience:
+            print(f"early stop after epoch {epoch}: no better validation error for {args.patience} epochs")
+            break
         model.train()
         order = torch.randperm(len(train_x), generator=generators["data_order"]).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -521,7 +571,7 @@ def train(argv: list[str] | None = None) -> dict:
                    leave=False, dynamic_ncols=True, file=sys.stderr)
         for i in bar:
             idx = order[i * batch_size : (i + 1) * batch_size]
-            x = normalize(augment(train_x[idx], generators["augment"]), memory_format)
+            x = normalize(experiment.augment(train_x[idx], generators["augment"]), memory_format)
             y = train_y[idx]
             loss, logits = train_step(model, forward, optimizer, scheduler, x, y, args.weight_decay, amp)
             step += 1
@@ -564,7 +614,7 @@ def train(argv: list[str] | None = None) -> dict:
         checkpoint = {
             "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best_val_error": best_val,
-            "best": best, "rng": rng_state(generators, device), "config": vars(args),
+            "best": best, "rng": rng_state(generators, device), "config": {**vars(args), "experiment": experiment.name},
             "train_indices": train_idx, "val_indices": val_idx, "num_parameters": n_params,
             "elapsed_seconds": record["elapsed_seconds"],
         }
@@ -578,21 +628,69 @@ def train(argv: list[str] | None = None) -> dict:
               f"val err {val_error:.2f}% test err {test_error:.2f}% | lr {record['lr']:.3g} | "
               f"{images_per_s:.0f} img/s | {format_time(seconds)}/epoch, ETA {format_time(run_eta())}", flush=True)
         if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < epochs:
-            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with: python train.py -r {run_dir / 'last.pt'}")
+            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with: "
+                  f"python {experiment.script} -r {run_dir / 'last.pt'}")
             writer.close()
             return {"name": name, "num_parameters": n_params, "stopped_at": epoch + 1, **best}
     writer.close()
 
-    paper = PAPER_TABLE2.get((args.depth, args.width, not args.plain))
-    paper_text = f"paper: {paper[0]:.2f}% with {paper[1]:.3f}M" if paper else "no paper row for this configuration"
     print(f"final: {name} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "
-          f"val error {best['val_error']:.2f}%) | {n_params:,} parameters ({n_params / 1e6:.3f}M) | {paper_text}")
+          f"val error {best['val_error']:.2f}%) | {n_params:,} parameters ({n_params / 1e6:.3f}M) | {experiment.paper_result(args)}")
     return {"name": name, "num_parameters": n_params, **best}
 
 
-def main(argv: list[str] | None = None) -> int:
+# ----------------------------------------------------------------------------- CIFAR-10
+
+
+def cifar_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[object], dict]) -> None:
+    m = groups["model"]
+    m.add_argument("--depth", type=wrn_depth, **d(40), help="WRN depth, 6N+4")
+    m.add_argument("--width", type=positive_int, **d(1), help="widening factor k")
+    m.add_argument("--plain", action="store_true", **d(False), help="train the plain WRN baseline, not the hypernetwork")
+    m.add_argument("--z-dim", type=positive_int, **d(64), help="size of each z-embedding")
+    m.add_argument("--shortcut", choices=["pad", "conv"], **d("pad"), help="shortcut where a block changes shape")
+    groups["training"].add_argument("--schedule", choices=["paper"], **d("paper"),
+                                    help="lr schedule (App. A.3.2: Table 9 hyper, Table 8 plain)")
+
+
+def cifar_schedule(args: argparse.Namespace, steps_per_epoch: int) -> Schedule:
+    """The paper's schedule for this model (Adam for hyper, Nesterov SGD for plain), rescaled to --epochs."""
+    sched, total, epochs = schedule_for(args, steps_per_epoch)
+    return Schedule(sched["optimizer"], sched["lr"], epochs, total, lambda step: lr_multiplier(step, sched, total))
+
+
+def cifar_paper_result(args: argparse.Namespace) -> str:
+    paper = PAPER_TABLE2.get((args.depth, args.width, not args.plain))
+    return f"paper: {paper[0]:.2f}% with {paper[1]:.3f}M" if paper else "no paper row for this configuration"
+
+
+CIFAR10 = Experiment(
+    name="cifar10",
+    script="train.py",
+    description="Train a HyperResNet or a plain Wide-ResNet on CIFAR-10 (Ha et al. 2017).",
+    add_arguments=cifar_arguments,
+    defaults=dict(epochs=None, epochs_help="rescale the schedule to this many epochs (default: the paper's step count)",
+                  batch_size=128, weight_decay=5e-4, patience=None, optimizer_help="default: adam for hyper, Nesterov sgd for plain",
+                  lr_help="base lr (default: 0.002 hyper, 0.1 plain)", data_help="folder holding cifar-10-batches-py/",
+                  run_name_example="hyper-40-1"),
+    load_data=load_cifar10,
+    augment=augment,
+    build_model=build_model,
+    schedule=cifar_schedule,
+    run_name=lambda args: model_name(args.depth, args.width, not args.plain),
+    paper_result=cifar_paper_result,
+)
+
+
+def train(argv: list[str] | None = None) -> dict:
+    """Run (or resume) one CIFAR-10 run; returns its final summary."""
+    return fit(CIFAR10, argv)
+
+
+def main(argv: list[str] | None = None, experiment: Experiment = CIFAR10) -> int:
+    """The command line of EXPERIMENT: 0 on success, 1 with one line on stderr for a user error."""
     try:
-        train(argv)
+        fit(experiment, argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny CIFAR-10 in the official python-pickle format."""
+"""Shared fixtures: a tiny CIFAR-10 and a tiny MNIST, in their official file formats."""
 
+import gzip
 import pickle
 from pathlib import Path
 
@@ -32,3 +33,26 @@ def write_fake_cifar(root: Path, per_batch: int = 40, test_size: int = 40, seed:
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory) -> Path:
     return write_fake_cifar(tmp_path_factory.mktemp("data"))
+
+
+def write_fake_mnist(root: Path, train_size: int = 120, test_size: int = 40, seed: int = 0) -> Path:
+    """Write ROOT/MNIST/raw with the four gzipped IDX files (torchvision's layout); returns ROOT."""
+    rng = np.random.default_rng(seed)
+    folder = root / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    for prefix, n in (("train", train_size), ("t10k", test_size)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        # Learnable signal: each class brightens its own band of rows.
+        images = rng.integers(0, 100, (n, 28, 28), dtype=np.uint8)
+        for i, y in enumerate(labels):
+            images[i, 2 * y + 4 : 2 * y + 7] += 150
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            header = np.array([0x0800 + array.ndim, *array.shape], dtype=">u4").tobytes()
+            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+                f.write(header + array.tobytes())
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory) -> Path:
+    return write_fake_mnist(tmp_path_factory.mktemp("mnist"))
