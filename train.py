@@ -48,7 +48,7 @@ SCHEDULES = {
 
 # Flags that may differ between a checkpoint and the command that resumes it.
 RESUMABLE_CHANGES = {"resume", "device", "progress", "log_dir", "checkpoint_dir", "compile", "eval_batch_size", "data_dir",
-                     "download", "stop_after", "patience"}
+                     "download", "stop_after", "patience", "sync_bn"}
 
 
 class UserError(Exception):
@@ -153,6 +153,8 @@ def build_parser(experiment: Experiment, suppress_defaults: bool = False) -> arg
     s.add_argument("--amp", action=argparse.BooleanOptionalAction, **d(None), help="bf16 autocast (default: on for cuda)")
     s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, **d(None), help="default: on for cuda")
     s.add_argument("--compile", action="store_true", **d(False), help="torch.compile the model")
+    s.add_argument("--sync-bn", action="store_true", **d(False),
+                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)")
     s.add_argument("--eval-batch-size", type=positive_int, **d(1000), help="images per evaluation batch")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, **d(True), help="tqdm progress bar")
     o = groups["output"]
@@ -395,22 +397,68 @@ def writable_dir(path: Path, what: str) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------- torchrun
+
+
+class Distributed(NamedTuple):
+    """Where this process stands in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def main(self) -> bool:
+        """The one process that writes checkpoints, logs, metrics and the progress bar."""
+        return self.rank == 0
+
+
+SINGLE_PROCESS = Distributed(0, 1, 0)
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the torchrun job described by the environment, if any: nccl on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return SINGLE_PROCESS
+    dist = Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist
+
+
+def all_sum(t: torch.Tensor, dist: Distributed) -> torch.Tensor:
+    """T summed over all processes (a new tensor; T itself is left alone)."""
+    t = t.clone()
+    if dist.world > 1:
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def augment_seed(seed: int, rank: int) -> int:
+    """Each process's own augmentation stream; rank 0's is the single-process one."""
+    return seed + 2 + 1_000_003 * rank
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
 def evaluate(model: PrimaryNetwork, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
-             batch_size: int, memory_format: torch.memory_format, amp: bool) -> float:
-    """Top-1 error in percent. Kernels are generated once for the whole pass."""
+             batch_size: int, memory_format: torch.memory_format, amp: bool, dist: Distributed | None = None) -> float:
+    """Top-1 error in percent over all IMAGES. Kernels are generated once for the whole pass.
+    Under torchrun each process takes every world-th image and the counts are summed."""
+    dist = dist or SINGLE_PROCESS
+    mine, my_labels = images[dist.rank :: dist.world], labels[dist.rank :: dist.world]
     model.eval()
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
         kernels = model.kernels()
         wrong = torch.zeros((), dtype=torch.long, device=images.device)
-        for i in range(0, len(images), batch_size):
-            logits = model(normalize(images[i : i + batch_size], memory_format), kernels)
-            wrong += (logits.argmax(1) != labels[i : i + batch_size]).sum()
+        for i in range(0, len(mine), batch_size):
+            logits = model(normalize(mine[i : i + batch_size], memory_format), kernels)
+            wrong += (logits.argmax(1) != my_labels[i : i + batch_size]).sum()
     model.train()
-    return 100.0 * wrong.item() / len(images)
+    return 100.0 * all_sum(wrong, dist).item() / len(images)
 
 
 # ----------------------------------------------------------------------------- training
@@ -452,17 +500,18 @@ def train_step(model: PrimaryNetwork, forward, optimizer: torch.optim.Optimizer,
     return loss.detach(), logits.detach()
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device for --device NAME; under torchrun, CUDA device LOCAL_RANK."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", local_rank)
         mps = getattr(torch.backends, "mps", None)
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but CUDA is not available")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("--device mps was given but MPS is not available")
-    return torch.device(name)
+    return torch.device(name, local_rank) if name == "cuda" else torch.device(name)
 
 
 def format_time(seconds: float) -> str:
@@ -472,7 +521,11 @@ def format_time(seconds: float) -> str:
 
 
 def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
-    """Run (or resume) one training run of EXPERIMENT; returns its final summary."""
+    """Run (or resume) one training run of EXPERIMENT; returns its final summary.
+
+    Under ``torchrun --nproc_per_node=N`` it trains data-parallel: every process takes
+    its 1/N share of each global batch of --batch-size images, and only rank 0 writes.
+    """
     args, explicit = parse_args(argv, experiment)
     ckpt = None
     if args.resume is not None:
@@ -482,11 +535,19 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
         if saved_experiment != experiment.name:
             raise UserError(f"{path} is a {saved_experiment} run, not {experiment.name}: resume it with its own script")
         check_resume_config(ckpt["config"], args, explicit)
-        saved = dict(ckpt["config"])
+        saved = {**vars(build_parser(experiment).parse_args([])), **ckpt["config"]}  # flags newer than the checkpoint
         saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES})
-        args = argparse.Namespace(**{"patience": None, **saved})  # patience: absent in older checkpoints
+        args = argparse.Namespace(**saved)
 
-    device = pick_device(args.device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(args.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist = init_distributed(device)
+    if args.sync_bn and dist.world > 1 and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run on the CPU")
+    if args.batch_size % dist.world:
+        raise UserError(f"--batch-size {args.batch_size} does not split evenly over {dist.world} processes")
     amp = args.amp if args.amp is not None else device.type == "cuda"
     channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -494,11 +555,13 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
     if ckpt is None and (run_dir / "last.pt").exists():
         raise UserError(f"{run_dir / 'last.pt'} exists: resume it with -r, or pick another --run-name")
     log_dir = writable_dir(Path(args.log_dir) / args.run_name, "log directory")
+    log = print if dist.main else lambda *a, **k: None
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
-    generators = {"data_order": torch.Generator().manual_seed(args.seed + 1), "augment": torch.Generator().manual_seed(args.seed + 2)}
+    generators = {"data_order": torch.Generator().manual_seed(args.seed + 1),  # the same on every process
+                  "augment": torch.Generator().manual_seed(augment_seed(args.seed, dist.rank))}
 
     # Data: whole dataset as uint8 tensors on the device.
     train_x, train_y, test_x, test_y = experiment.load_data(args.data_dir, args.download)
@@ -510,47 +573,61 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
     train_x, train_y = train_x[train_idx].to(device), train_y[train_idx].to(device)
     test_x, test_y = test_x.to(device), test_y.to(device)
     normalize = Normalize(train_x)
-    batch_size = min(args.batch_size, len(train_x))
+    batch_size = min(args.batch_size, len(train_x) - len(train_x) % dist.world)  # global
+    local_batch = batch_size // dist.world
     steps_per_epoch = len(train_x) // batch_size
     schedule = experiment.schedule(args, steps_per_epoch)
     total_steps, epochs = schedule.total_steps, schedule.epochs
 
     # Model, optimizer, schedule.
     model = experiment.build_model(vars(args)).to(device, memory_format=memory_format)
+    if args.sync_bn and dist.world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     n_params = num_parameters(model)
     optimizer_name = args.optimizer or schedule.optimizer
     lr = args.lr if args.lr is not None else schedule.lr
     optimizer = build_optimizer(model, optimizer_name, lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
-    forward = torch.compile(model) if args.compile else model
 
     start_epoch, step, best_val, best, elapsed = 0, 0, math.inf, {}, 0.0
     metrics_path = run_dir / "metrics.jsonl"
     if ckpt is not None:
+        # Every process restores the same model and optimizer, and its own random streams.
+        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         try:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"], generators, device)
+            set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0], generators, device)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{args.resume or 'the checkpoint'} does not fit its own configuration ({first_line(e)})") from None
+        if len(per_rank) != dist.world:
+            log(f"note: the checkpoint was written by {len(per_rank)} process(es), this job has {dist.world}: "
+                "augmentation streams restart from the seed (the run goes on, but not bit-exactly)")
+            generators["augment"].manual_seed(augment_seed(args.seed, dist.rank) + 7919 * ckpt["epoch"])
         start_epoch, step, best_val, best = ckpt["epoch"], ckpt["step"], ckpt["best_val_error"], ckpt["best"]
         elapsed = ckpt["elapsed_seconds"]
         # Forget metrics of epochs that ran after this checkpoint (an interrupted epoch).
-        if metrics_path.exists():
+        if dist.main and metrics_path.exists():
             kept = [line for line in metrics_path.read_text().splitlines() if line and json.loads(line)["epoch"] <= start_epoch]
             metrics_path.write_text("".join(line + "\n" for line in kept))
-    elif metrics_path.exists():
+    elif dist.main and metrics_path.exists():
         metrics_path.unlink()
+    forward = model
+    if dist.world > 1:  # gradients (hypernetwork and z's included) are averaged over processes in backward
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        forward = torch.compile(forward)
 
     from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
 
-    writer = SummaryWriter(str(log_dir), purge_step=step if ckpt is not None else None)
+    writer = SummaryWriter(str(log_dir), purge_step=step if ckpt is not None else None) if dist.main else None
     name = experiment.run_name(args)
-    print(f"{name}: {n_params:,} parameters | {len(train_x)} train / {len(val_x)} val / {len(test_x)} test images | "
-          f"device {device.type}{' bf16' if amp else ''}{' channels_last' if channels_last else ''} | "
-          f"{optimizer_name} lr {lr:g}, {epochs} epochs x {steps_per_epoch} steps of {batch_size}"
-          + (f" | resumed at epoch {start_epoch}" if ckpt is not None else ""))
+    log(f"{name}: {n_params:,} parameters | {len(train_x)} train / {len(val_x)} val / {len(test_x)} test images | "
+        f"device {device.type}{' bf16' if amp else ''}{' channels_last' if channels_last else ''}"
+        f"{f' x {dist.world} processes' if dist.world > 1 else ''} | "
+        f"{optimizer_name} lr {lr:g}, {epochs} epochs x {steps_per_epoch} steps of {batch_size}"
+        + (f" | resumed at epoch {start_epoch}" if ckpt is not None else ""))
     cpu_note_due = device.type == "cpu" and args.epochs is None  # printed once the step time is known
 
     run_start, run_start_step = time.time(), step
@@ -560,17 +637,18 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
         return (time.time() - run_start) / max(step - run_start_step, 1) * (total_steps - step)
     for epoch in range(start_epoch, epochs):
         if args.patience is not None and best and epoch - best["epoch"] >= args.patience:
-            print(f"early stop after epoch {epoch}: no better validation error for {args.patience} epochs")
+            log(f"early stop after epoch {epoch}: no better validation error for {args.patience} epochs")
             break
         model.train()
         order = torch.randperm(len(train_x), generator=generators["data_order"]).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         epoch_start = time.time()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not args.progress,
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not args.progress or not dist.main,
                    leave=False, dynamic_ncols=True, file=sys.stderr)
         for i in bar:
-            idx = order[i * batch_size : (i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]  # the global batch
+            idx = idx[dist.rank * local_batch : (dist.rank + 1) * local_batch]  # this process's share
             x = normalize(experiment.augment(train_x[idx], generators["augment"]), memory_format)
             y = train_y[idx]
             loss, logits = train_step(model, forward, optimizer, scheduler, x, y, args.weight_decay, amp)
@@ -578,64 +656,75 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
             loss_sum += loss
             correct += (logits.argmax(1) == y).sum()
             if i % 10 == 9 or i == steps_per_epoch - 1:
-                running = loss_sum.item() / (i + 1)
+                running = all_sum(loss_sum, dist).item() / dist.world / (i + 1)  # the same on every process
                 if not math.isfinite(running):
                     raise UserError(f"training loss became {running} at step {step}; stopped. "
                                     f"The last good checkpoint is kept: {run_dir / 'last.pt'}")
                 rate = (i + 1) * batch_size / (time.time() - epoch_start)
                 eta = run_eta()
-                if cpu_note_due:
+                if cpu_note_due and dist.main:
                     tqdm.write(f"note: the paper schedule is {total_steps:,} steps: about {format_time(eta)} more "
                                "on this CPU. Use --epochs N for a short budget.", file=sys.stderr)
                     cpu_note_due = False
-                bar.set_postfix_str(f"loss {running:.3f} acc {100 * correct.item() / ((i + 1) * batch_size):.1f}% "
+                bar.set_postfix_str(f"loss {running:.3f} acc {100 * correct.item() / ((i + 1) * local_batch):.1f}% "
                                     f"{rate:.0f} img/s run ETA {format_time(eta)}")
         bar.close()
-        train_loss = loss_sum.item() / steps_per_epoch
+        train_loss = all_sum(loss_sum, dist).item() / dist.world / steps_per_epoch
+        train_error = 100 - 100 * all_sum(correct, dist).item() / (steps_per_epoch * batch_size)
         seconds = time.time() - epoch_start
         images_per_s = steps_per_epoch * batch_size / seconds
-        val_error = evaluate(model, val_x, val_y, normalize, args.eval_batch_size, memory_format, amp)
-        test_error = evaluate(model, test_x, test_y, normalize, args.eval_batch_size, memory_format, amp)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
-                  "train_error": 100 - 100 * correct.item() / (steps_per_epoch * batch_size),
+        if dist.world > 1:  # BatchNorm running statistics drift apart per process: evaluate (and save) rank 0's
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+        val_error = evaluate(model, val_x, val_y, normalize, args.eval_batch_size, memory_format, amp, dist)
+        test_error = evaluate(model, test_x, test_y, normalize, args.eval_batch_size, memory_format, amp, dist)
+        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_error": train_error,
                   "val_error": val_error, "test_error": test_error, "lr": optimizer.param_groups[0]["lr"],
                   "images_per_s": images_per_s, "epoch_seconds": seconds,
-                  "elapsed_seconds": elapsed + time.time() - epoch_start, "device": device.type}
-        writer.add_scalar("train/loss", train_loss, step)
-        writer.add_scalar("train/accuracy", 100 - record["train_error"], step)
-        for key in ("val_error", "test_error", "lr", "images_per_s"):
-            writer.add_scalar(key, record[key], step)
-        writer.flush()
-
+                  "elapsed_seconds": elapsed + time.time() - epoch_start, "device": device.type, "processes": dist.world}
         is_best = val_error < best_val
         if is_best:
             best_val = val_error
             best = {"epoch": epoch + 1, "step": step, "val_error": val_error, "test_error": test_error}
-        checkpoint = {
-            "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best_val_error": best_val,
-            "best": best, "rng": rng_state(generators, device), "config": {**vars(args), "experiment": experiment.name},
-            "train_indices": train_idx, "val_indices": val_idx, "num_parameters": n_params,
-            "elapsed_seconds": record["elapsed_seconds"],
-        }
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if is_best:
-            atomic_save(checkpoint, run_dir / "best.pt")
-        atomic_save(checkpoint, run_dir / "last.pt")
+        rng = rng_state(generators, device)
+        per_rank = [None] * dist.world
+        if dist.world > 1:
+            torch.distributed.all_gather_object(per_rank, rng)
+        else:
+            per_rank = [rng]
         elapsed = record["elapsed_seconds"]
-        print(f"epoch {epoch + 1}/{epochs} step {step} | loss {train_loss:.4f} train err {record['train_error']:.2f}% | "
-              f"val err {val_error:.2f}% test err {test_error:.2f}% | lr {record['lr']:.3g} | "
-              f"{images_per_s:.0f} img/s | {format_time(seconds)}/epoch, ETA {format_time(run_eta())}", flush=True)
+        if dist.main:
+            writer.add_scalar("train/loss", train_loss, step)
+            writer.add_scalar("train/accuracy", 100 - train_error, step)
+            for key in ("val_error", "test_error", "lr", "images_per_s"):
+                writer.add_scalar(key, record[key], step)
+            writer.flush()
+            checkpoint = {
+                "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best_val_error": best_val,
+                "best": best, "rng": rng, "rng_per_rank": per_rank, "config": {**vars(args), "experiment": experiment.name},
+                "train_indices": train_idx, "val_indices": val_idx, "num_parameters": n_params,
+                "elapsed_seconds": elapsed, "processes": dist.world,
+            }
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if is_best:
+                atomic_save(checkpoint, run_dir / "best.pt")
+            atomic_save(checkpoint, run_dir / "last.pt")
+        log(f"epoch {epoch + 1}/{epochs} step {step} | loss {train_loss:.4f} train err {train_error:.2f}% | "
+            f"val err {val_error:.2f}% test err {test_error:.2f}% | lr {record['lr']:.3g} | "
+            f"{images_per_s:.0f} img/s | {format_time(seconds)}/epoch, ETA {format_time(run_eta())}", flush=True)
         if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < epochs:
-            print(f"stopped after epoch {epoch + 1} (--stop-after); continue with: "
-                  f"python {experiment.script} -r {run_dir / 'last.pt'}")
-            writer.close()
+            log(f"stopped after epoch {epoch + 1} (--stop-after); continue with: "
+                f"python {experiment.script} -r {run_dir / 'last.pt'}")
+            if writer:
+                writer.close()
             return {"name": name, "num_parameters": n_params, "stopped_at": epoch + 1, **best}
-    writer.close()
+    if writer:
+        writer.close()
 
-    print(f"final: {name} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "
-          f"val error {best['val_error']:.2f}%) | {n_params:,} parameters ({n_params / 1e6:.3f}M) | {experiment.paper_result(args)}")
+    log(f"final: {name} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "
+        f"val error {best['val_error']:.2f}%) | {n_params:,} parameters ({n_params / 1e6:.3f}M) | {experiment.paper_result(args)}")
     return {"name": name, "num_parameters": n_params, **best}
 
 
@@ -689,14 +778,20 @@ def train(argv: list[str] | None = None) -> dict:
 
 def main(argv: list[str] | None = None, experiment: Experiment = CIFAR10) -> int:
     """The command line of EXPERIMENT: 0 on success, 1 with one line on stderr for a user error."""
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, one process reports
     try:
         fit(experiment, argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if main_process:
+            print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is saved; resume with -r", file=sys.stderr)
+        if main_process:
+            print("interrupted: the last completed epoch is saved; resume with -r", file=sys.stderr)
         return 130
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

@@ -1,0 +1,130 @@
+"""torchrun: 2 CPU processes with gloo train one model, write one set of files, evaluate
+like one process, and resume exactly after both are killed."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from conftest import write_fake_cifar
+
+REPO = Path(__file__).resolve().parent.parent
+EPOCHS = "12"
+
+
+def torchrun(script: str, *args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", script, *args]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def flags(root: Path, data: Path, *extra: str) -> list[str]:
+    return ["--depth", "10", "--epochs", EPOCHS, "--batch-size", "32", "--val-size", "20", "--data-dir", str(data),
+            "--no-download", "--no-progress", "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"), *extra]
+
+
+def descendants(pid: int) -> list[int]:
+    """Child processes of PID, recursively (Linux /proc); torchrun starts its workers in their own sessions."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return [d for c in children for d in [c, *descendants(c)]]
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_fake_cifar(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data) -> tuple[Path, str]:
+    """One uninterrupted 2-process run; each process saved its final model state."""
+    root = tmp_path_factory.mktemp("ddp")
+    out = finish(torchrun("tests/ddp_worker.py", str(root), *flags(root, data)))
+    return root, out
+
+
+def test_one_set_of_files_and_identical_parameters_on_both_ranks(reference):
+    root, out = reference
+    run = root / "ck" / "hyper-10-1"
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert len(list((root / "runs" / "hyper-10-1").iterdir())) == 1  # one TensorBoard event file
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, int(EPOCHS) + 1))
+    assert all(r["processes"] == 2 for r in records)
+    assert out.count("final: hyper-10-1") == 1 and "x 2 processes" in out  # rank 0 alone reports
+    rank0, rank1 = (torch.load(root / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    saved = torch.load(run / "last.pt", weights_only=True)
+    for key, value in rank0.items():  # BatchNorm statistics too: rank 0's are broadcast before evaluation
+        assert torch.equal(value, rank1[key]), key
+        assert torch.equal(value, saved["model"][key]), key
+    assert len(saved["rng_per_rank"]) == 2
+    assert not torch.equal(saved["rng_per_rank"][0]["augment"], saved["rng_per_rank"][1]["augment"])
+    init = train.build_model(saved["config"]).state_dict()
+    assert not torch.equal(init["kernel_bank.z"], rank0["kernel_bank.z"])  # it did train
+
+
+def test_two_process_evaluation_equals_one_process_evaluation(reference, data):
+    root, _ = reference
+    ckpt = torch.load(root / "ck" / "hyper-10-1" / "last.pt", weights_only=True)
+    model = train.build_model(ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    train_x, train_y, test_x, test_y = train.load_cifar10(data, download=False)
+    normalize = train.Normalize(train_x[ckpt["train_indices"]])
+    args = (normalize, 7, torch.contiguous_format, False)  # another batch size than the run's
+    val_error = train.evaluate(model, train_x[ckpt["val_indices"]], train_y[ckpt["val_indices"]], *args)
+    test_error = train.evaluate(model, test_x, test_y, *args)
+    last = json.loads((root / "ck" / "hyper-10-1" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (last["val_error"], last["test_error"]) == (val_error, test_error)
+
+
+def test_killed_then_resumed_under_torchrun_ends_where_the_uninterrupted_run_ends(reference, data, tmp_path):
+    proc = torchrun("train.py", *flags(tmp_path, data))
+    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    deadline = time.time() + 180
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    workers = descendants(proc.pid)
+    for pid in [*workers, proc.pid]:  # both workers and torchrun, mid-run
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.communicate()
+    killed_at = torch.load(last, weights_only=True)["epoch"]
+    assert len(workers) >= 2 and 1 <= killed_at < int(EPOCHS), "the run was not interrupted"
+
+    out = finish(torchrun("train.py", *flags(tmp_path, data), "-r"))
+    assert f"resumed at epoch {killed_at}" in out
+    resumed = torch.load(last, weights_only=True)
+    straight = torch.load(reference[0] / "ck" / "hyper-10-1" / "last.pt", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == int(EPOCHS)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    lines = (tmp_path / "ck" / "hyper-10-1" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, int(EPOCHS) + 1))
+
+
+def test_sync_bn_is_refused_on_cpu_in_one_line(data, tmp_path):
+    proc = torchrun("train.py", *flags(tmp_path, data, "--sync-bn"))
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    assert err.count("error: --sync-bn needs CUDA") == 1
+
+
+def test_global_batch_must_split_over_processes(data, tmp_path):
+    proc = torchrun("train.py", *flags(tmp_path, data, "--batch-size", "33"))
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0 and err.count("error: --batch-size 33 does not split evenly over 2 processes") == 1
