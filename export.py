@@ -50,7 +50,11 @@ def weights_bytes(model: torch.nn.Module) -> int:
 
 def export(checkpoint: Path, out: Path | None = None) -> Path:
     """Write the plain version of CHECKPOINT's model; returns the output path."""
-    model = model_from_checkpoint(train.load_checkpoint(checkpoint))
+    ckpt = train.load_checkpoint(checkpoint)
+    experiment = ckpt["config"].get("experiment", train.CIFAR10.name)
+    if experiment != train.CIFAR10.name:
+        raise train.UserError(f"{checkpoint} is a {experiment} run; export.py exports CIFAR-10 HyperResNets")
+    model = model_from_checkpoint(ckpt)
     if not model.hyper:
         raise train.UserError(f"{checkpoint} holds a plain network already: nothing to export")
     plain = to_plain(model)

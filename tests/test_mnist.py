@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+import export
 import mnist
 import train
 from conftest import write_fake_mnist
@@ -146,4 +147,6 @@ def test_checkpoints_of_the_other_experiment_are_refused(tmp_path, mnist_dir, ci
     cifar = [*run_args(tmp_path, cifar_dir, "--depth", "10", "--epochs", "1"), "-r", str(foreign)]
     line = error_line(train.main(cifar), capsys)
     assert "is a mnist run, not cifar10" in line
+    line = error_line(export.main([str(foreign)]), capsys)
+    assert "is a mnist run; export.py exports CIFAR-10 HyperResNets" in line
     shutil.rmtree(tmp_path / "ck")
