@@ -1,0 +1,408 @@
+"""How do our runs compare with the paper's tables? One command, one Markdown file.
+
+    python compare.py                                  # runs under checkpoints/ -> results/results.md
+    python compare.py --runs checkpoints results/runs  # several folders of runs
+    python compare.py --archive results/runs           # also keep each run's small files there
+
+A run is a folder holding train.py's ``last.pt`` (and ``metrics.jsonl``), or the small
+files ``--archive`` writes for it: ``run.json``, ``metrics.jsonl`` and, for a hyper run,
+``kernel_bank.pt`` (its z's and hypernetwork). Both read the same, so the tables (and
+diagrams.py's figures) can be rebuilt from committed archives without the checkpoints.
+
+Top to bottom: reading runs, the two tables (paper Table 2 for CIFAR-10, Table 7 for
+MNIST) with our parameter counts computed from the live models, the archive, the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import mnist
+import train
+from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
+
+EXPERIMENTS = {e.name: e for e in (train.CIFAR10, mnist.MNIST)}
+CIFAR_Z_DIM, CIFAR_SHORTCUT = 64, "pad"  # the configuration behind the paper's Table 2 (N_z = 64)
+BANK_PREFIX = "kernel_bank."  # model-state keys of the z's and the hypernetwork
+SUMMARY_KEYS = ("config", "best", "epoch", "step", "elapsed_seconds", "num_parameters")
+BEST_KEYS = {"epoch", "step", "val_error", "test_error"}
+CONFIG_KEYS = {"cifar10": {"depth", "width", "plain", "z_dim", "shortcut", "epochs", "batch_size", "seed"},
+               "mnist": {"plain", "z_dim", "epochs", "batch_size", "seed"}}
+RUN_COLUMNS = ["run", "test error", "val error", "best epoch", "epochs", "steps x batch", "stopped", "device", "wall time"]
+LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device"}  # words; the other columns are numbers
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+
+@dataclass(eq=False)  # runs compare by identity
+class Run:
+    """One training run, read from its checkpoint or from its archived summary."""
+
+    directory: Path
+    config: dict  # the run's command-line arguments, as train.py saved them
+    best: dict  # epoch, step, val_error, test_error at the best validation epoch
+    epoch: int  # epochs done
+    step: int
+    elapsed_seconds: float
+    num_parameters: int
+    device: str  # e.g. "cpu", or "cuda x4" under torchrun
+    metrics: list[dict]  # metrics.jsonl, one record per epoch done
+    kernel_bank: dict[str, torch.Tensor]  # the model-state entries of the kernel bank; empty for plain runs
+
+    @property
+    def experiment(self) -> str:
+        return self.config.get("experiment", train.CIFAR10.name)  # checkpoints before MNIST: CIFAR-10
+
+    @property
+    def name(self) -> str:
+        return self.config.get("run_name") or self.directory.name
+
+    @property
+    def hyper(self) -> bool:
+        return not self.config["plain"]
+
+
+def is_run_dir(directory: Path) -> bool:
+    return (directory / "last.pt").is_file() or (directory / "run.json").is_file()
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise train.UserError(f"{path} is not readable JSON ({train.first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise train.UserError(f"{path} does not hold a JSON object")
+    return data
+
+
+def read_metrics(path: Path, epochs: int) -> list[dict]:
+    """The records of metrics.jsonl for epochs 1..EPOCHS (a killed epoch may have left one more)."""
+    if not path.is_file():
+        return []
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r for r in records if r["epoch"] <= epochs]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise train.UserError(f"{path} is not a metrics file ({train.first_line(e)})") from None
+
+
+def check_summary(summary: dict, source: Path) -> None:
+    """Raise a UserError naming SOURCE unless SUMMARY has every field the tables use."""
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if not missing:
+        config, best = summary["config"], summary["best"]
+        if not isinstance(config, dict) or not isinstance(best, dict):
+            raise train.UserError(f"{source} is not a run summary: its config and best are not dicts")
+        experiment = config.get("experiment", train.CIFAR10.name)
+        if experiment not in CONFIG_KEYS:
+            raise train.UserError(f"{source} is a run of an unknown experiment {experiment!r}")
+        missing = [f"config.{k}" for k in sorted(CONFIG_KEYS[experiment] - set(config))]
+        missing += [f"best.{k}" for k in sorted(BEST_KEYS - set(best))]
+    if missing:
+        raise train.UserError(f"{source} is incomplete: it lacks {', '.join(missing)}")
+
+
+def devices(metrics: list[dict], config: dict) -> str:
+    """Where the run trained, from its metrics ("cpu", "cuda x4", "cpu, then cuda")."""
+    seen = [m["device"] + (f" x{m['processes']}" if m.get("processes", 1) > 1 else "") for m in metrics if "device" in m]
+    if not seen:
+        return config.get("device") if config.get("device") not in (None, "auto") else "unknown"
+    return ", then ".join(dict.fromkeys(seen))
+
+
+def read_run(directory: Path) -> Run:
+    """The run in DIRECTORY: from last.pt if it has one, else from an archived run.json.
+
+    Raises:
+        train.UserError: If its files are unreadable or lack what the tables need.
+    """
+    if (directory / "last.pt").is_file():
+        source = directory / "last.pt"
+        ckpt = train.load_checkpoint(source)
+        summary = {k: ckpt[k] for k in SUMMARY_KEYS if k in ckpt}
+        bank = {k: v for k, v in ckpt["model"].items() if k.startswith(BANK_PREFIX)}
+    else:
+        source = directory / "run.json"
+        summary = read_json(source)
+        bank = read_kernel_bank(directory / "kernel_bank.pt")
+    check_summary(summary, source)
+    metrics = read_metrics(directory / "metrics.jsonl", summary["epoch"])
+    return Run(directory=directory, config=summary["config"], best=summary["best"], epoch=summary["epoch"],
+               step=summary["step"], elapsed_seconds=summary["elapsed_seconds"], num_parameters=summary["num_parameters"],
+               device=summary.get("device") or devices(metrics, summary["config"]), metrics=metrics, kernel_bank=bank)
+
+
+def read_kernel_bank(path: Path) -> dict[str, torch.Tensor]:
+    """An archived kernel_bank.pt (weights_only: no code runs), or {} when there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        bank = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise train.UserError(f"{path} is not readable ({train.first_line(e)})") from None
+    if not isinstance(bank, dict) or not all(isinstance(v, torch.Tensor) and k.startswith(BANK_PREFIX) for k, v in bank.items()):
+        raise train.UserError(f"{path} is not a kernel bank written by compare.py")
+    return bank
+
+
+def find_runs(roots: list[Path]) -> list[Run]:
+    """Every run in ROOTS: a root that is a run folder itself, else its run subfolders (by name).
+
+    A run folder that cannot be read is reported in one warning line on stderr and skipped.
+
+    Raises:
+        train.UserError: If a root is not a folder.
+    """
+    runs, seen = [], set()
+    for root in roots:
+        if not root.is_dir():
+            raise train.UserError(f"--runs {root} is not a folder")
+        folders = [root] if is_run_dir(root) else sorted(d for d in root.iterdir() if d.is_dir() and is_run_dir(d))
+        for folder in folders:
+            if folder.resolve() in seen:  # named twice on the command line
+                continue
+            seen.add(folder.resolve())
+            try:
+                runs.append(read_run(folder))
+            except train.UserError as e:
+                print(f"warning: skipped {folder}: {train.first_line(e)}", file=sys.stderr)
+    return runs
+
+
+# ----------------------------------------------------------------------------- the tables
+
+
+def percent(value: float) -> str:
+    return f"{value:.2f}%"
+
+
+def wall_time(seconds: float) -> str:
+    """H:MM:SS (hours may exceed 24)."""
+    minutes, s = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
+
+
+def planned_epochs(run: Run) -> int:
+    """The run's length in epochs: --epochs, or the paper's step count at the run's steps per epoch."""
+    steps_per_epoch = max(1, run.step // max(1, run.epoch))
+    return EXPERIMENTS[run.experiment].schedule(argparse.Namespace(**run.config), steps_per_epoch).epochs
+
+
+def stop_status(run: Run) -> str:
+    """finished | early stop (patience N) | unfinished (still running, or stopped to resume later)."""
+    patience = run.config.get("patience")
+    if run.epoch >= planned_epochs(run):
+        return "finished"
+    if patience and run.epoch - run.best["epoch"] >= patience:
+        return f"early stop (patience {patience})"
+    return "unfinished"
+
+
+def run_cells(run: Run | None) -> list[str]:
+    """One run's result and budget, or "no run"."""
+    if run is None:
+        return ["no run"] + [""] * (len(RUN_COLUMNS) - 1)
+    schedule = " (paper schedule)" if run.config["epochs"] is None else ""
+    return [f"`{run.name}`", percent(run.best["test_error"]), percent(run.best["val_error"]), str(run.best["epoch"]),
+            f"{run.epoch} of {planned_epochs(run):,}{schedule}", f"{run.step:,} x {run.config['batch_size']}",
+            stop_status(run), run.device, wall_time(run.elapsed_seconds)]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Markdown lines; numbers right-aligned, words (LEFT_COLUMNS) left-aligned."""
+    align = "|" + "".join("---|" if column in LEFT_COLUMNS else "---:|" for column in header)
+    return ["| " + " | ".join(header) + " |", align] + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def sources(runs: list[Run], roots: list[Path]) -> str:
+    """The line under a table: which run folders its rows came from, and on what devices."""
+    if not runs:
+        return f"No matching runs in {', '.join(f'`{root}`' for root in roots)}."
+    folders = ", ".join(f"`{run.directory}`" for run in runs)
+    return f"Rows from {folders}; trained on {', '.join(dict.fromkeys(run.device for run in runs))}."
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """How one experiment's runs line up with one table of the paper."""
+
+    experiment: str  # runs of this experiment go in the table
+    title: str
+    paper: dict  # the paper's table: row key -> its numbers
+    columns: list[str]  # the leading columns: the model, the paper's numbers, our counts
+    cells: Callable[[object, tuple], list[str]]  # row key, paper numbers -> the leading cells
+    key: Callable[[Run], object]  # a run -> its row key, or None when it does not match the paper's setup
+    describe: Callable[[Run], str]  # a run that matches no row -> its configuration in words
+
+
+def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list[str]:
+    """The paper's table with one line per matching run ("no run" where none matches), the
+    line saying where those runs came from, then a table of the experiment's other runs."""
+    runs = [run for run in runs if run.experiment == table.experiment]
+    rows, matched = [], []
+    for key, numbers in table.paper.items():
+        matching = [run for run in runs if table.key(run) == key]
+        rows += [table.cells(key, numbers) + run_cells(run) for run in matching or [None]]
+        matched += matching
+    others = [run for run in runs if run not in matched]
+    lines = [f"## {table.title}", "", *markdown_table([*table.columns, *RUN_COLUMNS], rows), ""]
+    lines.append(sources(matched, roots))
+    if others:
+        rows = [[table.describe(run), f"{run.num_parameters:,}", *run_cells(run)] for run in others]
+        lines += ["", "Other runs (no row in the paper's table):", ""]
+        lines += [*markdown_table(["configuration", "our params", *RUN_COLUMNS], rows), "", sources(others, roots)]
+    return lines
+
+
+def cifar_key(run: Run) -> tuple[int, int, bool] | None:
+    c = run.config
+    return (c["depth"], c["width"], run.hyper) if (c["z_dim"], c["shortcut"]) == (CIFAR_Z_DIM, CIFAR_SHORTCUT) else None
+
+
+def cifar_cells(key: tuple[int, int, bool], paper: tuple[float, float]) -> list[str]:
+    depth, width, hyper = key
+    ours = num_parameters(PrimaryNetwork(depth, width, hyper=hyper))
+    return [model_name(depth, width, hyper), percent(paper[0]), f"{paper[1]:.3f}M", f"{ours:,}"]
+
+
+def cifar_describe(run: Run) -> str:
+    c = run.config
+    return f"{model_name(c['depth'], c['width'], run.hyper)}, z_dim {c['z_dim']}, shortcut {c['shortcut']}"
+
+
+def mnist_key(run: Run) -> bool | None:
+    return run.hyper if run.config["z_dim"] == mnist.Z_DIM else None
+
+
+def mnist_cells(hyper: bool, paper: tuple[float, int]) -> list[str]:
+    net = mnist.MnistNet(hyper)
+    return ["hyper" if hyper else "normal", percent(paper[0]), f"{paper[1]:,}", f"{net.layer2_parameters():,}",
+            f"{num_parameters(net):,}"]
+
+
+def mnist_describe(run: Run) -> str:
+    return f"{'hyper' if run.hyper else 'normal'}, z_dim {run.config['z_dim']}"
+
+
+def paper_tables() -> list[PaperTable]:
+    """Paper Table 2 (CIFAR-10) and Table 7 (MNIST), and how our runs match their rows."""
+    return [
+        PaperTable(train.CIFAR10.name, "CIFAR-10: paper Table 2 against our runs", PAPER_TABLE2,
+                   ["model", "paper test error", "paper params", "our params"], cifar_cells, cifar_key, cifar_describe),
+        PaperTable(mnist.MNIST.name, "MNIST: paper Table 7 against our runs", mnist.PAPER_TABLE7,
+                   ["model", "paper test error", "paper layer-2 params", "our layer-2 params", "our params"],
+                   mnist_cells, mnist_key, mnist_describe),
+    ]
+
+
+def paper_error(run: Run) -> float | None:
+    """The paper's test error for RUN's model and setup, or None when the paper has no such row."""
+    for table in paper_tables():
+        if table.experiment == run.experiment and table.key(run) in table.paper:
+            return table.paper[table.key(run)][0]
+    return None
+
+
+def report(runs: list[Run], roots: list[Path], command: str) -> str:
+    """The whole Markdown report: each paper table beside our runs."""
+    lines = [f"Generated by `{command}`. Test error: at the epoch with the best validation error "
+             "(early stopping), as in the paper. Our parameter counts are computed from the models."]
+    for table in paper_tables():
+        lines += ["", *table_section(table, runs, roots)]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- archive
+
+
+def archive(runs: list[Run], dest: Path) -> list[Path]:
+    """Write each run's small files to DEST/<run name>/: run.json, metrics.jsonl and, for a
+    hyper run, kernel_bank.pt (its z's and hypernetwork). Runs read from there are left alone.
+
+    Returns:
+        The folders written.
+
+    Raises:
+        train.UserError: If two runs have the same name, or DEST is not writable.
+    """
+    todo = [run for run in runs if run.directory.resolve() != (dest / run.name).resolve()]
+    twice = [name for name, n in Counter(run.name for run in todo).items() if n > 1]
+    if twice:
+        raise train.UserError(f"two runs are named {twice[0]}: archive them one --runs folder at a time")
+    written = []
+    for run in todo:
+        folder = dest / run.name
+        summary = {"config": run.config, "best": run.best, "epoch": run.epoch, "step": run.step,
+                   "elapsed_seconds": run.elapsed_seconds, "device": run.device, "num_parameters": run.num_parameters,
+                   "experiment": run.experiment}
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in run.metrics))
+            if run.kernel_bank:
+                torch.save({k: v.clone() for k, v in run.kernel_bank.items()}, folder / "kernel_bank.pt")
+        except OSError as e:
+            raise train.UserError(f"cannot archive to {folder} ({e.strerror or e})") from None
+        written.append(folder)
+    return written
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compare.py",
+        description="Compare our runs with the paper's Table 2 (CIFAR-10) and Table 7 (MNIST): print a Markdown "
+                    "report and write it to --out.",
+        formatter_class=train.HelpFormatter,
+    )
+    p.add_argument("--runs", nargs="+", action="extend", metavar="DIR",
+                   help="folders of runs: each subfolder with last.pt (train.py, mnist.py) or run.json "
+                        "(--archive) is a run (default: checkpoints)")
+    p.add_argument("--out", default="results/results.md", metavar="FILE", help="the Markdown file to write")
+    p.add_argument("--archive", metavar="DIR",
+                   help="also write each run's run.json, metrics.jsonl and (hyper) kernel_bank.pt to DIR/RUN_NAME: "
+                        "small files from which compare.py and diagrams.py rebuild everything")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: 0 on success, 1 with one line on stderr for a user error."""
+    args = build_parser().parse_args(argv)
+    roots = [Path(d) for d in args.runs or ["checkpoints"]]
+    command = shlex.join(["python", "compare.py", "--runs", *map(str, roots), "--out", args.out]
+                         + (["--archive", args.archive] if args.archive else []))
+    out = Path(args.out)
+    try:
+        runs = find_runs(roots)
+        text = report(runs, roots, command)
+        print(text, end="")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+        except OSError as e:
+            raise train.UserError(f"cannot write {out} ({e.strerror or e})") from None
+        print(f"wrote {out}", file=sys.stderr)
+        if args.archive:
+            folders = archive(runs, Path(args.archive))
+            print(f"archived {len(folders)} run(s) to {args.archive}", file=sys.stderr)
+    except train.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Figures drawn by code, every number taken from the live models or the runs' files.
+
+    python diagrams.py                         # runs under checkpoints/, PNGs to diagrams/
+    python diagrams.py --runs results/runs     # from archived runs (compare.py --archive)
+
+    architecture.png   z's -> one shared hypernetwork -> 16x16x3x3 tiles -> each stage's
+                       kernels, with the tile grids and parameter counts of Hyper-40-1 and 40-2
+    curves_cifar.png   training loss and validation/test error per epoch, hyper and plain runs
+    curves_mnist.png   the same for the MNIST runs
+    kernels_RUN.png    one generated layer of a hyper run, at initialisation and after training
+
+Runs are found and read by compare.py (a checkpoint folder or an archived one, alike).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
+from matplotlib.ticker import MaxNLocator
+
+import compare
+import train
+from hypernetwork_modules import HyperNetwork, KernelBank
+from primary_net import PrimaryNetwork, model_name, num_parameters
+
+DEPTH, WIDTHS = 40, (1, 2)  # the paper's two HyperResNets
+STAGES = 3  # a WRN's three stages hold equally many generated kernels
+COLOURS = {"z": "#cfe2f3", "hypernet": "#f9cb9c", "tile": "#d9ead3", "tile_edge": "#6a8f5f", "stage": "#f3f3f3",
+           "rest": "#d9d9d9", "edge": "#444444"}
+RUN_COLOURS = {True: ["tab:blue", "tab:purple", "tab:cyan", "tab:green"],  # hyper runs
+               False: ["tab:orange", "tab:red", "tab:brown", "tab:olive"]}  # plain runs
+CURVES = {"cifar10": ("curves_cifar.png", "CIFAR-10"), "mnist": ("curves_mnist.png", "MNIST")}  # file, title
+SHOWN_LAYER = {"cifar10": "stage 1, block 1, first conv", "mnist": "layer 2"}  # the first generated kernel
+
+
+# ----------------------------------------------------------------------------- architecture
+
+
+def rounded(ax: Axes, x: float, y: float, w: float, h: float, colour: str) -> None:
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=0.8", fc=colour,
+                                ec=COLOURS["edge"], lw=1.2))
+
+
+def box(ax: Axes, x: float, y: float, w: float, h: float, colour: str, title: str, lines: list[str]) -> None:
+    """A rounded box with a bold title and centred lines of text."""
+    rounded(ax, x, y, w, h, colour)
+    ax.text(x + w / 2, y + h - 1.5, title, ha="center", va="top", fontsize=11, weight="bold")
+    ax.text(x + w / 2, y + h - 4.3, "\n".join(lines), ha="center", va="top", fontsize=9.5, linespacing=1.6)
+
+
+def arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float]) -> None:
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, lw=1.3, color=COLOURS["edge"]))
+
+
+def tile_name(hypernet: HyperNetwork) -> str:
+    """The shape of the basic kernel HYPERNET makes, e.g. 16x16x3x3."""
+    return f"{hypernet.out_size}x{hypernet.in_size}x{hypernet.f_size}x{hypernet.f_size}"
+
+
+def draw_tile_grid(ax: Axes, x: float, top: float, rows: int, cols: int, side: float) -> None:
+    """ROWS x COLS small squares, one per tile of a kernel, top-left corner at (X, TOP)."""
+    for r in range(rows):
+        for c in range(cols):
+            ax.add_patch(Rectangle((x + c * side, top - (r + 1) * side), side, side, fc=COLOURS["tile"],
+                                   ec=COLOURS["tile_edge"], lw=0.6))
+
+
+def draw_stage(ax: Axes, bank: KernelBank, stage: int, layers: range, y: float, side: float,
+               source: tuple[float, float]) -> None:
+    """One stage's box, with an arrow from SOURCE: its counts, and each distinct kernel's
+    grid of tiles (with how many kernels share it)."""
+    x, w, h = 67, 32, 12.5
+    arrow(ax, source, (x, y + h / 2))
+    rounded(ax, x, y, w, h, COLOURS["stage"])
+    channels = bank.shapes[layers[0]][0]
+    zs = sum(bank.tiles_per_layer[i] for i in layers)
+    ax.text(x + 1.2, y + h - 1.5, f"stage {stage + 1}", ha="left", va="top", fontsize=11, weight="bold")
+    ax.text(x + 1.2, y + h - 4.3, f"{channels} channels\n{len(layers)} kernels\n{zs} z's", ha="left", va="top",
+            fontsize=9.5, linespacing=1.6)
+    left = x + 12
+    for ((rows, cols), shape), count in Counter((bank.grids[i], bank.shapes[i]) for i in layers).items():
+        draw_tile_grid(ax, left, y + h - 1.2, rows, cols, side)
+        ax.text(left, y + h - 1.9 - rows * side, f"{count} kernel{'s' if count > 1 else ''} {shape[0]}x{shape[1]}\n"
+                f"{rows}x{cols} tile{'s' if rows * cols > 1 else ''} each", ha="left", va="top", fontsize=8, linespacing=1.3)
+        left += max(cols * side, 8) + 1.5
+
+
+def draw_hyper_resnet(ax: Axes, model: PrimaryNetwork, side: float) -> None:
+    """The path from z's to kernels of a hyper PrimaryNetwork, with its parameter budget."""
+    depth, width = model.depth, model.width
+    bank, hypernet = model.kernel_bank, model.kernel_bank.hypernet
+    n_hyper, n_z, n_total = num_parameters(hypernet), bank.z.numel(), num_parameters(model)
+    n_plain = num_parameters(PrimaryNetwork(depth, width, hyper=False))
+    tile = tile_name(hypernet)
+    ax.set(xlim=(0, 100), ylim=(0, 44), aspect="equal")
+    ax.axis("off")
+    ax.set_title(f"{model_name(depth, width, True)}: {n_total:,} parameters make {len(bank.shapes)} kernels "
+                 f"(the plain {model_name(depth, width, False)} stores {n_plain:,})", loc="left", fontsize=13)
+
+    box(ax, 1, 20, 17, 14, COLOURS["z"], "z-embeddings", [f"{bank.num_tiles} x {hypernet.z_dim}", "one learned z per tile",
+                                                            f"{n_z:,} params"])
+    arrow(ax, (18, 27), (23, 27))
+    box(ax, 23, 20, 20, 14, COLOURS["hypernet"], "hypernetwork", ["shared by every tile", "one batched call",
+                                                                  f"{n_hyper:,} params"])
+    arrow(ax, (43, 27), (48, 27))
+    box(ax, 48, 20, 14, 14, COLOURS["tile"], f"{bank.num_tiles} tiles", [f"each {tile}", "laid out in grids", "per kernel"])
+    per_stage = len(bank.shapes) // STAGES
+    for stage in range(STAGES):
+        draw_stage(ax, bank, stage, range(stage * per_stage, (stage + 1) * per_stage), 30.5 - 14 * stage, side, (62, 27))
+
+    # Where the parameters are: a bar split in proportion.
+    parts = [("hypernetwork", n_hyper, COLOURS["hypernet"]), ("z's", n_z, COLOURS["z"]),
+             ("rest: stem, BatchNorm, biases, classifier", n_total - n_hyper - n_z, COLOURS["rest"])]
+    left = 1.0
+    for label, count, colour in parts:
+        ax.add_patch(Rectangle((left, 11), 61 * count / n_total, 4, fc=colour, ec=COLOURS["edge"], lw=0.8))
+        left += 61 * count / n_total
+    ax.text(1, 16, "where the parameters are", ha="left", va="bottom", fontsize=9.5, style="italic")
+    legend = "   ".join(f"{label} {count:,} ({100 * count / n_total:.0f}%)" for label, count, _ in parts)
+    ax.text(1, 9.5, legend, ha="left", va="top", fontsize=9)
+
+
+def draw_architecture() -> Figure:
+    """Hyper-WRN-40-1 and 40-2, one above the other, tiles drawn at one scale."""
+    models = [PrimaryNetwork(DEPTH, width, hyper=True) for width in WIDTHS]
+    side = min(1.8, 8.0 / max(rows for m in models for rows, _ in m.kernel_bank.grids))  # the largest grid fits a stage box
+    fig = Figure(figsize=(15, 6.6 * len(WIDTHS) + 0.8), layout="constrained")
+    hypernet = models[0].kernel_bank.hypernet
+    fig.suptitle(f"HyperNetworks for Wide-ResNets: one shared hypernetwork makes every {hypernet.f_size}x{hypernet.f_size} "
+                 f"kernel from one z per {tile_name(hypernet)} tile", fontsize=15, weight="bold")
+    for ax, model in zip(fig.subplots(len(models), 1), models):
+        draw_hyper_resnet(ax, model, side)
+    return fig
+
+
+# ----------------------------------------------------------------------------- learning curves
+
+
+def draw_curves(runs: list[compare.Run], title: str) -> Figure:
+    """Training loss | validation (dashed) and test (solid) error against epochs, a star at
+    the reported result (the best validation epoch), the paper's test error dotted. Hyper
+    runs in blues, plain runs in oranges."""
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    loss_ax, error_ax = fig.subplots(1, 2)
+    used = Counter()
+    for run in runs:
+        palette = RUN_COLOURS[run.hyper]
+        colour = palette[used[run.hyper] % len(palette)]
+        used[run.hyper] += 1
+        epochs = [m["epoch"] for m in run.metrics]
+        loss_ax.plot(epochs, [m["train_loss"] for m in run.metrics], "-o", ms=3, color=colour, label=run.name)
+        error_ax.plot(epochs, [m["val_error"] for m in run.metrics], "--", color=colour)
+        error_ax.plot(epochs, [m["test_error"] for m in run.metrics], "-o", ms=3, color=colour)
+        error_ax.plot(run.best["epoch"], run.best["test_error"], "*", ms=13, color=colour, mec="black", mew=0.6)
+        paper = compare.paper_error(run)
+        if paper is not None:
+            error_ax.axhline(paper, ls=":", lw=1.2, color=colour)
+    highest = {key: max(m[key] for run in runs for m in run.metrics) for key in ("train_loss", "val_error", "test_error")}
+    loss_ax.set(title="training loss (cross-entropy)", xlabel="epoch", ylabel="loss", ylim=(0, 1.1 * highest["train_loss"]))
+    error_ax.set(title="error", xlabel="epoch", ylabel="error (%)",
+                 ylim=(0, 1.1 * max(highest["val_error"], highest["test_error"], 1)))
+    loss_ax.legend(title="run", fontsize=9)
+    styles = [Line2D([], [], color="grey", ls=ls, label=label) for ls, label in
+              (("--", "validation"), ("-", "test"), (":", "paper (test)"))]
+    styles.append(Line2D([], [], color="grey", ls="", marker="*", ms=11, mec="black", mew=0.6,
+                         label="test at the best validation epoch"))
+    error_ax.legend(handles=styles, fontsize=9)
+    last_epoch = max(m["epoch"] for run in runs for m in run.metrics)
+    for ax in (loss_ax, error_ax):
+        ax.set_xlim(0, last_epoch + 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=13, weight="bold")
+    return fig
+
+
+# ----------------------------------------------------------------------------- generated kernels
+
+
+class LayerKernels(NamedTuple):
+    """A run's first generated kernel (C_out, C_in, f, f), as it started and as it ended."""
+
+    init: torch.Tensor
+    trained: torch.Tensor
+    tile: tuple[int, int]  # (out, in) channels of one generated tile
+
+
+@torch.no_grad()
+def layer_kernels(run: compare.Run) -> LayerKernels:
+    """RUN's first generated kernel at initialisation and after training.
+
+    `train.fit` seeds torch with the run's seed and builds the model before any other draw
+    from torch's generator, so seeding and building again gives the very same initial
+    weights. The trained kernel comes from the run's saved kernel bank (z's and hypernetwork).
+
+    Raises:
+        train.UserError: If the saved kernel bank does not fit the run's configuration.
+    """
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        torch.manual_seed(run.config["seed"])
+        model = compare.EXPERIMENTS[run.experiment].build_model(run.config)
+    init = model.kernels()[0]
+    prefix = len(compare.BANK_PREFIX)
+    try:
+        model.kernel_bank.load_state_dict({k[prefix:]: v for k, v in run.kernel_bank.items()})
+    except RuntimeError as e:
+        raise train.UserError(f"{run.directory}: its kernel bank does not fit its configuration "
+                              f"({train.first_line(e)})") from None
+    hypernet = model.kernel_bank.hypernet
+    return LayerKernels(init, model.kernels()[0], (hypernet.out_size, hypernet.in_size))
+
+
+def mosaic(kernel: torch.Tensor) -> np.ndarray:
+    """(O, I, f, f) -> one image of O x I cells, cell (o, i) the f x f slice K[o, i], NaN gaps between."""
+    o, i, f, _ = kernel.shape
+    cells = F.pad(kernel.detach().float(), (0, 1, 0, 1), value=float("nan"))  # (O, I, f+1, f+1)
+    return cells.permute(0, 2, 1, 3).reshape(o * (f + 1), i * (f + 1))[:-1, :-1].numpy()
+
+
+def channel_ticks(channels: int, f: int) -> tuple[np.ndarray, list[str]]:
+    """Tick positions at the centres of about 8 channels' cells of a mosaic, and their labels."""
+    every = max(1, channels // 8)
+    return np.arange(0, channels, every) * (f + 1) + (f - 1) / 2, [str(n) for n in range(0, channels, every)]
+
+
+def draw_kernels(run: compare.Run, kernels: LayerKernels) -> Figure:
+    """The kernel's f x f slices as an image grid, at initialisation | after training, each
+    panel with its own symmetric colour scale; tile boundaries as lines."""
+    o, i, f, _ = kernels.init.shape
+    rows, cols = o // kernels.tile[0], i // kernels.tile[1]
+    fig = Figure(figsize=(min(13.0, max(9.0, 3.0 + 10.0 * i / o)), 6.8), layout="constrained")  # panels as wide as the mosaic
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
+    titles = [f"at initialisation (seed {run.config['seed']})", f"after training (epoch {run.epoch}, step {run.step:,})"]
+    for ax, kernel, title in zip(fig.subplots(1, 2), kernels, titles):
+        limit = kernel.abs().max().item() or 1.0
+        image = ax.imshow(mosaic(kernel), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+        fig.colorbar(image, ax=ax, shrink=0.85)
+        for r in range(1, rows):
+            ax.axhline(r * kernels.tile[0] * (f + 1) - 1, color="black", lw=1)
+        for c in range(1, cols):
+            ax.axvline(c * kernels.tile[1] * (f + 1) - 1, color="black", lw=1)
+        ax.set_yticks(*channel_ticks(o, f))
+        ax.set_xticks(*channel_ticks(i, f))
+        ax.set(title=title, xlabel="input channel i", ylabel="output channel o")
+    fig.suptitle(f"{run.name}: the generated kernel of {SHOWN_LAYER[run.experiment]}, {o}x{i}x{f}x{f}\n"
+                 f"({rows}x{cols} tile{'s' if rows * cols > 1 else ''}); each cell is one {f}x{f} slice K[o, i]",
+                 fontsize=12, weight="bold")
+    return fig
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def save(fig: Figure, path: Path) -> Path:
+    """Write FIG as a PNG and print its path."""
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise train.UserError(f"cannot write {path} ({e.strerror or e})") from None
+    print(path)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="diagrams.py",
+        description="Draw PNGs into --out: architecture.png (from the live models), curves_cifar.png and "
+                    "curves_mnist.png (the runs' metrics), and kernels_RUN.png for each hyper run (a generated "
+                    "kernel at initialisation and after training).",
+        formatter_class=train.HelpFormatter,
+    )
+    p.add_argument("--runs", nargs="+", action="extend", metavar="DIR",
+                   help="folders of runs, as for compare.py: each subfolder with last.pt or run.json "
+                        "(compare.py --archive) is a run (default: checkpoints)")
+    p.add_argument("--out", default="diagrams", metavar="DIR", help="the folder for the PNGs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: 0 on success, 1 with one line on stderr for a user error."""
+    args = build_parser().parse_args(argv)
+    matplotlib.use("Agg")  # files only, no window
+    try:
+        runs = compare.find_runs([Path(d) for d in args.runs or ["checkpoints"]])
+        out = train.writable_dir(Path(args.out), "--out folder")
+        save(draw_architecture(), out / "architecture.png")
+        for experiment, (filename, name) in CURVES.items():
+            with_metrics = [run for run in runs if run.experiment == experiment and run.metrics]
+            if not with_metrics:
+                print(f"note: no {name} runs with metrics.jsonl: {filename} not drawn")
+                continue
+            save(draw_curves(with_metrics, f"{name}: learning curves"), out / filename)
+        for run in (run for run in runs if run.hyper):
+            try:
+                kernels = layer_kernels(run)
+            except train.UserError as e:
+                print(f"warning: skipped kernels_{run.name}.png: {e}", file=sys.stderr)
+                continue
+            save(draw_kernels(run, kernels), out / f"kernels_{run.name}.png")
+    except train.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
