@@ -405,7 +405,6 @@ class Distributed(NamedTuple):
 
     rank: int
     world: int
-    local_rank: int
 
     @property
     def main(self) -> bool:
@@ -413,7 +412,7 @@ class Distributed(NamedTuple):
         return self.rank == 0
 
 
-SINGLE_PROCESS = Distributed(0, 1, 0)
+SINGLE_PROCESS = Distributed(0, 1)
 
 
 def init_distributed(device: torch.device) -> Distributed:
@@ -421,7 +420,7 @@ def init_distributed(device: torch.device) -> Distributed:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return SINGLE_PROCESS
-    dist = Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    dist = Distributed(int(os.environ["RANK"]), world)
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist
@@ -539,8 +538,7 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
         saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES})
         args = argparse.Namespace(**saved)
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(args.device, local_rank)
+    device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))  # chosen before the process group: nccl needs it
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist = init_distributed(device)
