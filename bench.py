@@ -5,7 +5,7 @@
 
 1. Kernel generation (forward + backward) for 40-1 and 40-2: our one batched call vs a
    per-tile loop (one hypernetwork call per z, as the public implementation does).
-2. A training step (`train.train_step`: forward, backward, optimizer step) at two batch
+2. A training step (`engine.train_step`: forward, backward, optimizer step) at two batch
    sizes: Hyper-WRN-40-k vs WRN-40-k, k = 1, 2.
 3. `train.py` end to end (data pipeline, augmentation, logging: images/s of its
    fastest epoch on a small fake CIFAR-10) vs the bare step rate of 2 (fastest block).
@@ -18,6 +18,8 @@ cancels out instead of landing on one side.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import tempfile
@@ -26,9 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import train
+from cli import HelpFormatter, positive_int
+from data import write_synthetic_cifar
+from engine import build_optimizer, train_step
 from hypernetwork_modules import KernelBank
 from primary_net import PrimaryNetwork
 
@@ -99,21 +103,21 @@ def generation_bench(width: int, device: torch.device, repeats: int) -> dict:
 
 
 class StepRunner:
-    """A model, its optimizer and one fixed batch: calling it runs `train.train_step`."""
+    """A model, its optimizer and one fixed batch: calling it runs `engine.train_step`."""
 
     def __init__(self, width: int, hyper: bool, batch: int, device: torch.device, args: argparse.Namespace):
         torch.manual_seed(0)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.model = PrimaryNetwork(40, width, hyper=hyper).to(device, memory_format=memory_format)
         self.forward = torch.compile(self.model) if args.compile else self.model
-        self.optimizer = train.build_optimizer(self.model, "adam" if hyper else "sgd", 1e-4)
+        self.optimizer = build_optimizer(self.model, "adam" if hyper else "sgd", 1e-4)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.amp = args.amp
 
     def __call__(self) -> None:
-        train.train_step(self.model, self.forward, self.optimizer, self.scheduler, self.x, self.y, 5e-4, self.amp)
+        train_step(self.model, self.forward, self.optimizer, self.scheduler, self.x, self.y, 5e-4, self.amp)
 
 
 def step_bench(width: int, batch: int, device: torch.device, args: argparse.Namespace, repeats: int) -> dict:
@@ -126,8 +130,6 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
     """train.py's images/s (its fastest epoch of STEPS steps) vs the bare step's (its fastest
     block of STEPS consecutive steps, blocks run before and after train.py). Best-of on
     both sides, since a shared machine only ever makes a block slower."""
-    from tests.conftest import write_fake_cifar
-
     batch = args.batch_size
     bare = StepRunner(1, True, batch, device, args)
 
@@ -142,15 +144,17 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         per_batch = (steps * batch + 100) // 5 + 1  # 5 train batches: steps*batch train images + 100 val
-        write_fake_cifar(root / "data", per_batch=per_batch, test_size=100)
+        write_synthetic_cifar(root / "data", per_batch=per_batch, test_size=100)
         argv = ["--depth", "40", "--width", "1", "--epochs", str(epochs), "--batch-size", str(batch), "--val-size", "100",
                 "--data-dir", str(root / "data"), "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"),
-                "--device", device.type, "--no-download", "--eval-batch-size", "100"]
+                "--device", device.type, "--no-download", "--eval-batch-size", "100", "--no-progress"]
         argv += ["--compile"] if args.compile else []
         argv += ["--amp" if args.amp else "--no-amp", "--channels-last" if args.channels_last else "--no-channels-last"]
         bare()  # warm-up
         blocks = [block_seconds(), block_seconds()]
-        train.main(argv)
+        with contextlib.redirect_stdout(io.StringIO()):  # train.py's epoch lines stay out of the bench's output
+            if train.main(argv) != 0:
+                raise RuntimeError("train.py failed inside the pipeline benchmark")
         blocks += [block_seconds(), block_seconds()]
         lines = (root / "ck" / "hyper-40-1" / "metrics.jsonl").read_text().splitlines()
     train_rate = max(json.loads(line)["images_per_s"] for line in lines)
@@ -159,13 +163,13 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=train.HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where to measure")
-    p.add_argument("--threads", type=train.positive_int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--batch-size", type=train.positive_int, default=128, help="large batch of section 2, and section 3")
-    p.add_argument("--small-batch", type=train.positive_int, default=8, help="small batch of section 2")
-    p.add_argument("--widths", type=train.positive_int, nargs="+", default=[1, 2], help="WRN-40-k widths k to measure")
-    p.add_argument("--repeats", type=train.positive_int, default=7, help="timed repeats per measurement (3x for the small batch)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="large batch of section 2, and section 3")
+    p.add_argument("--small-batch", type=positive_int, default=8, help="small batch of section 2")
+    p.add_argument("--widths", type=positive_int, nargs="+", default=[1, 2], help="WRN-40-k widths k to measure")
+    p.add_argument("--repeats", type=positive_int, default=7, help="timed repeats per measurement (3x for the small batch)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False, help="channels_last memory format")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast")

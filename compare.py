@@ -28,6 +28,8 @@ import torch
 
 import mnist
 import train
+from checkpointing import experiment_of, load_checkpoint
+from cli import HelpFormatter, UserError, first_line, run_cli
 from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
 
 EXPERIMENTS = {e.name: e for e in (train.CIFAR10, mnist.MNIST)}
@@ -61,7 +63,7 @@ class Run:
 
     @property
     def experiment(self) -> str:
-        return self.config.get("experiment", train.CIFAR10.name)  # checkpoints before MNIST: CIFAR-10
+        return experiment_of(self.config)
 
     @property
     def name(self) -> str:
@@ -80,9 +82,9 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise train.UserError(f"{path} is not readable JSON ({train.first_line(e)})") from None
+        raise UserError(f"{path} is not readable JSON ({first_line(e)})") from None
     if not isinstance(data, dict):
-        raise train.UserError(f"{path} does not hold a JSON object")
+        raise UserError(f"{path} does not hold a JSON object")
     return data
 
 
@@ -94,7 +96,7 @@ def read_metrics(path: Path, epochs: int) -> list[dict]:
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return [r for r in records if r["epoch"] <= epochs]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise train.UserError(f"{path} is not a metrics file ({train.first_line(e)})") from None
+        raise UserError(f"{path} is not a metrics file ({first_line(e)})") from None
 
 
 def check_summary(summary: dict, source: Path) -> None:
@@ -103,14 +105,14 @@ def check_summary(summary: dict, source: Path) -> None:
     if not missing:
         config, best = summary["config"], summary["best"]
         if not isinstance(config, dict) or not isinstance(best, dict):
-            raise train.UserError(f"{source} is not a run summary: its config and best are not dicts")
-        experiment = config.get("experiment", train.CIFAR10.name)
+            raise UserError(f"{source} is not a run summary: its config and best are not dicts")
+        experiment = experiment_of(config)
         if experiment not in CONFIG_KEYS:
-            raise train.UserError(f"{source} is a run of an unknown experiment {experiment!r}")
+            raise UserError(f"{source} is a run of an unknown experiment {experiment!r}")
         missing = [f"config.{k}" for k in sorted(CONFIG_KEYS[experiment] - set(config))]
         missing += [f"best.{k}" for k in sorted(BEST_KEYS - set(best))]
     if missing:
-        raise train.UserError(f"{source} is incomplete: it lacks {', '.join(missing)}")
+        raise UserError(f"{source} is incomplete: it lacks {', '.join(missing)}")
 
 
 def devices(metrics: list[dict], config: dict) -> str:
@@ -125,11 +127,11 @@ def read_run(directory: Path) -> Run:
     """The run in DIRECTORY: from last.pt if it has one, else from an archived run.json.
 
     Raises:
-        train.UserError: If its files are unreadable or lack what the tables need.
+        UserError: If its files are unreadable or lack what the tables need.
     """
     if (directory / "last.pt").is_file():
         source = directory / "last.pt"
-        ckpt = train.load_checkpoint(source)
+        ckpt = load_checkpoint(source)
         summary = {k: ckpt[k] for k in SUMMARY_KEYS if k in ckpt}
         bank = {k: v for k, v in ckpt["model"].items() if k.startswith(BANK_PREFIX)}
     else:
@@ -150,9 +152,9 @@ def read_kernel_bank(path: Path) -> dict[str, torch.Tensor]:
     try:
         bank = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise train.UserError(f"{path} is not readable ({train.first_line(e)})") from None
+        raise UserError(f"{path} is not readable ({first_line(e)})") from None
     if not isinstance(bank, dict) or not all(isinstance(v, torch.Tensor) and k.startswith(BANK_PREFIX) for k, v in bank.items()):
-        raise train.UserError(f"{path} is not a kernel bank written by compare.py")
+        raise UserError(f"{path} is not a kernel bank written by compare.py")
     return bank
 
 
@@ -162,12 +164,12 @@ def find_runs(roots: list[Path]) -> list[Run]:
     A run folder that cannot be read is reported in one warning line on stderr and skipped.
 
     Raises:
-        train.UserError: If a root is not a folder.
+        UserError: If a root is not a folder.
     """
     runs, seen = [], set()
     for root in roots:
         if not root.is_dir():
-            raise train.UserError(f"--runs {root} is not a folder")
+            raise UserError(f"--runs {root} is not a folder")
         folders = [root] if is_run_dir(root) else sorted(d for d in root.iterdir() if d.is_dir() and is_run_dir(d))
         for folder in folders:
             if folder.resolve() in seen:  # named twice on the command line
@@ -175,8 +177,8 @@ def find_runs(roots: list[Path]) -> list[Run]:
             seen.add(folder.resolve())
             try:
                 runs.append(read_run(folder))
-            except train.UserError as e:
-                print(f"warning: skipped {folder}: {train.first_line(e)}", file=sys.stderr)
+            except UserError as e:
+                print(f"warning: skipped {folder}: {first_line(e)}", file=sys.stderr)
     return runs
 
 
@@ -334,12 +336,12 @@ def archive(runs: list[Run], dest: Path) -> list[Path]:
         The folders written.
 
     Raises:
-        train.UserError: If two runs have the same name, or DEST is not writable.
+        UserError: If two runs have the same name, or DEST is not writable.
     """
     todo = [run for run in runs if run.directory.resolve() != (dest / run.name).resolve()]
     twice = [name for name, n in Counter(run.name for run in todo).items() if n > 1]
     if twice:
-        raise train.UserError(f"two runs are named {twice[0]}: archive them one --runs folder at a time")
+        raise UserError(f"two runs are named {twice[0]}: archive them one --runs folder at a time")
     written = []
     for run in todo:
         folder = dest / run.name
@@ -353,7 +355,7 @@ def archive(runs: list[Run], dest: Path) -> list[Path]:
             if run.kernel_bank:
                 torch.save({k: v.clone() for k, v in run.kernel_bank.items()}, folder / "kernel_bank.pt")
         except OSError as e:
-            raise train.UserError(f"cannot archive to {folder} ({e.strerror or e})") from None
+            raise UserError(f"cannot archive to {folder} ({e.strerror or e})") from None
         written.append(folder)
     return written
 
@@ -366,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="compare.py",
         description="Compare our runs with the paper's Table 2 (CIFAR-10) and Table 7 (MNIST): print a Markdown "
                     "report and write it to --out.",
-        formatter_class=train.HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--runs", nargs="+", action="extend", metavar="DIR",
                    help="folders of runs: each subfolder with last.pt (train.py, mnist.py) or run.json "
@@ -378,30 +380,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line: 0 on success, 1 with one line on stderr for a user error."""
-    args = build_parser().parse_args(argv)
+def compare(args: argparse.Namespace) -> None:
+    """Print the report, write it to --out, and archive the runs if asked."""
     roots = [Path(d) for d in args.runs or ["checkpoints"]]
     command = shlex.join(["python", "compare.py", "--runs", *map(str, roots), "--out", args.out]
                          + (["--archive", args.archive] if args.archive else []))
     out = Path(args.out)
+    runs = find_runs(roots)
+    text = report(runs, roots, command)
+    print(text, end="")
     try:
-        runs = find_runs(roots)
-        text = report(runs, roots, command)
-        print(text, end="")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text)
-        except OSError as e:
-            raise train.UserError(f"cannot write {out} ({e.strerror or e})") from None
-        print(f"wrote {out}", file=sys.stderr)
-        if args.archive:
-            folders = archive(runs, Path(args.archive))
-            print(f"archived {len(folders)} run(s) to {args.archive}", file=sys.stderr)
-    except train.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as e:
+        raise UserError(f"cannot write {out} ({e.strerror or e})") from None
+    print(f"wrote {out}", file=sys.stderr)
+    if args.archive:
+        folders = archive(runs, Path(args.archive))
+        print(f"archived {len(folders)} run(s) to {args.archive}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: 0 on success, 1 with one line on stderr for a user error."""
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: compare(args))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 import compare
-import train
+from checkpointing import writable_dir
+from cli import HelpFormatter, UserError, first_line, run_cli
 from hypernetwork_modules import HyperNetwork, KernelBank
 from primary_net import PrimaryNetwork, model_name, num_parameters
 
@@ -201,12 +202,12 @@ class LayerKernels(NamedTuple):
 def layer_kernels(run: compare.Run) -> LayerKernels:
     """RUN's first generated kernel at initialisation and after training.
 
-    `train.fit` seeds torch with the run's seed and builds the model before any other draw
+    `runner.fit` seeds torch with the run's seed and builds the model before any other draw
     from torch's generator, so seeding and building again gives the very same initial
     weights. The trained kernel comes from the run's saved kernel bank (z's and hypernetwork).
 
     Raises:
-        train.UserError: If the saved kernel bank does not fit the run's configuration.
+        UserError: If the saved kernel bank does not fit the run's configuration.
     """
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(run.config["seed"])
@@ -216,8 +217,8 @@ def layer_kernels(run: compare.Run) -> LayerKernels:
     try:
         model.kernel_bank.load_state_dict({k[prefix:]: v for k, v in run.kernel_bank.items()})
     except RuntimeError as e:
-        raise train.UserError(f"{run.directory}: its kernel bank does not fit its configuration "
-                              f"({train.first_line(e)})") from None
+        raise UserError(f"{run.directory}: its kernel bank does not fit its configuration "
+                              f"({first_line(e)})") from None
     hypernet = model.kernel_bank.hypernet
     return LayerKernels(init, model.kernels()[0], (hypernet.out_size, hypernet.in_size))
 
@@ -268,7 +269,7 @@ def save(fig: Figure, path: Path) -> Path:
     try:
         fig.savefig(path, dpi=110)
     except OSError as e:
-        raise train.UserError(f"cannot write {path} ({e.strerror or e})") from None
+        raise UserError(f"cannot write {path} ({e.strerror or e})") from None
     print(path)
     return path
 
@@ -279,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw PNGs into --out: architecture.png (from the live models), curves_cifar.png and "
                     "curves_mnist.png (the runs' metrics), and kernels_RUN.png for each hyper run (a generated "
                     "kernel at initialisation and after training).",
-        formatter_class=train.HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--runs", nargs="+", action="extend", metavar="DIR",
                    help="folders of runs, as for compare.py: each subfolder with last.pt or run.json "
@@ -288,31 +289,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def draw_all(args: argparse.Namespace) -> None:
+    """Every figure the runs allow, into --out."""
+    runs = compare.find_runs([Path(d) for d in args.runs or ["checkpoints"]])
+    out = writable_dir(Path(args.out), "--out folder")
+    save(draw_architecture(), out / "architecture.png")
+    for experiment, (filename, name) in CURVES.items():
+        with_metrics = [run for run in runs if run.experiment == experiment and run.metrics]
+        if not with_metrics:
+            print(f"note: no {name} runs with metrics.jsonl: {filename} not drawn")
+            continue
+        save(draw_curves(with_metrics, f"{name}: learning curves"), out / filename)
+    for run in (run for run in runs if run.hyper):
+        try:
+            kernels = layer_kernels(run)
+        except UserError as e:
+            print(f"warning: skipped kernels_{run.name}.png: {e}", file=sys.stderr)
+            continue
+        save(draw_kernels(run, kernels), out / f"kernels_{run.name}.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: 0 on success, 1 with one line on stderr for a user error."""
     args = build_parser().parse_args(argv)
     matplotlib.use("Agg")  # files only, no window
-    try:
-        runs = compare.find_runs([Path(d) for d in args.runs or ["checkpoints"]])
-        out = train.writable_dir(Path(args.out), "--out folder")
-        save(draw_architecture(), out / "architecture.png")
-        for experiment, (filename, name) in CURVES.items():
-            with_metrics = [run for run in runs if run.experiment == experiment and run.metrics]
-            if not with_metrics:
-                print(f"note: no {name} runs with metrics.jsonl: {filename} not drawn")
-                continue
-            save(draw_curves(with_metrics, f"{name}: learning curves"), out / filename)
-        for run in (run for run in runs if run.hyper):
-            try:
-                kernels = layer_kernels(run)
-            except train.UserError as e:
-                print(f"warning: skipped kernels_{run.name}.png: {e}", file=sys.stderr)
-                continue
-            save(draw_kernels(run, kernels), out / f"kernels_{run.name}.png")
-    except train.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(lambda: draw_all(args))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 import train
+from checkpointing import atomic_save, experiment_of, load_checkpoint
+from cli import UserError, run_cli
 from primary_net import PrimaryNetwork, num_parameters, to_plain
 
 EXPORT_FORMAT = "hyperresnet-plain-v1"
@@ -34,7 +36,7 @@ def load_exported(path: str | Path) -> PrimaryNetwork:
     """A plain network from a file written by this script (loaded with weights_only=True)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != EXPORT_FORMAT:
-        raise train.UserError(f"{path} is not a file written by export.py")
+        raise UserError(f"{path} is not a file written by export.py")
     a = blob["architecture"]
     model = PrimaryNetwork(a["depth"], a["width"], a["num_classes"], hyper=False, shortcut=a["shortcut"])
     model.load_state_dict(blob["model"])
@@ -50,22 +52,23 @@ def weights_bytes(model: torch.nn.Module) -> int:
 
 def export(checkpoint: Path, out: Path | None = None) -> Path:
     """Write the plain version of CHECKPOINT's model; returns the output path."""
-    ckpt = train.load_checkpoint(checkpoint)
-    experiment = ckpt["config"].get("experiment", train.CIFAR10.name)
+    ckpt = load_checkpoint(checkpoint)
+    experiment = experiment_of(ckpt["config"])
     if experiment != train.CIFAR10.name:
-        raise train.UserError(f"{checkpoint} is a {experiment} run; export.py exports CIFAR-10 HyperResNets")
+        raise UserError(f"{checkpoint} is a {experiment} run; export.py exports CIFAR-10 HyperResNets")
     model = model_from_checkpoint(ckpt)
     if not model.hyper:
-        raise train.UserError(f"{checkpoint} holds a plain network already: nothing to export")
+        raise UserError(f"{checkpoint} holds a plain network already: nothing to export")
     plain = to_plain(model)
     out = out or checkpoint.with_name(f"{checkpoint.stem}-plain.pt")
     architecture = {"depth": plain.depth, "width": plain.width, "num_classes": plain.num_classes, "shortcut": plain.shortcut}
-    train.atomic_save({"format": EXPORT_FORMAT, "architecture": architecture, "model": plain.state_dict()}, out)
+    atomic_save({"format": EXPORT_FORMAT, "architecture": architecture, "model": plain.state_dict()}, out)
     kib = 1024
     print(f"{checkpoint}: {checkpoint.stat().st_size / kib:,.0f} KiB (training checkpoint: weights, optimizer, RNG)")
     print(f"hyper weights: {num_parameters(model):,} parameters, {weights_bytes(model) / kib:,.0f} KiB")
-    print(f"{out}: {out.stat().st_size / kib:,.0f} KiB, plain weights: {num_parameters(plain):,} parameters "
-          f"({weights_bytes(plain) / weights_bytes(model):.1f}x the hyper weights)")
+    print(f"{out}: {out.stat().st_size / kib:,.0f} KiB ({weights_bytes(plain) / weights_bytes(model):.1f}x the hyper "
+          f"weights' bytes), plain weights: {num_parameters(plain):,} parameters "
+          f"({num_parameters(plain) / num_parameters(model):.2f}x the hyper's)")
     return out
 
 
@@ -74,12 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", type=Path, help="a train.py checkpoint (last.pt or best.pt) of a hyper run")
     p.add_argument("-o", "--out", type=Path, help="output file (default: CHECKPOINT's name + '-plain.pt')")
     args = p.parse_args(argv)
-    try:
-        export(args.checkpoint, args.out)
-    except train.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(lambda: export(args.checkpoint, args.out))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ The paper gives the two layers' shapes and the generated layer's counts; the ReL
 Adam lr 0.001, batch 1000, images zero-padded to 30x30 and randomly cropped to 28x28,
 early stopping on validation (the test error reported is the one at the best
 validation epoch). Everything else (checkpoints, -r, metrics, TensorBoard, one-line
-errors) is train.py's shared loop.
+errors) is the loop train.py uses too (runner.py).
 
     python mnist.py --data-dir ../shared/data            # hyper (4,244 for layer 2)
     python mnist.py --data-dir ../shared/data --plain    # normal (12,544 for layer 2)
@@ -23,34 +23,31 @@ errors) is train.py's shared loop.
 from __future__ import annotations
 
 import argparse
-import gzip
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import train
+from cli import positive_int
+from data import augment_mnist, load_mnist
+from experiment import Experiment, FlagDefaults, Schedule
 from hypernetwork_modules import HyperNetwork, KernelBank
+from runner import main as run_main
 
 # Paper Table 7: test error (%) and parameters of the second layer (its kernel for "normal").
 PAPER_TABLE7 = {False: (0.72, 12_544), True: (0.76, 4_244)}
 CHANNELS = 16  # both conv layers (= the hypernetwork's in_size and out_size)
 KERNEL = 7  # both conv layers are 7x7 (the hypernetwork's f_size)
 Z_DIM = 4  # the paper's N_z for MNIST
-PAD = 1  # 28x28 images are zero-padded to 30x30 before the random 28x28 crop
-FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
 class MnistNet(nn.Module):
     """The paper's two-layer MNIST convnet, its second kernel stored or generated.
 
     Offers the same ``kernels()`` / ``kernel_sq_norm()`` / ``forward(x, kernels)`` as
-    `PrimaryNetwork`, so train.py's loop trains it unchanged.
+    `PrimaryNetwork`, so the shared loop (runner.py) trains it unchanged.
 
     Args:
         hyper: Generate the second layer's kernel with a `HyperNetwork` (else store it).
@@ -92,79 +89,18 @@ class MnistNet(nn.Module):
         return self.fc(h.flatten(1))
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def read_idx(path: Path, dims: int) -> np.ndarray:
-    """One IDX file (gzipped or not) of unsigned bytes with DIMS dimensions, as an array."""
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-        header = np.frombuffer(raw[:4 + 4 * dims], dtype=">u4")
-        expected = 0x0800 + dims  # two zero bytes, type 0x08 (unsigned byte), dims
-        if len(header) != 1 + dims or header[0] != expected:
-            raise ValueError(f"magic {header[0] if len(header) else None} != {expected}")
-        shape = tuple(int(n) for n in header[1:])
-        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims)
-        if data.size != int(np.prod(shape)):
-            raise ValueError(f"{data.size} bytes of data for shape {shape}")
-    except (OSError, EOFError, ValueError) as e:  # missing, truncated, not gzip, not IDX
-        raise train.UserError(f"{path} is not an MNIST IDX file ({train.first_line(e)})") from None
-    return data.reshape(shape)
-
-
-def find_file(folder: Path, name: str) -> Path:
-    """FOLDER/NAME.gz, else FOLDER/NAME (torchvision keeps both)."""
-    gz = folder / f"{name}.gz"
-    return gz if gz.is_file() else folder / name
-
-
-def load_mnist(data_dir: str, download: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MNIST from DATA_DIR/MNIST/raw (torchvision's layout), downloading it there if missing and allowed.
-
-    Returns:
-        train images uint8 (60000, 1, 28, 28), train labels int64, test images, test labels.
-    """
-    folder = Path(data_dir) / "MNIST" / "raw"
-    missing = [n for pair in FILES.values() for n in pair if not find_file(folder, n).is_file()]
-    if missing and download:
-        try:
-            import torchvision
-
-            torchvision.datasets.MNIST(str(data_dir), train=True, download=True)
-            torchvision.datasets.MNIST(str(data_dir), train=False, download=True)
-        except Exception as e:
-            raise train.UserError(f"no MNIST at {folder} and the download failed ({type(e).__name__}); "
-                                  f"put the four idx .gz files there (--data-dir is {data_dir})") from None
-    elif missing:
-        raise train.UserError(f"no MNIST at {folder}: {missing[0]}.gz is missing (--data-dir is {data_dir})")
-    out = []
-    for images_name, labels_name in FILES.values():
-        images, labels = read_idx(find_file(folder, images_name), 3), read_idx(find_file(folder, labels_name), 1)
-        if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max(initial=0) > 9:
-            raise train.UserError(f"{folder} holds mismatched MNIST files ({images.shape} images, {len(labels)} labels)")
-        out += [torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))]
-    return tuple(out)
-
-
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """The paper's MNIST augmentation: pad 28x28 to 30x30, random 28x28 crop (no flips)."""
-    return train.random_crop(x, gen, PAD, flip=False)
-
-
 # ----------------------------------------------------------------------------- the experiment
 
 
 def mnist_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[object], dict]) -> None:
     m = groups["model"]
     m.add_argument("--plain", action="store_true", **d(False), help="store the second kernel (the paper's 'normal' row)")
-    m.add_argument("--z-dim", type=train.positive_int, **d(Z_DIM), help="size of the z-embedding (the paper's N_z)")
+    m.add_argument("--z-dim", type=positive_int, **d(Z_DIM), help="size of the z-embedding (the paper's N_z)")
 
 
-def mnist_schedule(args: argparse.Namespace, steps_per_epoch: int) -> train.Schedule:
+def mnist_schedule(args: argparse.Namespace, steps_per_epoch: int) -> Schedule:
     """Adam at a constant lr 0.001 (App. A.3.1); the run ends by early stopping or at --epochs."""
-    return train.Schedule("adam", 1e-3, args.epochs, args.epochs * steps_per_epoch, lambda step: 1.0)
+    return Schedule("adam", 1e-3, args.epochs, args.epochs * steps_per_epoch, lambda step: 1.0)
 
 
 def mnist_paper_result(args: argparse.Namespace) -> str:
@@ -173,17 +109,18 @@ def mnist_paper_result(args: argparse.Namespace) -> str:
     return f"paper: {error:.2f}% | layer 2: {ours:,} parameters (paper {params:,})"
 
 
-MNIST = train.Experiment(
+MNIST = Experiment(
     name="mnist",
     script="mnist.py",
     description="Train the paper's two-layer MNIST convnet, its second kernel generated by a hypernetwork "
                 "(Ha et al. 2017, Table 7) or stored (--plain).",
     add_arguments=mnist_arguments,
-    defaults=dict(epochs=100, epochs_help="at most this many epochs", batch_size=1000, weight_decay=0.0, patience=20,
-                  optimizer_help="default: adam", lr_help="default: 0.001",
-                  data_help="folder holding MNIST/raw/ (torchvision's layout)", run_name_example="mnist-hyper"),
+    defaults=FlagDefaults(
+        epochs=100, epochs_help="at most this many epochs", batch_size=1000, weight_decay=0.0, patience=20,
+        optimizer_help="default: adam", lr_help="default: 0.001",
+        data_help="folder holding MNIST/raw/ (torchvision's layout)", run_name_example="mnist-hyper"),
     load_data=load_mnist,
-    augment=augment,
+    augment=augment_mnist,
     build_model=lambda config: MnistNet(not config["plain"], config["z_dim"]),
     schedule=mnist_schedule,
     run_name=lambda args: f"mnist-{'plain' if args.plain else 'hyper'}",
@@ -191,5 +128,10 @@ MNIST = train.Experiment(
 )
 
 
+def main(argv: list[str] | None = None) -> int:
+    """python mnist.py: 0 on success, 1 with one line on stderr for a user error."""
+    return run_main(MNIST, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(train.main(experiment=MNIST))
+    sys.exit(main())

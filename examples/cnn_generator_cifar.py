@@ -13,17 +13,17 @@ first model is never built):
 
 Data: `--data-dir` holds `cifar-10-batches-py/` (the official python version:
 data_batch_1..5 and test_batch, pickled dicts with b'data' (N, 3072) uint8 and
-b'labels'), read by train.py's loader, whose restricted unpickler can only build numpy
-arrays, never call arbitrary code.
+b'labels'), read by the repository's loader (data.py), whose restricted unpickler can
+only build numpy arrays, never call arbitrary code. It runs as a module from the
+repository root, where data.py is importable:
 
-    python examples/cnn_generator_cifar.py --data-dir data
-    python examples/cnn_generator_cifar.py --help
+    python -m examples.cnn_generator_cifar --data-dir data
+    python -m examples.cnn_generator_cifar --help
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -32,21 +32,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:
-    import train
-    from target_hypernetwork import TargetHyperNetwork
-except ModuleNotFoundError:  # run as `python examples/cnn_generator_cifar.py`: the repo root is not on the path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import train
-    from target_hypernetwork import TargetHyperNetwork
+from data import Normalize, load_cifar10 as read_cifar10  # the repository's reader: run from the repository root
+from target_hypernetwork import TargetHyperNetwork
 
 def load_cifar10(data_dir: str | Path, train_limit: int | None = None, test_limit: int | None = None):
-    """CIFAR-10 through train.py's safe loader, cut to the first LIMIT images.
+    """CIFAR-10 through data.py's safe loader, cut to the first LIMIT images.
 
     Returns:
         x_train (N, 3, 32, 32) uint8, y_train (N,), x_test (M, 3, 32, 32) uint8, y_test (M,).
     """
-    x_train, y_train, x_test, y_test = train.load_cifar10(data_dir, download=False)
+    x_train, y_train, x_test, y_test = read_cifar10(data_dir, download=False)
     return x_train[:train_limit], y_train[:train_limit], x_test[:test_limit], y_test[:test_limit]
 
 
@@ -66,7 +61,7 @@ def flat_mlp_num_parameters(num_outputs: int, z_dim: int = 64, hidden: int = 256
 
 
 @torch.no_grad()
-def evaluate(hnet: TargetHyperNetwork, x: torch.Tensor, y: torch.Tensor, normalise: train.Normalize, batch_size: int = 500) -> float:
+def evaluate(hnet: TargetHyperNetwork, x: torch.Tensor, y: torch.Tensor, normalise: Normalize, batch_size: int = 500) -> float:
     """Test accuracy with the currently generated weights (BatchNorm in eval mode)."""
     hnet.eval()
     correct = 0
@@ -139,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(hnet.summary())
 
     x_train, y_train, x_test, y_test = load_cifar10(args.data_dir, args.train_limit, args.test_limit)
-    normalise = train.Normalize(x_train)  # per-channel statistics of the training images
+    normalise = Normalize(x_train)  # per-channel statistics of the training images
     print(f"data: {len(x_train)} training and {len(x_test)} test images")
 
     opt = torch.optim.Adam(hnet.parameters(), lr=args.lr)

@@ -21,19 +21,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:
-    from target_hypernetwork import TargetHyperNetwork, mlp
-except ModuleNotFoundError:  # run as `python examples/dynamic_weights.py`: the repo root is not on the path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from target_hypernetwork import TargetHyperNetwork, mlp
+from target_hypernetwork import TargetHyperNetwork, mlp  # installed by `pip install -e .` (requirements.txt)
 
 
 def make_data(n: int, k: int, d: int, out: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,19 +14,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:
-    from target_hypernetwork import TargetHyperNetwork
-except ModuleNotFoundError:  # run as `python examples/library_style.py`: the repo root is not on the path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from target_hypernetwork import TargetHyperNetwork
+from target_hypernetwork import TargetHyperNetwork  # installed by `pip install -e .` (requirements.txt)
 
 
 def make_target(hidden: int = 256) -> nn.Sequential:

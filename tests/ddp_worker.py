@@ -10,19 +10,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import runner  # noqa: E402
 import train  # noqa: E402
 
 
 def main() -> int:
     out, argv = Path(sys.argv[1]), sys.argv[2:]
     models = []
-    build_optimizer = train.build_optimizer
+    build_optimizer = runner.build_optimizer
 
     def recording(model, name, lr):  # fit builds the optimizer once, from the model it trains
         models.append(model)
         return build_optimizer(model, name, lr)
 
-    train.build_optimizer = recording
+    runner.build_optimizer = recording
     code = train.main(argv)
     torch.save(models[0].state_dict(), out / f"rank{os.environ['RANK']}.pt")
     return code

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import engine
 import train
+from data import Normalize, load_cifar10
 from conftest import write_fake_cifar
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,11 +85,11 @@ def test_two_process_evaluation_equals_one_process_evaluation(reference, data):
     ckpt = torch.load(root / "ck" / "hyper-10-1" / "last.pt", weights_only=True)
     model = train.build_model(ckpt["config"])
     model.load_state_dict(ckpt["model"])
-    train_x, train_y, test_x, test_y = train.load_cifar10(data, download=False)
-    normalize = train.Normalize(train_x[ckpt["train_indices"]])
+    train_x, train_y, test_x, test_y = load_cifar10(data, download=False)
+    normalize = Normalize(train_x[ckpt["train_indices"]])
     args = (normalize, 7, torch.contiguous_format, False)  # another batch size than the run's
-    val_error = train.evaluate(model, train_x[ckpt["val_indices"]], train_y[ckpt["val_indices"]], *args)
-    test_error = train.evaluate(model, test_x, test_y, *args)
+    val_error = engine.evaluate(model, train_x[ckpt["val_indices"]], train_y[ckpt["val_indices"]], *args)
+    test_error = engine.evaluate(model, test_x, test_y, *args)
     last = json.loads((root / "ck" / "hyper-10-1" / "metrics.jsonl").read_text().splitlines()[-1])
     assert (last["val_error"], last["test_error"]) == (val_error, test_error)
 

@@ -9,6 +9,7 @@ import torch
 
 import export
 import mnist
+import data
 import train
 from conftest import write_fake_mnist
 
@@ -73,7 +74,7 @@ def test_gradients_reach_z_and_hypernetwork():
 
 def test_load_mnist_reads_the_idx_files(tmp_path):
     root = write_fake_mnist(tmp_path, train_size=30, test_size=10)
-    train_x, train_y, test_x, test_y = mnist.load_mnist(str(root), download=False)
+    train_x, train_y, test_x, test_y = data.load_mnist(str(root), download=False)
     assert train_x.shape == (30, 1, 28, 28) and train_x.dtype == torch.uint8
     assert test_x.shape == (10, 1, 28, 28) and train_y.dtype == torch.int64 and len(test_y) == 10
     raw = root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
@@ -87,20 +88,20 @@ def test_uncompressed_files_are_read_too(tmp_path):
         with gzip.open(gz) as f:
             gz.with_suffix("").write_bytes(f.read())
         gz.unlink()
-    assert mnist.load_mnist(str(root), download=False)[0].shape == (30, 1, 28, 28)
+    assert data.load_mnist(str(root), download=False)[0].shape == (30, 1, 28, 28)
 
 
 def test_augment_shifts_by_at_most_one_pixel_and_never_flips():
     x = torch.zeros(200, 1, 28, 28, dtype=torch.uint8)
     x[:, 0, 10, 3] = 255  # one bright pixel, left of centre
-    out = mnist.augment(x, torch.Generator().manual_seed(0))
+    out = data.augment_mnist(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape
     where = [tuple((img[0] == 255).nonzero()[0].tolist()) for img in out]
     assert {r for r, _ in where} == {9, 10, 11} and {c for _, c in where} == {2, 3, 4}
 
 
 def test_missing_data_is_one_line(tmp_path, capsys):
-    line = error_line(train.main(run_args(tmp_path, tmp_path / "nowhere"), mnist.MNIST), capsys)
+    line = error_line(mnist.main(run_args(tmp_path, tmp_path / "nowhere")), capsys)
     assert "no MNIST at" in line and "MNIST/raw" in line
 
 
@@ -108,12 +109,12 @@ def test_truncated_or_foreign_file_is_one_line(tmp_path, capsys):
     root = write_fake_mnist(tmp_path / "data")
     images = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
     images.write_bytes(images.read_bytes()[:100])
-    line = error_line(train.main(run_args(tmp_path, root), mnist.MNIST), capsys)
+    line = error_line(mnist.main(run_args(tmp_path, root)), capsys)
     assert "t10k-images-idx3-ubyte.gz is not an MNIST IDX file" in line
     labels = root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
     with gzip.open(labels, "wb") as f:
         f.write(b"\x00\x00\x08\x03" + bytes(20))  # an images header in a labels file
-    line = error_line(train.main(run_args(tmp_path, root), mnist.MNIST), capsys)
+    line = error_line(mnist.main(run_args(tmp_path, root)), capsys)
     assert "train-labels-idx1-ubyte.gz is not an MNIST IDX file" in line
 
 
@@ -122,8 +123,8 @@ def test_truncated_or_foreign_file_is_one_line(tmp_path, capsys):
 
 def test_run_resume_and_early_stop(tmp_path, mnist_dir, capsys):
     args = run_args(tmp_path, mnist_dir, "--epochs", "3")
-    assert train.main([*args, "--stop-after", "1"], mnist.MNIST) == 0
-    assert train.main([*args, "-r"], mnist.MNIST) == 0
+    assert mnist.main([*args, "--stop-after", "1"]) == 0
+    assert mnist.main([*args, "-r"]) == 0
     run = tmp_path / "ck" / "mnist-hyper"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -134,7 +135,7 @@ def test_run_resume_and_early_stop(tmp_path, mnist_dir, capsys):
 
     # Patience 1 on a fresh run: it stops as soon as one epoch fails to improve validation.
     early = run_args(tmp_path, mnist_dir, "--epochs", "30", "--patience", "1", "--plain")
-    assert train.main(early, mnist.MNIST) == 0
+    assert mnist.main(early) == 0
     records = [json.loads(line) for line in (tmp_path / "ck" / "mnist-plain" / "metrics.jsonl").read_text().splitlines()]
     best = min(range(len(records)), key=lambda i: (records[i]["val_error"], i))
     assert len(records) < 30 and len(records) == best + 2
@@ -142,7 +143,7 @@ def test_run_resume_and_early_stop(tmp_path, mnist_dir, capsys):
 
 
 def test_checkpoints_of_the_other_experiment_are_refused(tmp_path, mnist_dir, cifar_dir, capsys):
-    assert train.main(run_args(tmp_path, mnist_dir, "--epochs", "1"), mnist.MNIST) == 0
+    assert mnist.main(run_args(tmp_path, mnist_dir, "--epochs", "1")) == 0
     foreign = tmp_path / "ck" / "mnist-hyper" / "last.pt"
     cifar = [*run_args(tmp_path, cifar_dir, "--depth", "10", "--epochs", "1"), "-r", str(foreign)]
     line = error_line(train.main(cifar), capsys)

@@ -14,7 +14,10 @@ import torch
 import compare
 import diagrams
 import mnist
+import runner
 import train
+from checkpointing import load_checkpoint
+from cli import UserError
 from primary_net import PrimaryNetwork
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -37,11 +40,11 @@ def runs(tmp_path_factory, cifar_dir, mnist_dir) -> SimpleNamespace:
         started["kernels"] = [k.detach().clone() for k in model.kernels()]
         return model
 
-    assert train.main(cifar, dataclasses.replace(train.CIFAR10, build_model=build_and_record)) == 0
+    assert runner.main(dataclasses.replace(train.CIFAR10, build_model=build_and_record), cifar) == 0
     assert train.main([*cifar, "--plain"]) == 0
     mnist_args = [*common, "--batch-size", "50", "--data-dir", str(mnist_dir)]
-    assert train.main(mnist_args, mnist.MNIST) == 0
-    assert train.main([*mnist_args, "--plain"], mnist.MNIST) == 0
+    assert mnist.main(mnist_args) == 0
+    assert mnist.main([*mnist_args, "--plain"]) == 0
 
     # A Hyper-40-1 checkpoint: a real one with the configuration, weights and results of a
     # paper-schedule run at epoch 8 (351 steps an epoch).
@@ -250,15 +253,15 @@ def test_kernels_start_where_fit_started_and_end_as_trained(runs):
         rng = torch.get_rng_state()
         kernels = diagrams.layer_kernels(run)
         assert torch.equal(torch.get_rng_state(), rng)  # the caller's random state is left alone
-        ckpt = train.load_checkpoint(runs.checkpoints / name / "last.pt")
+        ckpt = load_checkpoint(runs.checkpoints / name / "last.pt")
         model = compare.EXPERIMENTS[run.experiment].build_model(ckpt["config"])
         model.load_state_dict(ckpt["model"])
         assert torch.equal(kernels.trained, model.kernels()[0].detach())
         assert not torch.allclose(kernels.init, kernels.trained)
-        if kernels_at_start is not None:  # recorded inside train.fit, right after it built the model
+        if kernels_at_start is not None:  # recorded inside runner.fit, right after it built the model
             assert torch.equal(kernels.init, kernels_at_start[0])
     assert kernels.init.shape == (16, 16, 7, 7) and kernels.tile == (16, 16)
-    with pytest.raises(train.UserError, match="kernel bank does not fit"):
+    with pytest.raises(UserError, match="kernel bank does not fit"):
         diagrams.layer_kernels(dataclasses.replace(run, kernel_bank={}))
 
 

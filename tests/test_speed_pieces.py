@@ -8,6 +8,7 @@ import torch
 import bench
 import export
 import train
+from cli import UserError
 from primary_net import PrimaryNetwork, num_parameters, to_plain
 
 
@@ -72,7 +73,7 @@ def test_export_refuses_plain_and_foreign_files(tmp_path, capsys):
     torch.save({"a": 1}, foreign)
     assert export.main([str(foreign)]) == 1
     assert "not a checkpoint written by this train.py" in capsys.readouterr().err
-    with pytest.raises(train.UserError, match="not a file written by export.py"):
+    with pytest.raises(UserError, match="not a file written by export.py"):
         export.load_exported(foreign)
 
 

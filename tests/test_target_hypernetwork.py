@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-import train
+from cli import UserError
 from conftest import write_fake_cifar
 from target_hypernetwork import DEFAULT_ENCODER_HIDDEN, TargetHyperNetwork
 
@@ -449,7 +449,7 @@ def test_cifar_example_uses_train_loader_with_limits(tmp_path):
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
         raw = pickle.load(f, encoding="bytes")
     assert torch.equal(x_train[0], torch.from_numpy(raw[b"data"][0].reshape(3, 32, 32)))  # channel-planar rows
-    with pytest.raises(train.UserError, match="cifar-10-batches-py"):
+    with pytest.raises(UserError, match="cifar-10-batches-py"):
         example.load_cifar10(tmp_path / "nowhere")
 
 

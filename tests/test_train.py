@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpointing
+import data
+import engine
 import train
+from experiment import parse_args
 from conftest import write_fake_cifar
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,7 +122,7 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path):
 def test_atomic_save_uses_the_usual_permissions(tmp_path):
     old = os.umask(0o027)
     try:
-        train.atomic_save({"epoch": 1}, tmp_path / "a.pt")
+        checkpointing.atomic_save({"epoch": 1}, tmp_path / "a.pt")
     finally:
         os.umask(old)
     assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o640
@@ -126,15 +130,15 @@ def test_atomic_save_uses_the_usual_permissions(tmp_path):
 
 def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    train.atomic_save({"epoch": 1}, path)
+    checkpointing.atomic_save({"epoch": 1}, path)
 
     def dies_midway(obj, f):
         f.write(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.torch, "save", dies_midway)
+    monkeypatch.setattr(checkpointing.torch, "save", dies_midway)
     with pytest.raises(KeyboardInterrupt):
-        train.atomic_save({"epoch": 2}, path)
+        checkpointing.atomic_save({"epoch": 2}, path)
     assert load(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
@@ -150,7 +154,7 @@ def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch)
 ])
 def test_bad_flags_are_argparse_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
-        train.parse_args(flags)
+        parse_args(train.CIFAR10, flags)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -218,7 +222,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cifar_dir, caps
         loss = real(logits, y)
         return loss * float("nan") if len(calls) > 5 else loss
 
-    monkeypatch.setattr(train.F, "cross_entropy", nan_after_first_epoch)
+    monkeypatch.setattr(engine.F, "cross_entropy", nan_after_first_epoch)
     line = error_line(train.main(args), capsys)
     assert "training loss became nan" in line
     assert load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["epoch"] == 1
@@ -253,9 +257,9 @@ def test_bad_resume_file_is_one_clear_line(kind, tmp_path, cifar_dir):
     elif kind == "foreign":
         torch.save({"state_dict": {"w": torch.zeros(2)}}, bad)
     elif kind == "malicious":
-        torch.save({"format": train.CHECKPOINT_FORMAT, "x": RunsCode()}, bad)
+        torch.save({"format": checkpointing.CHECKPOINT_FORMAT, "x": RunsCode()}, bad)
     elif kind == "incomplete":
-        torch.save({"format": train.CHECKPOINT_FORMAT, "model": {}}, bad)
+        torch.save({"format": checkpointing.CHECKPOINT_FORMAT, "model": {}}, bad)
     elif kind == "mismatched":  # every key present, but the weights are not this model's
         good = run_args(tmp_path / "good", cifar_dir, "--epochs", "1")
         assert train.main(good) == 0
@@ -263,7 +267,7 @@ def test_bad_resume_file_is_one_clear_line(kind, tmp_path, cifar_dir):
         ckpt["model"] = {"w": torch.zeros(3)}
         torch.save(ckpt, bad)
     else:
-        torch.save({"format": train.CHECKPOINT_FORMAT, "model": {"w": torch.zeros(10_000)}}, bad)
+        torch.save({"format": checkpointing.CHECKPOINT_FORMAT, "model": {"w": torch.zeros(10_000)}}, bad)
         bad.write_bytes(bad.read_bytes()[:20_000])
     result = cli([*run_args(tmp_path, cifar_dir), "-r", str(bad)])
     assert result.returncode == 1
@@ -277,7 +281,7 @@ def test_bad_resume_file_is_one_clear_line(kind, tmp_path, cifar_dir):
 
 def test_augment_crops_and_flips_within_the_padded_image():
     x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    out = train.augment(x, torch.Generator().manual_seed(0))
+    out = data.augment_cifar(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     flipped = 0
@@ -288,29 +292,29 @@ def test_augment_crops_and_flips_within_the_padded_image():
         assert plain or mirrored
         flipped += mirrored and not plain
     assert 10 < flipped < 54  # about half are flipped
-    again = train.augment(x, torch.Generator().manual_seed(0))
+    again = data.augment_cifar(x, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
 
 
 def test_normalize_standardises_per_channel():
     x = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8)
-    out = train.Normalize(x)(x, torch.contiguous_format)
+    out = data.Normalize(x)(x, torch.contiguous_format)
     torch.testing.assert_close(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
 
 
 def test_split_is_disjoint_and_deterministic():
-    tr, val = train.split_indices(50_000, 5_000)
+    tr, val = data.split_indices(50_000, 5_000)
     assert len(tr) == 45_000 and len(val) == 5_000
     assert len(set(tr.tolist()) | set(val.tolist())) == 50_000
-    tr2, val2 = train.split_indices(50_000, 5_000)
+    tr2, val2 = data.split_indices(50_000, 5_000)
     assert torch.equal(val, val2) and torch.equal(tr, tr2)
 
 
 def test_read_cifar_batch_gives_images_in_official_layout(tmp_path):
-    data = write_fake_cifar(tmp_path / "d", per_batch=3)
-    x, y = train.read_cifar_batch(data / "cifar-10-batches-py" / "data_batch_1")
-    with open(data / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+    root = write_fake_cifar(tmp_path / "d", per_batch=3)
+    x, y = data.read_cifar_batch(root / "cifar-10-batches-py" / "data_batch_1")
+    with open(root / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
         raw = pickle.load(f, encoding="bytes")
     assert x.shape == (3, 3, 32, 32) and x.dtype == torch.uint8
     assert x[1, 2, 0, 5] == raw[b"data"][1][2 * 1024 + 5]  # blue plane, row 0, column 5
@@ -318,10 +322,10 @@ def test_read_cifar_batch_gives_images_in_official_layout(tmp_path):
 
 
 def test_schedule_rescales_paper_boundaries():
-    args = train.parse_args(["--epochs", "4"])[0]
+    args = parse_args(train.CIFAR10, ["--epochs", "4"])[0]
     sched, total, epochs = train.schedule_for(args, steps_per_epoch=100)
     assert (total, epochs) == (400, 4)
     assert [train.lr_multiplier(s, sched, total) for s in (0, 99, 100, 199, 200, 300, 399)] == [1, 1, 0.5, 0.5, 0.1, 0.025, 0.025]
-    args = train.parse_args(["--plain"])[0]
+    args = parse_args(train.CIFAR10, ["--plain"])[0]
     sched, total, epochs = train.schedule_for(args, steps_per_epoch=351)
     assert epochs == 399 and sched["optimizer"] == "sgd"  # 140k paper steps at 351 steps/epoch

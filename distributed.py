@@ -1,0 +1,90 @@
+"""torchrun: where this process stands in a data-parallel job, and the few collectives used.
+
+Without torchrun every helper here is a no-op for a job of one process (rank 0 of 1).
+Under ``torchrun --nproc_per_node=N`` the processes join one group (nccl on CUDA, gloo
+on CPU); rank 0 alone writes files and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+
+
+class Distributed(NamedTuple):
+    """Where this process stands in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int
+    world: int
+
+    @property
+    def main(self) -> bool:
+        """The one process that writes checkpoints, logs, metrics and the progress bar."""
+        return self.rank == 0
+
+
+SINGLE_PROCESS = Distributed(0, 1)
+
+
+def local_rank() -> int:
+    """This process's index on its machine (0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no torchrun), read from the environment before any process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the torchrun job described by the environment, if any: nccl on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return SINGLE_PROCESS
+    dist = Distributed(int(os.environ["RANK"]), world)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist
+
+
+def shut_down() -> None:
+    """Leave the process group, if one was joined."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def all_sum(t: torch.Tensor, dist: Distributed) -> torch.Tensor:
+    """T summed over all processes (a new tensor; T itself is left alone)."""
+    t = t.clone()
+    if dist.world > 1:
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def all_gather(obj: object, dist: Distributed) -> list:
+    """OBJ of every process, in rank order."""
+    if dist.world == 1:
+        return [obj]
+    gathered = [None] * dist.world
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_buffers(model: torch.nn.Module, dist: Distributed) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics drift apart per process)."""
+    if dist.world > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, 0)
+
+
+def barrier(dist: Distributed) -> None:
+    """Wait until every process gets here (so none leaves the group while another still works)."""
+    if dist.world > 1:
+        torch.distributed.barrier()
+
+
+def augment_seed(seed: int, rank: int) -> int:
+    """Each process's own augmentation stream; rank 0's is the single-process one."""
+    return seed + 2 + 1_000_003 * rank

@@ -1,0 +1,202 @@
+"""The inner loops: one training step, one epoch of them, and evaluation.
+
+    train_one_epoch(run, epoch)    shuffled global batches -> this process's share ->
+                                   augment -> normalise -> train_step, with a progress bar
+    train_step(...)                generate kernels once; cross-entropy + wd/2 * sum K^2;
+                                   backward; optimizer and lr schedule step
+    evaluate(...)                  top-1 error with kernels generated once per pass
+
+`Run` holds everything a run in progress needs; `runner.fit` builds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cli import UserError, format_time
+from data import Normalize
+from distributed import SINGLE_PROCESS, Distributed, all_sum, broadcast_buffers
+from experiment import Experiment, KernelModel, Schedule
+
+
+@dataclass
+class Data:
+    """A run's images and labels on the training device, and how it split them."""
+
+    train_x: torch.Tensor  # uint8 (N, C, H, W)
+    train_y: torch.Tensor  # int64 (N,)
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    train_indices: torch.Tensor  # into the official training set; saved in checkpoints
+    val_indices: torch.Tensor
+    normalize: Normalize  # with the training split's statistics
+
+
+@dataclass
+class Progress:
+    """Where a run stands; what a checkpoint restores besides the states."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best_val_error: float = math.inf
+    best: dict = field(default_factory=dict)  # epoch, step, val_error, test_error of the best validation epoch
+    elapsed_seconds: float = 0.0  # training and evaluation time over all sessions
+
+
+@dataclass
+class Run:
+    """A training run in progress (see `runner.set_up`)."""
+
+    experiment: Experiment
+    args: argparse.Namespace
+    device: torch.device
+    dist: Distributed
+    amp: bool  # bf16 autocast
+    memory_format: torch.memory_format
+    run_dir: Path  # checkpoints and metrics.jsonl
+    log_dir: Path  # TensorBoard
+    generators: dict[str, torch.Generator]  # "data_order" (same on every process), "augment" (per process)
+    data: Data
+    model: KernelModel
+    forward: Callable  # the model, or it wrapped in DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    schedule: Schedule
+    batch_size: int  # global: split over the processes
+    steps_per_epoch: int
+    num_parameters: int
+    progress: Progress = field(default_factory=Progress)
+    session_start: tuple[float, int] = (0.0, 0)  # (time, step) when this process started or resumed
+    cpu_note_due: bool = False  # say once how long the paper schedule would take on this CPU
+
+    def log(self, *args, **kwargs) -> None:
+        """print, on rank 0 only."""
+        if self.dist.main:
+            print(*args, **kwargs)
+
+    def eta(self) -> float:
+        """Seconds left in the run, at this session's average step time so far."""
+        start, start_step = self.session_start
+        step = self.progress.step
+        return (time.time() - start) / max(step - start_step, 1) * (self.schedule.total_steps - step)
+
+
+class EpochStats(NamedTuple):
+    train_loss: float
+    train_error: float  # percent
+    seconds: float  # training only
+    images_per_s: float
+    started: float  # time.time() at the epoch's start
+
+
+def build_optimizer(model: torch.nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+    """Adam (the paper's for hyper) or Nesterov SGD with momentum 0.9 (for plain). Neither
+    decays weights itself: the L2 penalty is in the loss (see `train_step`)."""
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+
+
+def train_step(model: KernelModel, forward, optimizer: torch.optim.Optimizer, scheduler, x: torch.Tensor,
+               y: torch.Tensor, weight_decay: float, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step: generate kernels once; cross-entropy plus L2 on the kernels in use.
+
+    Args:
+        model: The network (owner of the kernels).
+        forward: ``model``, or it wrapped in DDP and/or torch.compile.
+        x: Normalised images (B, C, H, W); y: labels (B,).
+
+    Returns:
+        The detached cross-entropy loss and logits.
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = forward(x, model.kernels())
+        loss = F.cross_entropy(logits.float(), y)
+        penalty = 0.5 * weight_decay * model.kernel_sq_norm() if weight_decay else 0.0
+    optimizer.zero_grad(set_to_none=True)
+    (loss + penalty).backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), logits.detach()
+
+
+def train_one_epoch(run: Run, epoch: int) -> EpochStats:
+    """One pass over the shuffled training split; every process takes its share of each global batch."""
+    data, dist, steps = run.data, run.dist, run.steps_per_epoch
+    local_batch = run.batch_size // dist.world
+    run.model.train()
+    order = torch.randperm(len(data.train_x), generator=run.generators["data_order"]).to(run.device)
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), dtype=torch.long, device=run.device)
+    start = time.time()
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{run.schedule.epochs}", disable=not run.args.progress or not dist.main,
+               leave=False, dynamic_ncols=True, file=sys.stderr)
+    for i in bar:
+        idx = order[i * run.batch_size : (i + 1) * run.batch_size]  # the global batch
+        idx = idx[dist.rank * local_batch : (dist.rank + 1) * local_batch]  # this process's share
+        x = data.normalize(run.experiment.augment(data.train_x[idx], run.generators["augment"]), run.memory_format)
+        y = data.train_y[idx]
+        loss, logits = train_step(run.model, run.forward, run.optimizer, run.scheduler, x, y, run.args.weight_decay, run.amp)
+        run.progress.step += 1
+        loss_sum += loss
+        correct += (logits.argmax(1) == y).sum()
+        if i % 10 == 9 or i == steps - 1:
+            running_loss = all_sum(loss_sum, dist).item() / dist.world / (i + 1)  # the same on every process
+            show_progress(run, bar, running_loss, 100 * correct.item() / ((i + 1) * local_batch), (i + 1) / (time.time() - start))
+    bar.close()
+    seconds = time.time() - start
+    train_error = 100 - 100 * all_sum(correct, dist).item() / (steps * run.batch_size)
+    return EpochStats(all_sum(loss_sum, dist).item() / dist.world / steps, train_error, seconds, steps * run.batch_size / seconds, start)
+
+
+def show_progress(run: Run, bar: tqdm, loss: float, accuracy: float, steps_per_s: float) -> None:
+    """Stop on a non-finite loss; otherwise update the bar (and, once, the CPU note)."""
+    step = run.progress.step
+    if not math.isfinite(loss):
+        raise UserError(f"training loss became {loss} at step {step}; stopped. "
+                        f"The last good checkpoint is kept: {run.run_dir / 'last.pt'}")
+    eta = run.eta()
+    if run.cpu_note_due and run.dist.main:
+        tqdm.write(f"note: the paper schedule is {run.schedule.total_steps:,} steps: about {format_time(eta)} more "
+                   "on this CPU. Use --epochs N for a short budget.", file=sys.stderr)
+        run.cpu_note_due = False
+    bar.set_postfix_str(f"loss {loss:.3f} acc {accuracy:.1f}% {steps_per_s * run.batch_size:.0f} img/s run ETA {format_time(eta)}")
+
+
+@torch.no_grad()
+def evaluate(model: KernelModel, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
+             batch_size: int, memory_format: torch.memory_format, amp: bool, dist: Distributed | None = None) -> float:
+    """Top-1 error in percent over all IMAGES. Kernels are generated once for the whole pass.
+    Under torchrun each process takes every world-th image and the counts are summed."""
+    dist = dist or SINGLE_PROCESS
+    mine, my_labels = images[dist.rank :: dist.world], labels[dist.rank :: dist.world]
+    model.eval()
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        kernels = model.kernels()
+        wrong = torch.zeros((), dtype=torch.long, device=images.device)
+        for i in range(0, len(mine), batch_size):
+            logits = model(normalize(mine[i : i + batch_size], memory_format), kernels)
+            wrong += (logits.argmax(1) != my_labels[i : i + batch_size]).sum()
+    model.train()
+    return 100.0 * all_sum(wrong, dist).item() / len(images)
+
+
+def evaluate_run(run: Run) -> tuple[float, float]:
+    """(validation error, test error) of the model now; under torchrun, of rank 0's BatchNorm statistics."""
+    broadcast_buffers(run.model, run.dist)
+    d = run.data
+    args = (d.normalize, run.args.eval_batch_size, run.memory_format, run.amp, run.dist)
+    return evaluate(run.model, d.val_x, d.val_y, *args), evaluate(run.model, d.test_x, d.test_y, *args)

@@ -1,0 +1,137 @@
+"""What an experiment is, and its command line.
+
+An `Experiment` (CIFAR-10 in train.py, MNIST in mnist.py) supplies data, augmentation,
+the model, the schedule and names; `runner.fit` supplies the rest, the same for all:
+checkpoints, exact resume, metrics, TensorBoard, torchrun, one-line errors. The model
+it builds must satisfy `KernelModel`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+
+from cli import HelpFormatter, positive_int
+from data import Splits
+
+
+class KernelModel(Protocol):
+    """What a model must offer the engine (`PrimaryNetwork` and `MnistNet` do)."""
+
+    def kernels(self) -> list[torch.Tensor]:
+        """The kernels in use, generated on each call by a hypernetwork (or stored)."""
+
+    def kernel_sq_norm(self) -> torch.Tensor:
+        """Sum of squares of the kernels in use, for the L2 penalty."""
+
+    def __call__(self, x: torch.Tensor, kernels: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits of a batch, with KERNELS from `kernels()` (generated when None)."""
+
+
+class Schedule(NamedTuple):
+    """How an experiment trains: optimizer, base lr, length, and the lr multiplier per step."""
+
+    optimizer: str
+    lr: float
+    epochs: int
+    total_steps: int
+    multiplier: Callable[[int], float]
+
+
+@dataclass(frozen=True)
+class FlagDefaults:
+    """Defaults and help texts of the shared flags that differ between experiments."""
+
+    epochs: int | None
+    epochs_help: str
+    batch_size: int
+    weight_decay: float
+    patience: int | None
+    optimizer_help: str
+    lr_help: str
+    data_help: str
+    run_name_example: str
+
+
+ArgumentAdder = Callable[[dict[str, argparse._ArgumentGroup], Callable[[object], dict]], None]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What one experiment defines; `fit` supplies the rest, the same for all."""
+
+    name: str  # stored in every checkpoint's config, e.g. "cifar10"
+    script: str  # the command that runs it, for messages
+    description: str
+    add_arguments: ArgumentAdder  # the experiment's own flags, into the "model"/"training" groups
+    defaults: FlagDefaults
+    load_data: Callable[[str, bool], Splits]  # (data_dir, download) -> uint8 images and labels
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # uint8 batch -> uint8 batch
+    build_model: Callable[[dict], KernelModel]  # from a run's configuration (its flags)
+    schedule: Callable[[argparse.Namespace, int], Schedule]  # (flags, steps per epoch) -> schedule
+    run_name: Callable[[argparse.Namespace], str]
+    paper_result: Callable[[argparse.Namespace], str]  # the paper's figure, for the final line
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_shared_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[object], dict], defaults: FlagDefaults) -> None:
+    """The flags every experiment has, into GROUPS; D(value) gives a flag's default keyword."""
+    t = groups["training"]
+    t.add_argument("--epochs", type=positive_int, **d(defaults.epochs), help=defaults.epochs_help)
+    t.add_argument("--batch-size", type=positive_int, **d(defaults.batch_size), help="images per training step")
+    t.add_argument("--optimizer", choices=["adam", "sgd"], **d(None), help=defaults.optimizer_help)
+    t.add_argument("--lr", type=float, **d(None), help=defaults.lr_help)
+    t.add_argument("--weight-decay", type=float, **d(defaults.weight_decay), help="L2 penalty wd/2*sum(K^2) on the kernels in use")
+    t.add_argument("--seed", type=int, **d(0), help="seeds the model init, data order and augmentation")
+    t.add_argument("--val-size", type=positive_int, **d(5000), help="validation images held out of the training set")
+    t.add_argument("--patience", type=positive_int, **d(defaults.patience), metavar="EPOCHS",
+                   help="early stopping: end the run after this many epochs without a better validation error")
+    t.add_argument("--stop-after", type=positive_int, **d(None), metavar="EPOCH",
+                   help="stop after this epoch (resume later with -r), e.g. to fit a job time limit")
+    s = groups["system"]
+    s.add_argument("--data-dir", **d("./data"), help=defaults.data_help)
+    s.add_argument("--download", action=argparse.BooleanOptionalAction, **d(True), help="download the dataset if missing")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], **d("auto"), help="auto: cuda > mps > cpu")
+    s.add_argument("--amp", action=argparse.BooleanOptionalAction, **d(None), help="bf16 autocast (default: on for cuda)")
+    s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, **d(None), help="default: on for cuda")
+    s.add_argument("--compile", action="store_true", **d(False), help="torch.compile the model")
+    s.add_argument("--sync-bn", action="store_true", **d(False),
+                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)")
+    s.add_argument("--eval-batch-size", type=positive_int, **d(1000), help="images per evaluation batch")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, **d(True), help="tqdm progress bar")
+    o = groups["output"]
+    o.add_argument("--run-name", **d(None), help=f"default: from the model, e.g. {defaults.run_name_example}")
+    o.add_argument("--checkpoint-dir", **d("checkpoints"))
+    o.add_argument("--log-dir", **d("runs"), help="TensorBoard logs go to LOG_DIR/RUN_NAME")
+    o.add_argument("-r", "--resume", nargs="?", const="", **d(None), metavar="PATH", help="resume PATH, or this run's last.pt")
+
+
+def build_parser(experiment: Experiment, suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The command line: the experiment's own flags plus the shared ones. With
+    suppress_defaults, only flags given explicitly appear."""
+    p = argparse.ArgumentParser(
+        prog=experiment.script,
+        description=experiment.description,
+        formatter_class=HelpFormatter,
+        argument_default=argparse.SUPPRESS if suppress_defaults else None,
+    )
+    d = (lambda v: {}) if suppress_defaults else (lambda v: {"default": v})
+    groups = {name: p.add_argument_group(name) for name in ("model", "training", "system", "output")}
+    experiment.add_arguments(groups, d)
+    add_shared_arguments(groups, d, experiment.defaults)
+    return p
+
+
+def parse_args(experiment: Experiment, argv: list[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
+    """Parsed arguments of EXPERIMENT and the names of the flags given explicitly."""
+    args = build_parser(experiment).parse_args(argv)
+    explicit = set(vars(build_parser(experiment, suppress_defaults=True).parse_args(argv)))
+    if args.run_name is None:
+        args.run_name = experiment.run_name(args)
+    return args, explicit

@@ -1,0 +1,309 @@
+"""One training run, from flags (or a checkpoint) to the final line: `fit`, step by step.
+
+    fit(experiment, argv)
+      resolve_args     the flags, or the checkpoint's configuration when resuming (-r)
+      set_up           device and torchrun, folders, seeds, data, model, optimizer
+      restore          the checkpoint's weights, optimizer, schedule, progress, random states
+      for each epoch:
+        engine.train_one_epoch, engine.evaluate_run, save_epoch
+      a summary line, and the summary as a dict
+
+Every user error raises `cli.UserError`; `main` prints it as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import distributed
+from checkpointing import (CHECKPOINT_FORMAT, RESUMABLE_CHANGES, atomic_save, check_resume_config, experiment_of,
+                           load_checkpoint, rng_state, set_rng_state, writable_dir)
+from cli import UserError, first_line, format_time
+from data import Normalize, split_indices
+from distributed import Distributed, all_gather, augment_seed
+from engine import Data, EpochStats, Progress, Run, build_optimizer, evaluate_run, train_one_epoch
+from experiment import Experiment, build_parser, parse_args
+
+
+def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
+    """The run's configuration and, when resuming, its checkpoint. Resuming takes the
+    checkpoint's configuration; flags that contradict it are refused, except the
+    `RESUMABLE_CHANGES` (device, folders, ...), which the command line sets."""
+    args, explicit = parse_args(experiment, argv)
+    if args.resume is None:
+        return args, None
+    path = Path(args.resume) if args.resume else Path(args.checkpoint_dir) / args.run_name / "last.pt"
+    ckpt = load_checkpoint(path)
+    saved_experiment = experiment_of(ckpt["config"])
+    if saved_experiment != experiment.name:
+        raise UserError(f"{path} is a {saved_experiment} run, not {experiment.name}: resume it with its own script")
+    check_resume_config(ckpt["config"], args, explicit)
+    saved = {**vars(build_parser(experiment).parse_args([])), **ckpt["config"]}  # flags newer than the checkpoint
+    saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES})
+    return argparse.Namespace(**saved), ckpt
+
+
+def pick_device(name: str, index: int = 0) -> torch.device:
+    """The device for --device NAME; under torchrun, CUDA device INDEX (the local rank)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", index)
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but CUDA is not available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps was given but MPS is not available")
+    return torch.device(name, index) if name == "cuda" else torch.device(name)
+
+
+def place(args: argparse.Namespace) -> tuple[torch.device, Distributed]:
+    """The device, chosen before the process group (nccl needs it), and this process's place in torchrun."""
+    device = pick_device(args.device, distributed.local_rank())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist = distributed.init_distributed(device)
+    if args.sync_bn and dist.world > 1 and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run on the CPU")
+    if args.batch_size % dist.world:
+        raise UserError(f"--batch-size {args.batch_size} does not split evenly over {dist.world} processes")
+    return device, dist
+
+
+def prepare_dirs(args: argparse.Namespace, resuming: bool) -> tuple[Path, Path]:
+    """The run's checkpoint and log folders, checked writable; a new run never overwrites a saved one."""
+    run_dir = writable_dir(Path(args.checkpoint_dir) / args.run_name, "checkpoint directory")
+    if not resuming and (run_dir / "last.pt").exists():
+        raise UserError(f"{run_dir / 'last.pt'} exists: resume it with -r, or pick another --run-name")
+    return run_dir, writable_dir(Path(args.log_dir) / args.run_name, "log directory")
+
+
+def seed_everything(seed: int, dist: Distributed) -> dict[str, torch.Generator]:
+    """Seed torch, numpy and random; the generators for the data order (the same on every
+    process) and for augmentation (this process's own)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    return {"data_order": torch.Generator().manual_seed(seed + 1),
+            "augment": torch.Generator().manual_seed(augment_seed(seed, dist.rank))}
+
+
+def load_data(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None, device: torch.device) -> Data:
+    """The whole dataset as uint8 tensors on DEVICE, split as the checkpoint says (or afresh)."""
+    train_x, train_y, test_x, test_y = experiment.load_data(args.data_dir, args.download)
+    if ckpt is not None:
+        train_idx, val_idx = ckpt["train_indices"], ckpt["val_indices"]
+    else:
+        train_idx, val_idx = split_indices(len(train_x), args.val_size)
+    val_x, val_y = train_x[val_idx].to(device), train_y[val_idx].to(device)
+    train_x, train_y = train_x[train_idx].to(device), train_y[train_idx].to(device)
+    return Data(train_x, train_y, val_x, val_y, test_x.to(device), test_y.to(device), train_idx, val_idx,
+                Normalize(train_x))
+
+
+def set_up(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None) -> Run:
+    """Everything a run needs, freshly initialised (a checkpoint is restored afterwards)."""
+    device, dist = place(args)
+    amp = args.amp if args.amp is not None else device.type == "cuda"
+    channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    run_dir, log_dir = prepare_dirs(args, resuming=ckpt is not None)
+    generators = seed_everything(args.seed, dist)
+    data = load_data(experiment, args, ckpt, device)
+    batch_size = min(args.batch_size, len(data.train_x) - len(data.train_x) % dist.world)  # global
+    steps_per_epoch = len(data.train_x) // batch_size
+    schedule = experiment.schedule(args, steps_per_epoch)
+
+    model = experiment.build_model(vars(args)).to(device, memory_format=memory_format)
+    if args.sync_bn and dist.world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, args.optimizer or schedule.optimizer, args.lr if args.lr is not None else schedule.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return Run(experiment, args, device, dist, amp, memory_format, run_dir, log_dir, generators, data, model, model,
+               optimizer, scheduler, schedule, batch_size, steps_per_epoch, n_params,
+               cpu_note_due=device.type == "cpu" and args.epochs is None)
+
+
+def restore(run: Run, ckpt: dict) -> None:
+    """Every process restores the same model, optimizer and schedule, and its own random streams."""
+    per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+    dist = run.dist
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0], run.generators, run.device)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{run.args.resume or 'the checkpoint'} does not fit its own configuration ({first_line(e)})") from None
+    if len(per_rank) != dist.world:
+        run.log(f"note: the checkpoint was written by {len(per_rank)} process(es), this job has {dist.world}: "
+                "augmentation streams restart from the seed (the run goes on, but not bit-exactly)")
+        run.generators["augment"].manual_seed(augment_seed(run.args.seed, dist.rank) + 7919 * ckpt["epoch"])
+    run.progress = Progress(ckpt["epoch"], ckpt["step"], ckpt["best_val_error"], ckpt["best"], ckpt["elapsed_seconds"])
+
+
+def reset_metrics(run: Run, resuming: bool) -> None:
+    """A new run starts metrics.jsonl afresh; a resumed one forgets the epochs after its
+    checkpoint (those of an interrupted epoch)."""
+    path = run.run_dir / "metrics.jsonl"
+    if not run.dist.main or not path.exists():
+        return
+    if not resuming:
+        path.unlink()
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= run.progress.epoch]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def wrap(run: Run) -> None:
+    """DDP under torchrun (gradients of the hypernetwork and z's averaged too), then torch.compile if asked."""
+    forward = run.model
+    if run.dist.world > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    run.forward = torch.compile(forward) if run.args.compile else forward
+
+
+def announce(run: Run, resumed: bool) -> None:
+    """The run's one-line description."""
+    a, d, s = run.args, run.data, run.schedule
+    run.log(f"{run.experiment.run_name(a)}: {run.num_parameters:,} parameters | {len(d.train_x)} train / "
+            f"{len(d.val_x)} val / {len(d.test_x)} test images | device {run.device.type}{' bf16' if run.amp else ''}"
+            f"{' channels_last' if run.memory_format == torch.channels_last else ''}"
+            f"{f' x {run.dist.world} processes' if run.dist.world > 1 else ''} | "
+            f"{a.optimizer or s.optimizer} lr {a.lr if a.lr is not None else s.lr:g}, {s.epochs} epochs x "
+            f"{run.steps_per_epoch} steps of {run.batch_size}" + (f" | resumed at epoch {run.progress.epoch}" if resumed else ""))
+
+
+def epoch_record(run: Run, stats: EpochStats, val_error: float, test_error: float) -> dict:
+    """One line of metrics.jsonl; updates the run's progress (epoch, best, elapsed time)."""
+    p = run.progress
+    p.epoch += 1
+    p.elapsed_seconds += time.time() - stats.started
+    record = {"epoch": p.epoch, "step": p.step, "train_loss": stats.train_loss, "train_error": stats.train_error,
+              "val_error": val_error, "test_error": test_error, "lr": run.optimizer.param_groups[0]["lr"],
+              "images_per_s": stats.images_per_s, "epoch_seconds": stats.seconds,
+              "elapsed_seconds": p.elapsed_seconds, "device": run.device.type, "processes": run.dist.world}
+    if val_error < p.best_val_error:
+        p.best_val_error = val_error
+        p.best = {"epoch": p.epoch, "step": p.step, "val_error": val_error, "test_error": test_error}
+    return record
+
+
+def checkpoint(run: Run, rng_per_rank: list[dict]) -> dict:
+    """Everything `restore` needs to continue the run exactly."""
+    p = run.progress
+    return {
+        "format": CHECKPOINT_FORMAT, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "epoch": p.epoch, "step": p.step, "best_val_error": p.best_val_error,
+        "best": p.best, "rng": rng_per_rank[0], "rng_per_rank": rng_per_rank,
+        "config": {**vars(run.args), "experiment": run.experiment.name}, "train_indices": run.data.train_indices,
+        "val_indices": run.data.val_indices, "num_parameters": run.num_parameters,
+        "elapsed_seconds": p.elapsed_seconds, "processes": run.dist.world,
+    }
+
+
+def save_epoch(run: Run, record: dict, writer) -> None:
+    """TensorBoard, metrics.jsonl, best.pt on a new best, last.pt: rank 0 writes, every rank's random state in it."""
+    rng_per_rank = all_gather(rng_state(run.generators, run.device), run.dist)
+    if not run.dist.main:
+        return
+    step = record["step"]
+    writer.add_scalar("train/loss", record["train_loss"], step)
+    writer.add_scalar("train/accuracy", 100 - record["train_error"], step)
+    for key in ("val_error", "test_error", "lr", "images_per_s"):
+        writer.add_scalar(key, record[key], step)
+    writer.flush()
+    state = checkpoint(run, rng_per_rank)
+    with open(run.run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if run.progress.best.get("epoch") == run.progress.epoch:
+        atomic_save(state, run.run_dir / "best.pt")
+    atomic_save(state, run.run_dir / "last.pt")
+
+
+def log_epoch(run: Run, record: dict) -> None:
+    run.log(f"epoch {record['epoch']}/{run.schedule.epochs} step {record['step']} | loss {record['train_loss']:.4f} "
+            f"train err {record['train_error']:.2f}% | val err {record['val_error']:.2f}% test err {record['test_error']:.2f}% | "
+            f"lr {record['lr']:.3g} | {record['images_per_s']:.0f} img/s | {format_time(record['epoch_seconds'])}/epoch, "
+            f"ETA {format_time(run.eta())}", flush=True)
+
+
+def should_stop(run: Run, epoch: int) -> bool:
+    """Early stopping: --patience epochs have passed without a better validation error."""
+    patience, best = run.args.patience, run.progress.best
+    if patience is not None and best and epoch - best["epoch"] >= patience:
+        run.log(f"early stop after epoch {epoch}: no better validation error for {patience} epochs")
+        return True
+    return False
+
+
+def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
+    """Run (or resume) one training run of EXPERIMENT; returns its final summary.
+
+    Under ``torchrun --nproc_per_node=N`` it trains data-parallel: every process takes
+    its 1/N share of each global batch of --batch-size images, and only rank 0 writes.
+    """
+    args, ckpt = resolve_args(experiment, argv)
+    run = set_up(experiment, args, ckpt)
+    if ckpt is not None:
+        restore(run, ckpt)
+    reset_metrics(run, resuming=ckpt is not None)
+    wrap(run)
+    from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
+
+    writer = SummaryWriter(str(run.log_dir), purge_step=run.progress.step if ckpt else None) if run.dist.main else None
+    announce(run, resumed=ckpt is not None)
+    run.session_start = (time.time(), run.progress.step)
+    summary = {"name": experiment.run_name(args), "num_parameters": run.num_parameters}
+    try:
+        for epoch in range(run.progress.epoch, run.schedule.epochs):
+            if should_stop(run, epoch):
+                break
+            stats = train_one_epoch(run, epoch)
+            record = epoch_record(run, stats, *evaluate_run(run))
+            save_epoch(run, record, writer)
+            log_epoch(run, record)
+            if args.stop_after is not None and args.stop_after <= record["epoch"] < run.schedule.epochs:
+                summary["stopped_at"] = record["epoch"]
+                break
+    finally:
+        if writer:
+            writer.close()
+    distributed.barrier(run.dist)  # no process leaves the group while another still saves
+    best = run.progress.best
+    if "stopped_at" in summary:
+        run.log(f"stopped after epoch {summary['stopped_at']} (--stop-after); continue with: "
+                f"python {experiment.script} -r {run.run_dir / 'last.pt'}")
+        return {**summary, **best}
+    run.log(f"final: {summary['name']} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "
+            f"val error {best['val_error']:.2f}%) | {run.num_parameters:,} parameters ({run.num_parameters / 1e6:.3f}M) | "
+            f"{experiment.paper_result(args)}")
+    return {**summary, **best}
+
+
+def main(experiment: Experiment, argv: list[str] | None = None) -> int:
+    """The command line of EXPERIMENT: 0 on success, 1 with one line on stderr for a user error."""
+    report = distributed.is_main_process()  # under torchrun, one process reports
+    try:
+        fit(experiment, argv)
+    except UserError as e:
+        if report:
+            print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if report:
+            print("interrupted: the last completed epoch is saved; resume with -r", file=sys.stderr)
+        return 130
+    finally:
+        distributed.shut_down()
+    return 0

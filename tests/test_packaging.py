@@ -1,0 +1,28 @@
+"""The model modules install with pip and import from any directory."""
+
+import os
+import subprocess
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LIBRARY = ["hypernetwork_modules", "resnet_blocks", "primary_net", "target_hypernetwork"]
+
+
+def test_pyproject_installs_the_model_modules_and_they_exist():
+    listed = re.search(r"^py-modules = \[(.*)\]$", (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    assert re.findall(r'"([a-z_]+)"', listed) == LIBRARY
+    assert all((REPO / f"{name}.py").is_file() for name in LIBRARY)
+    assert "-e ." in (REPO / "requirements.txt").read_text().splitlines()  # the README's install installs the project
+
+
+def test_installed_modules_import_from_another_directory(tmp_path):
+    """After the README's install (`pip install -r requirements.txt`, which installs this
+    project), the library imports outside the clone; the training modules stay private."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = ("import hypernetwork_modules, primary_net, resnet_blocks, target_hypernetwork, importlib.util as u; "
+            "net = primary_net.PrimaryNetwork(10, 1); print(len(net.kernels()), u.find_spec('engine') is None)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["6", "True"]
