@@ -11,6 +11,12 @@ The path from a learned embedding to a convolution kernel, top to bottom:
 `HyperNetwork` is the paper's two-layer linear generator. `KernelBank` owns the
 z-embeddings of every generated layer and turns them into full kernels with one call
 of the hypernetwork per forward pass (no Python loop over tiles).
+
+`target_hypernetwork.TargetHyperNetwork` applies the same scheme to every parameter of
+any module, in the same words: embeddings z (one per chunk of a flat vector instead of
+one per tile), a generator shared by all of them, one generator call per forward, and a
+layout that places the outputs (flatten/truncate/split instead of the tile grid). Its
+module docstring maps the two side by side. Both generators start from `init_linear_`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,16 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def init_linear_(layer: nn.Linear) -> None:
+    """Variance-preserving init of a generator layer: weight ~ N(0, 1/in_features), bias 0.
+
+    With it, a linear layer keeps the scale of its input: std(layer(z)) ~= std(z).
+    """
+    nn.init.normal_(layer.weight, std=1.0 / math.sqrt(layer.in_features))
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
 
 
 class HyperNetwork(nn.Module):
@@ -59,11 +75,9 @@ class HyperNetwork(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Variance-preserving init: Var(W_i) = 1/z_dim, Var(W_out) = 1/d, zero biases."""
-        nn.init.normal_(self.w_in.weight, std=1.0 / math.sqrt(self.z_dim))
-        nn.init.normal_(self.w_out.weight, std=1.0 / math.sqrt(self.z_dim))
-        nn.init.zeros_(self.w_in.bias)
-        nn.init.zeros_(self.w_out.bias)
+        """Variance-preserving init (`init_linear_`): Var(W_i) = 1/z_dim, Var(W_out) = 1/d, zero biases."""
+        init_linear_(self.w_in)  # in_features = z_dim
+        init_linear_(self.w_out)  # in_features = d = z_dim
 
     def composed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The two linear maps as one: K(z) = M z + c, slice i major.

@@ -1,14 +1,31 @@
 """A hypernetwork for any target module: it generates ALL the target's parameters.
 
-The static hypernetwork of `hypernetwork_modules.py` is built for 3x3 kernels. This
-file does the same for an arbitrary `nn.Module`, by treating the target's parameters
-as one flat vector cut into equal chunks:
+`hypernetwork_modules.py` holds the paper's static scheme for 3x3 convolution kernels.
+This file applies the same scheme to an arbitrary `nn.Module`, whose parameters it
+treats as one flat vector cut into equal chunks. Both use the same words:
 
-    e (num_chunks, embed_dim)                  one learned embedding per chunk
-      [dynamic: e + encoder(x)[:, None]]       (B, num_chunks, embed_dim), per sample
+    concept            KernelBank + HyperNetwork          TargetHyperNetwork
+    embeddings z       KernelBank.z, one z per tile       .embeddings, one z per chunk
+                       (num_tiles, z_dim)                 (num_chunks, embed_dim)
+    generator          HyperNetwork: two linear layers,   .generator: an MLP with tanh,
+                       shared by every tile               shared by every chunk
+    one output         a tile (out, in, f, f),            a chunk of chunk_size values
+                       16x16x3x3 by default
+    layout             tile grid -> (C_out, C_in, f, f)   FlatLayout: flatten, truncate,
+                                                          split per parameter tensor
+    one call           KernelBank.forward(): one          generate(): one generator call
+                       generator call per forward         per forward
+    initial scale      in z: std sqrt(2 / fan_in)         after: offset + scale * raw,
+                       per layer                          the template's own init
+    per sample         no (static)                        dynamic=True: z + encoder(x)
+
+Both generators start from `hypernetwork_modules.init_linear_`. The path, top to bottom:
+
+    z (num_chunks, embed_dim)                  embeddings: one learned z per chunk
+      [dynamic: z + encoder(x)[:, None]]       (B, num_chunks, embed_dim), per sample
       -> generator MLP (tanh), ONE batched call   shared by every chunk
       -> raw (..., num_chunks, chunk_size)
-      -> flatten, truncate to the target's parameter count, split per tensor
+      -> layout: flatten, truncate to the target's parameter count, split per tensor
       -> params {name: offset + scale * raw}   (..., *shape of that parameter)
       -> torch.func.functional_call(target, params, x)   [dynamic: under torch.func.vmap]
 
@@ -17,18 +34,21 @@ num_chunks = ceil(num_target_parameters / chunk_size), so the hypernetwork
 the target it generates.
 
 Static mode: one weight set for the whole batch. Dynamic mode: an encoder turns each
-input into a code that shifts every chunk embedding, so each sample gets its own
-weights and the target runs once per sample under `vmap` (no Python loop).
+input into a code that shifts every embedding z, so each sample gets its own weights
+and the target runs once per sample under `vmap` (no Python loop).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call, vmap
+
+from hypernetwork_modules import init_linear_
 
 DEFAULT_ENCODER_HIDDEN = 64  # hidden width of the default dynamic-mode encoder
 
@@ -47,6 +67,58 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, flatten: bo
             layers.append(activation())
         layers.append(nn.Linear(n_in, n_out))
     return nn.Sequential(*layers)
+
+
+# ---------------------------------------------------------------- checking the arguments
+
+
+def template_parameters(target: nn.Module) -> dict[str, torch.Tensor]:
+    """The target's named parameters, checked to be something a generator can copy.
+
+    Raises:
+        ValueError: No parameters, lazy (uninitialised) ones, or inf/nan values.
+    """
+    named = dict(target.named_parameters())
+    if not named:
+        raise ValueError(f"target {type(target).__name__} has no parameters to generate")
+    lazy = [n for n, p in named.items() if isinstance(p, nn.parameter.UninitializedParameter)]
+    if lazy:
+        raise ValueError(f"target has uninitialized (lazy) parameters {lazy}; run it once before wrapping it")
+    not_finite = [n for n, p in named.items() if not torch.isfinite(p).all()]
+    if not_finite:
+        raise ValueError(f"target parameters {not_finite} hold inf/nan; initialise the template before wrapping it")
+    return named
+
+
+def check_options(
+    chunk_size: int,
+    embed_dim: int,
+    hidden_sizes: Sequence[int],
+    dynamic: bool,
+    encoder: nn.Module | None,
+    in_features: int | None,
+    constant_scale: float,
+) -> None:
+    """Check `TargetHyperNetwork`'s other constructor arguments (see there).
+
+    Raises:
+        ValueError: A size < 1, constant_scale <= 0, or encoder/in_features not matching the mode.
+    """
+    if chunk_size < 1 or embed_dim < 1:
+        raise ValueError(f"chunk_size and embed_dim must be >= 1, got {chunk_size} and {embed_dim}")
+    if any(h < 1 for h in hidden_sizes):
+        raise ValueError(f"hidden sizes must be >= 1, got {tuple(hidden_sizes)}")
+    if not constant_scale > 0:
+        raise ValueError(f"constant_scale must be > 0, got {constant_scale}")
+    if not dynamic and (encoder is not None or in_features is not None):
+        raise ValueError("encoder and in_features are only used in dynamic mode; pass dynamic=True")
+    if dynamic and (encoder is None) == (in_features is None):
+        raise ValueError("dynamic mode needs exactly one of encoder or in_features (for the default encoder)")
+    if in_features is not None and in_features < 1:
+        raise ValueError(f"in_features must be >= 1, got {in_features}")
+
+
+# ---------------------------------------------------------------- layout: flat vector <-> tensors
 
 
 def template_offset_and_scale(
@@ -70,13 +142,99 @@ def template_offset_and_scale(
     return torch.tensor(offset), torch.tensor(scale)
 
 
+@dataclass
+class FlatLayout:
+    """Where each target tensor lies in the generator's flat output.
+
+    The counterpart of KernelBank's tile grid: tensor k (in the order of
+    ``target.named_parameters()``) takes the next ``numels[k]`` values; the values past
+    the last tensor (the unused tail of the last chunk) are dropped.
+    """
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    numels: list[int]
+
+    @classmethod
+    def of(cls, named: Mapping[str, torch.Tensor]) -> FlatLayout:
+        """The layout of a module's ``dict(named_parameters())``."""
+        return cls(list(named), [tuple(p.shape) for p in named.values()], [p.numel() for p in named.values()])
+
+    @property
+    def total(self) -> int:
+        """Number of values placed: the sum of every tensor's size."""
+        return sum(self.numels)
+
+    def num_chunks(self, chunk_size: int) -> int:
+        """Chunks of ``chunk_size`` values needed to cover every tensor."""
+        return math.ceil(self.total / chunk_size)
+
+    def unflatten(self, raw: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Generator output -> parameters: tensor k is ``offset[k] + scale[k] * its raw values``.
+
+        Args:
+            raw: Generator output (..., num_chunks, chunk_size); any leading batch shape.
+            offset, scale: Per-tensor values, each of shape (num_tensors,).
+
+        Returns:
+            {name: tensor of shape (..., *shape)}, in the order of `names`.
+        """
+        flat = raw.flatten(-2)[..., : self.total]  # (..., total): the last chunk's unused tail dropped
+        pieces = flat.split(self.numels, dim=-1)  # piece k: (..., numels[k])
+        params = {}
+        for name, shape, piece, off, sc in zip(self.names, self.shapes, pieces, offset, scale):
+            params[name] = (off + sc * piece).reshape(piece.shape[:-1] + shape)  # (..., *shape)
+        return params
+
+
+# ---------------------------------------------------------------- running the target
+
+
+def refuse_training_batchnorm(target: nn.Module) -> None:
+    """Dynamic mode: raise if any BatchNorm of the target is in training mode (see `TargetHyperNetwork.forward`)."""
+    batchnorm = nn.modules.batchnorm._BatchNorm  # every BatchNorm*d, SyncBatchNorm and lazy variant
+    training_bn = [n for n, m in target.named_modules() if isinstance(m, batchnorm) and m.training]
+    if training_bn:
+        raise ValueError(
+            f"dynamic mode cannot run BatchNorm in training mode (modules {training_bn}): each sample has its"
+            " own weights, so there is no batch to normalise over; call hnet.target.eval() after any hnet.train(),"
+            " or use LayerNorm/GroupNorm"
+        )
+
+
+def run_per_sample(target: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Run ``target`` on each sample with that sample's own parameters, under ``torch.func.vmap``.
+
+    Args:
+        target: The template module (its buffers are used, its parameters are not).
+        params: {name: (B, *shape)}, sample b's parameters at index b.
+        x: Input batch (B, ...).
+
+    Returns:
+        The outputs stacked, (B, ...). Random ops (dropout) draw independently per sample.
+    """
+
+    def run_one(p: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(target, p, (xi.unsqueeze(0),))  # a batch of one sample
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"dynamic mode needs a target that returns a tensor, got {type(out).__name__}")
+        return out.squeeze(0)
+
+    return vmap(run_one, randomness="different")(params, x)
+
+
+# ---------------------------------------------------------------- the module
+
+
 class TargetHyperNetwork(nn.Module):
     """Generates every parameter of ``target`` and runs it with the generated ones.
 
     ``out, params = hnet(x)``: ``params`` maps each name in
     ``target.named_parameters()`` to a tensor of that parameter's shape (dynamic mode:
     with a leading batch dimension), and ``out`` is the target applied to ``x`` with
-    them.
+    them. In the words of `KernelBank`: one embedding z per chunk (`embeddings`), a
+    generator shared by all chunks (`generator`), one generator call per forward
+    (`generate`), and a layout (`layout`) in place of the tile grid.
 
     The target is only a template. Its parameters are frozen (``requires_grad_(False)``
     on the module you pass in) and never used in the forward pass; they still live in
@@ -89,17 +247,18 @@ class TargetHyperNetwork(nn.Module):
     every chunk (and so every generated weight) in the same direction; with ReLU a
     single early Adam step could shift all units of a layer into the dead zone.
 
-    Initialisation: embeddings ~ N(0, 1) and a generator whose raw outputs start with
+    Initialisation: embeddings z ~ N(0, 1) and a generator whose raw outputs start with
     std 1 (see `reset_parameters`). Each generated tensor is then
     ``offset + scale * raw``, with a fixed per-tensor offset (the template's mean) and
     scale (the template's std, or ``constant_scale`` for a tensor that starts
-    constant), stored as buffers. Generated parameters thus start at the scale of the
-    target's own default initialisation, layer by layer.
+    constant), stored as buffers ``init_offset`` and ``init_scale``. Generated
+    parameters thus start at the scale of the target's own default initialisation,
+    layer by layer.
 
     Args:
         target: Any module with parameters; its forward takes one tensor.
-        chunk_size: Outputs of the generator per embedding.
-        embed_dim: Size of each chunk embedding (the generator's input).
+        chunk_size: Outputs of the generator per embedding z.
+        embed_dim: Size of each embedding z (the generator's input).
         hidden_sizes: Hidden widths of the generator MLP (tanh); ``()`` makes it linear.
         dynamic: Generate weights per sample: sample b's chunk c is generated from
             ``embeddings[c] + encoder(x)[b]``.
@@ -122,36 +281,15 @@ class TargetHyperNetwork(nn.Module):
         constant_scale: float = 0.1,
     ):
         super().__init__()
-        named = dict(target.named_parameters())
-        if not named:
-            raise ValueError(f"target {type(target).__name__} has no parameters to generate")
-        lazy = [n for n, p in named.items() if isinstance(p, nn.parameter.UninitializedParameter)]
-        if lazy:
-            raise ValueError(f"target has uninitialized (lazy) parameters {lazy}; run it once before wrapping it")
-        not_finite = [n for n, p in named.items() if not torch.isfinite(p).all()]
-        if not_finite:
-            raise ValueError(f"target parameters {not_finite} hold inf/nan; initialise the template before wrapping it")
-        if chunk_size < 1 or embed_dim < 1:
-            raise ValueError(f"chunk_size and embed_dim must be >= 1, got {chunk_size} and {embed_dim}")
-        if any(h < 1 for h in hidden_sizes):
-            raise ValueError(f"hidden sizes must be >= 1, got {tuple(hidden_sizes)}")
-        if not constant_scale > 0:
-            raise ValueError(f"constant_scale must be > 0, got {constant_scale}")
-        if not dynamic and (encoder is not None or in_features is not None):
-            raise ValueError("encoder and in_features are only used in dynamic mode; pass dynamic=True")
-        if dynamic and (encoder is None) == (in_features is None):
-            raise ValueError("dynamic mode needs exactly one of encoder or in_features (for the default encoder)")
-        if in_features is not None and in_features < 1:
-            raise ValueError(f"in_features must be >= 1, got {in_features}")
-
+        named = template_parameters(target)
+        check_options(chunk_size, embed_dim, hidden_sizes, dynamic, encoder, in_features, constant_scale)
         self.target = target.requires_grad_(False)
-        self.names = list(named)
-        self.shapes = [tuple(p.shape) for p in named.values()]
-        self.numels = [p.numel() for p in named.values()]
+        layout = FlatLayout.of(named)
+        self.names, self.shapes, self.numels = layout.names, layout.shapes, layout.numels
         self.chunk_size, self.embed_dim, self.dynamic = chunk_size, embed_dim, dynamic
-
-        num_chunks = math.ceil(sum(self.numels) / chunk_size)
-        self.embeddings = nn.Parameter(torch.empty(num_chunks, embed_dim))
+        # This order (embeddings, generator, encoder, buffers) fixes the state_dict keys' order
+        # and which random numbers each default init draws; keep it.
+        self.embeddings = nn.Parameter(torch.empty(layout.num_chunks(chunk_size), embed_dim))  # z: (C, E)
         self.generator = mlp([embed_dim, *hidden_sizes, chunk_size], activation=nn.Tanh)
         if dynamic and encoder is None:
             encoder = mlp([in_features, DEFAULT_ENCODER_HIDDEN, embed_dim], activation=nn.ReLU, flatten=True)
@@ -162,22 +300,26 @@ class TargetHyperNetwork(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Embeddings ~ N(0, 1); generator: N(0, 1/fan_in) weights and zero biases, its last
-        layer then rescaled so the raw outputs over all chunks have std 1. A given
-        encoder is left as it is."""
+        """Embeddings z ~ N(0, 1); generator: `init_linear_` (N(0, 1/fan_in) weights, zero
+        biases), its last layer then rescaled so the raw outputs over all chunks have std 1.
+        A given encoder is left as it is."""
         nn.init.normal_(self.embeddings)
         linears = [m for m in self.generator if isinstance(m, nn.Linear)]
         for layer in linears:
-            nn.init.normal_(layer.weight, std=1.0 / math.sqrt(layer.in_features))
-            nn.init.zeros_(layer.bias)
+            init_linear_(layer)
         with torch.no_grad():
             raw = self.generator(self.embeddings)  # (C, chunk_size)
             if raw.numel() > 1:
                 linears[-1].weight.div_(raw.std())
 
     @property
+    def layout(self) -> FlatLayout:
+        """Where each target tensor lies in the generator's flat output (a view of names/shapes/numels)."""
+        return FlatLayout(self.names, self.shapes, self.numels)
+
+    @property
     def num_chunks(self) -> int:
-        """Number of chunk embeddings: ceil(num_target_parameters / chunk_size)."""
+        """Number of embeddings z: ceil(num_target_parameters / chunk_size)."""
         return self.embeddings.shape[0]
 
     @property
@@ -210,8 +352,24 @@ class TargetHyperNetwork(nn.Module):
             ]
         )
 
+    def _embeddings_for(self, x: torch.Tensor | None) -> torch.Tensor:
+        """The embeddings z this forward feeds the generator: (C, E), or (B, C, E) in dynamic mode."""
+        if not self.dynamic:
+            if x is not None:
+                raise ValueError("static mode generates one weight set from learned embeddings: call generate()")
+            return self.embeddings  # (C, E)
+        if x is None:
+            raise ValueError("dynamic mode generates weights from the input: call generate(x)")
+        code = self.encoder(x)  # (B, E)
+        if code.shape != (x.shape[0], self.embed_dim):
+            raise ValueError(
+                f"encoder output must have shape (batch, embed_dim) = ({x.shape[0]}, {self.embed_dim}),"
+                f" got {tuple(code.shape)}"
+            )
+        return self.embeddings + code.unsqueeze(1)  # (B, C, E): each sample shifts every embedding z
+
     def generate(self, x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """All target parameters, from ONE generator call.
+        """All target parameters, from ONE generator call (as `KernelBank.forward` makes all kernels).
 
         Args:
             x: Dynamic mode: the input batch (B, ...) that the weights depend on.
@@ -220,27 +378,9 @@ class TargetHyperNetwork(nn.Module):
         Returns:
             {name: tensor of shape (*shape)} in static mode, (B, *shape) in dynamic mode.
         """
-        z = self.embeddings  # (C, E)
-        if self.dynamic:
-            if x is None:
-                raise ValueError("dynamic mode generates weights from the input: call generate(x)")
-            code = self.encoder(x)
-            if code.shape != (x.shape[0], self.embed_dim):
-                raise ValueError(
-                    f"encoder output must have shape (batch, embed_dim) = ({x.shape[0]}, {self.embed_dim}),"
-                    f" got {tuple(code.shape)}"
-                )
-            z = z + code.unsqueeze(1)  # (B, C, E): each sample shifts every chunk embedding
-        elif x is not None:
-            raise ValueError("static mode generates one weight set from learned embeddings: call generate()")
-        raw = self.generator(z)  # (..., C, chunk_size)
-        flat = raw.flatten(-2)[..., : self.num_target_parameters]  # (..., total)
-        pieces = flat.split(self.numels, dim=-1)
-        params = {}
-        stats = zip(self.init_offset, self.init_scale)
-        for name, shape, piece, (offset, scale) in zip(self.names, self.shapes, pieces, stats):
-            params[name] = (offset + scale * piece).reshape(piece.shape[:-1] + shape)  # (..., *shape)
-        return params
+        z = self._embeddings_for(x)  # (C, E) or (B, C, E)
+        raw = self.generator(z)  # (..., C, chunk_size): one chunk per embedding z
+        return self.layout.unflatten(raw, self.init_offset, self.init_scale)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Generate the target's parameters and run the target on x with them.
@@ -261,21 +401,6 @@ class TargetHyperNetwork(nn.Module):
         if not self.dynamic:
             params = self.generate()
             return functional_call(self.target, params, (x,)), params
-
-        batchnorm = nn.modules.batchnorm._BatchNorm  # every BatchNorm*d, SyncBatchNorm and lazy variant
-        training_bn = [n for n, m in self.target.named_modules() if isinstance(m, batchnorm) and m.training]
-        if training_bn:
-            raise ValueError(
-                f"dynamic mode cannot run BatchNorm in training mode (modules {training_bn}): each sample has its"
-                " own weights, so there is no batch to normalise over; call hnet.target.eval() after any hnet.train(),"
-                " or use LayerNorm/GroupNorm"
-            )
+        refuse_training_batchnorm(self.target)
         params = self.generate(x)
-
-        def run_one(p: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
-            out = functional_call(self.target, p, (xi.unsqueeze(0),))  # a batch of one sample
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"dynamic mode needs a target that returns a tensor, got {type(out).__name__}")
-            return out.squeeze(0)
-
-        return vmap(run_one, randomness="different")(params, x), params
+        return run_per_sample(self.target, params, x), params

@@ -235,6 +235,45 @@ def test_generated_params_start_at_the_templates_scale():
             assert 0.7 < ratio < 1.4, (name, ratio)
 
 
+class ConstantsAtInit(nn.Module):
+    """Tensors that start constant (a zeroed bias, BatchNorm's ones and zeros, a scalar) next to a random weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(2.0))
+        self.fc = nn.Linear(16, 256)
+        nn.init.zeros_(self.fc.bias)
+        self.bn = nn.BatchNorm1d(256)
+
+    def forward(self, x):
+        return self.bn(self.fc(x)) * self.gain
+
+
+def test_constant_scale_sets_the_spread_of_tensors_that_start_constant():
+    generated = {}
+    for constant_scale in (0.02, 0.5):
+        torch.manual_seed(0)  # the same raw generator output for both scales
+        target = ConstantsAtInit()
+        hnet = TargetHyperNetwork(target, chunk_size=64, embed_dim=8, constant_scale=constant_scale)
+        scale = dict(zip(hnet.names, hnet.init_scale.tolist()))
+        assert scale["fc.weight"] == pytest.approx(target.fc.weight.std(unbiased=False).item())  # random: its own std
+        for name in ("gain", "fc.bias", "bn.weight", "bn.bias"):
+            assert scale[name] == pytest.approx(constant_scale), name
+        params = hnet.generate()
+        for name, template in target.named_parameters():
+            if name == "fc.weight":
+                continue
+            deviation = (params[name] - template).detach()  # template: the constant it started at
+            generated[constant_scale, name] = deviation / constant_scale
+            if name == "gain":  # a single number: within a few constant_scale of 2.0
+                assert deviation.abs().item() < 3 * constant_scale
+            else:  # 256 values around the template constant, spread ~constant_scale
+                assert deviation.mean().abs().item() < 0.25 * constant_scale, name
+                assert 0.7 * constant_scale < deviation.std().item() < 1.4 * constant_scale, name
+    for name in ("gain", "fc.bias", "bn.weight", "bn.bias"):  # the spread is proportional to constant_scale
+        torch.testing.assert_close(generated[0.02, name], generated[0.5, name], rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- dynamic mode
 
 
@@ -285,6 +324,25 @@ def test_dynamic_mode_draws_dropout_per_sample():
     hnet = TargetHyperNetwork(target, chunk_size=64, embed_dim=4, dynamic=True, in_features=6)
     out, _ = hnet(torch.randn(5, 6))  # vmap's default randomness would raise here
     assert out.shape == (5, 2)
+
+
+def test_dynamic_dropout_masks_differ_between_identical_samples():
+    torch.manual_seed(0)
+    target = nn.Sequential(nn.Linear(6, 64), nn.Dropout(0.5))  # a zero in the output marks a dropped unit
+    hnet = TargetHyperNetwork(target, chunk_size=64, embed_dim=4, dynamic=True, in_features=6)
+    x = torch.randn(1, 6).repeat(4, 1)  # four identical samples
+    out, params = hnet(x)
+    for p in params.values():  # same input, same generated weights ...
+        for i in range(1, 4):
+            torch.testing.assert_close(p[i], p[0])
+    dropped = out == 0  # (4, 64)
+    assert dropped.any(dim=1).all() and not dropped.all(dim=1).any()
+    assert len({tuple(row.tolist()) for row in dropped}) == 4, "each sample must draw its own dropout mask"
+    hnet.eval()  # ... so without dropout the four outputs agree
+    out_eval, _ = hnet(x)
+    assert not out_eval.eq(0).any()
+    for i in range(1, 4):
+        torch.testing.assert_close(out_eval[i], out_eval[0])
 
 
 # ---------------------------------------------------------------- buffers (BatchNorm)
@@ -390,6 +448,18 @@ def test_no_device_in_constructor_and_to_moves_everything():
     out, params = hnet(torch.randn(2, 3, 6, 6, dtype=torch.float64))
     assert out.dtype == torch.float64 and all(p.dtype == torch.float64 for p in params.values())
     assert "init_scale" in hnet.state_dict() and "embeddings" in hnet.state_dict()
+
+
+def test_state_dict_keys_are_stable():
+    """Saved state must keep loading: the keys are part of the API, and their order is the
+    order of hnet.parameters(), which a saved optimizer state refers to by position."""
+    hnet = TargetHyperNetwork(nn.Linear(3, 2), chunk_size=4, embed_dim=2, hidden_sizes=(5,), dynamic=True,
+                              in_features=3)
+    assert list(hnet.state_dict()) == [
+        "embeddings", "init_offset", "init_scale", "target.weight", "target.bias",
+        "generator.0.weight", "generator.0.bias", "generator.2.weight", "generator.2.bias",
+        "encoder.1.weight", "encoder.1.bias", "encoder.3.weight", "encoder.3.bias",
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------- examples
