@@ -52,8 +52,10 @@ class HyperNetwork(nn.Module):
 
     Both maps are linear, so `forward` evaluates them in the cheaper order
     K_i = (W_out W_i) z + (W_out B_i + B_out): the same function of the same parameters
-    (tested against the equations above), with ~25% fewer multiply-adds over a batch
-    of z's, forward and backward, because the hidden a_i are never formed.
+    (tested against the equations above). Composing costs in*out*f*f*d*z_dim
+    multiply-adds once per call; each z then costs in*out*f*f*z_dim instead of
+    in*d*z_dim + in*out*f*f*d, so a large batch of z's is cheaper (forward: 12% fewer
+    for the 242 z's of Hyper-40-1, 26% fewer for the 966 of Hyper-40-2).
 
     Initialisation keeps scale: with zero biases, std(K) ~= std(z), so the caller sets
     the kernel's initial std through the std of z (see `KernelBank`).
