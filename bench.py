@@ -1,7 +1,7 @@
 """What does the hypernetwork cost? Ratios measured in one run, one process.
 
-    python bench.py                      # CPU, all threads: the table in the README
-    python bench.py --json bench.json    # also write the numbers
+    python bench.py                      # CPU, all threads
+    python bench.py --threads 2 --out results/bench.md --json results/bench.json   # the README's table
 
 1. Kernel generation (forward + backward) for 40-1 and 40-2: our one batched call vs a
    per-tile loop (one hypernetwork call per z, as the public implementation does).
@@ -21,7 +21,9 @@ import argparse
 import contextlib
 import io
 import json
+import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,11 +32,12 @@ from pathlib import Path
 import torch
 
 import train
-from cli import HelpFormatter, positive_int
+from cli import ArgumentParser, HelpFormatter, UserError, positive_int, run_cli
 from data import write_synthetic_cifar
 from engine import build_optimizer, train_step
 from hypernetwork_modules import KernelBank
 from primary_net import PrimaryNetwork
+from runner import pick_device
 
 # Targets of issue 5 (CPU, 2 threads): hyper/plain step-time ratio by batch size.
 TARGETS = {"step_128": 1.05, "step_8": 1.12, "generation_speedup_40_2": 30.0, "pipeline": 0.95}
@@ -162,8 +165,8 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
     return {"train_py_images_per_s": train_rate, "bare_step_images_per_s": bare_rate, "ratio": train_rate / bare_rate}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where to measure")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="large batch of section 2, and section 3")
@@ -174,16 +177,26 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False, help="channels_last memory format")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast")
     p.add_argument("--skip-pipeline", action="store_true", help="leave out section 3")
-    p.add_argument("--json", metavar="PATH", help="also write the results here")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    results: dict = {"device": device.type, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                     "repeats": args.repeats, "compile": args.compile, "channels_last": args.channels_last, "amp": args.amp}
+    p.add_argument("--json", metavar="PATH", help="also write the numbers here")
+    p.add_argument("--out", metavar="PATH", help="also write the printed report (Markdown) here")
+    return p
 
-    print(f"bench on {device.type}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"medians of {args.repeats} repeats ({3 * args.repeats} for batch {args.small_batch})\n")
+
+def machine() -> str:
+    """The processor, as Linux names it (else the platform's word for it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[str]]:
+    """Every section's numbers, and the table rows that report them."""
+    results: dict = {"device": device.type, "machine": machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "repeats": args.repeats, "compile": args.compile, "channels_last": args.channels_last, "amp": args.amp}
     rows = ["| measurement | ours | reference | ratio | target | met |", "|---|---:|---:|---:|---:|:-:|"]
     for width in args.widths:
         g = generation_bench(width, device, args.repeats)
@@ -205,11 +218,34 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(f"| train.py end to end vs bare step, Hyper-40-1, batch {args.batch_size} | "
                     f"{e['train_py_images_per_s']:.0f} img/s | {e['bare_step_images_per_s']:.0f} img/s | {e['ratio']:.3f}x | "
                     f">= {TARGETS['pipeline']:.2f}x | {'yes' if e['ratio'] >= TARGETS['pipeline'] else 'NO'} |")
-    print("\n".join(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return results, rows
+
+
+def bench(args: argparse.Namespace) -> dict:
+    """Measure, print the report, write the files asked for."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    header = (f"bench on {device.type} ({machine()}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
+              f"medians of {args.repeats} repeats ({3 * args.repeats} for batch {args.small_batch})")
+    print(header + "\n", flush=True)
+    results, rows = measure(args, device)
+    report = "\n".join(rows)
+    print(report)
+    for path, text in ((args.json, json.dumps(results, indent=2) + "\n"), (args.out, f"{header}\n\n{report}\n")):
+        if path:
+            try:
+                Path(path).write_text(text)
+            except OSError as e:
+                raise UserError(f"cannot write {path} ({e.strerror or e})") from None
     return results
 
 
+def main(argv: list[str] | None = None) -> int:
+    """python bench.py: 0 on success, 1 with one line on stderr for a user error."""
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: bench(args))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,17 +10,29 @@ renames it over the old one, so a kill at any moment leaves a whole file.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
+from typing import IO
+
+try:
+    import fcntl  # POSIX (Linux, macOS); elsewhere runs are not locked
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 import numpy as np
 import torch
 
 from cli import UserError, first_line
 
-CHECKPOINT_FORMAT = "hyperresnet-train-v1"
+FORMAT_NAME = "hyperresnet-train-v"
+FORMAT_VERSION = 2  # 2: may be taken in the middle of an epoch ("partial"), holds the metrics
+CHECKPOINT_FORMAT = f"{FORMAT_NAME}{FORMAT_VERSION}"
+READABLE_FORMATS = {f"{FORMAT_NAME}1", CHECKPOINT_FORMAT}  # v1 reads as a v2 taken at an epoch's end
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "step", "best_val_error", "best", "rng", "config",
                    "train_indices", "val_indices", "elapsed_seconds"}
 LEGACY_EXPERIMENT = "cifar10"  # checkpoints written before config["experiment"] existed are CIFAR-10 runs
@@ -69,26 +81,94 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator], device: t
 # ----------------------------------------------------------------------------- files
 
 
-def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file, fsync, then rename over PATH: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def write_error(path: Path, error: Exception) -> UserError:
+    """A failed write of PATH as one line, saying so when the disk is full."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or free == 0
+    if full:
+        return UserError(f"cannot write {path}: the disk is full; the files saved before are intact")
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
+    return UserError(f"cannot write {path} ({reason}); the files saved before are intact")
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """WRITE into a temporary file beside PATH, fsync, rename over PATH, fsync the folder:
+    PATH is always either the old file or the whole new one. A failure to write (a full
+    disk, a lost permission) is a `UserError`; the old file stays."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """torch.save OBJ to PATH atomically (see `atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """Replace PATH by TEXT atomically (see `atomic_write`)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def append_line(line: str, path: Path) -> None:
+    """Append LINE to a text file (a kill may tear it: readers drop a torn last line)."""
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporary files of saves that a kill interrupted (only the lock holder may)."""
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def acquire_run_lock(folder: Path) -> IO | None:
+    """Hold FOLDER/.lock while this process trains the run there: a second process on the
+    same run is refused instead of interleaving its writes. The lock ends with the process,
+    however it ends (kill -9 included)."""
+    if fcntl is None:
+        return None
+    lock = open(folder / ".lock", "a")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise UserError(f"another process is training the run in {folder}: wait for it to end, "
+                        "or pick another --run-name") from None
+    return lock
+
+
+def release_run_lock(lock: IO | None) -> None:
+    """Let another process train the run (see `acquire_run_lock`)."""
+    if lock is not None:
+        lock.close()
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -99,8 +179,12 @@ def load_checkpoint(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"{path} is not a readable checkpoint ({first_line(e)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if not isinstance(fmt, str) or not fmt.startswith(FORMAT_NAME):
         raise UserError(f"{path} is not a checkpoint written by this train.py")
+    if fmt not in READABLE_FORMATS:
+        raise UserError(f"{path} has checkpoint format {fmt!r}; this code reads "
+                        f"{', '.join(sorted(READABLE_FORMATS))}: use the version of the code that wrote it")
     missing = sorted(CHECKPOINT_KEYS - set(ckpt))
     if missing:
         raise UserError(f"{path} is incomplete: it lacks {', '.join(missing)}")

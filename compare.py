@@ -29,11 +29,12 @@ import torch
 import mnist
 import train
 from checkpointing import experiment_of, load_checkpoint
-from cli import HelpFormatter, UserError, first_line, run_cli
+from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
 from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
 
 EXPERIMENTS = {e.name: e for e in (train.CIFAR10, mnist.MNIST)}
 CIFAR_Z_DIM, CIFAR_SHORTCUT = 64, "pad"  # the configuration behind the paper's Table 2 (N_z = 64)
+DEFAULT_RUNS = ("checkpoints", "results/runs")  # new runs, then the archived ones: a fresh clone shows the archive
 BANK_PREFIX = "kernel_bank."  # model-state keys of the z's and the hypernetwork
 SUMMARY_KEYS = ("config", "best", "epoch", "step", "elapsed_seconds", "num_parameters")
 BEST_KEYS = {"epoch", "step", "val_error", "test_error"}
@@ -161,12 +162,13 @@ def read_kernel_bank(path: Path) -> dict[str, torch.Tensor]:
 def find_runs(roots: list[Path]) -> list[Run]:
     """Every run in ROOTS: a root that is a run folder itself, else its run subfolders (by name).
 
-    A run folder that cannot be read is reported in one warning line on stderr and skipped.
+    A run folder that cannot be read is reported in one warning line on stderr and skipped;
+    so is a run whose name an earlier root already gave (an archived copy of a checkpoint).
 
     Raises:
         UserError: If a root is not a folder.
     """
-    runs, seen = [], set()
+    runs, seen, names = [], set(), {}
     for root in roots:
         if not root.is_dir():
             raise UserError(f"--runs {root} is not a folder")
@@ -176,9 +178,15 @@ def find_runs(roots: list[Path]) -> list[Run]:
                 continue
             seen.add(folder.resolve())
             try:
-                runs.append(read_run(folder))
+                run = read_run(folder)
             except UserError as e:
                 print(f"warning: skipped {folder}: {first_line(e)}", file=sys.stderr)
+                continue
+            if run.name in names:
+                print(f"note: skipped {folder}: run {run.name} is read from {names[run.name]}", file=sys.stderr)
+                continue
+            names[run.name] = folder
+            runs.append(run)
     return runs
 
 
@@ -364,7 +372,7 @@ def archive(runs: list[Run], dest: Path) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="compare.py",
         description="Compare our runs with the paper's Table 2 (CIFAR-10) and Table 7 (MNIST): print a Markdown "
                     "report and write it to --out.",
@@ -372,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--runs", nargs="+", action="extend", metavar="DIR",
                    help="folders of runs: each subfolder with last.pt (train.py, mnist.py) or run.json "
-                        "(--archive) is a run (default: checkpoints)")
+                        "(--archive) is a run (default: checkpoints and results/runs, those that exist; a run in "
+                        "both is read from checkpoints)")
     p.add_argument("--out", default="results/results.md", metavar="FILE", help="the Markdown file to write")
     p.add_argument("--archive", metavar="DIR",
                    help="also write each run's run.json, metrics.jsonl and (hyper) kernel_bank.pt to DIR/RUN_NAME: "
@@ -382,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def compare(args: argparse.Namespace) -> None:
     """Print the report, write it to --out, and archive the runs if asked."""
-    roots = [Path(d) for d in args.runs or ["checkpoints"]]
+    roots = [Path(d) for d in args.runs] if args.runs else [p for p in map(Path, DEFAULT_RUNS) if p.is_dir()]
     command = shlex.join(["python", "compare.py", "--runs", *map(str, roots), "--out", args.out]
                          + (["--archive", args.archive] if args.archive else []))
     out = Path(args.out)

@@ -32,7 +32,7 @@ from matplotlib.ticker import MaxNLocator
 
 import compare
 from checkpointing import writable_dir
-from cli import HelpFormatter, UserError, first_line, run_cli
+from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
 from hypernetwork_modules import HyperNetwork, KernelBank
 from primary_net import PrimaryNetwork, model_name, num_parameters
 
@@ -275,7 +275,7 @@ def save(fig: Figure, path: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="diagrams.py",
         description="Draw PNGs into --out: architecture.png (from the live models), curves_cifar.png and "
                     "curves_mnist.png (the runs' metrics), and kernels_RUN.png for each hyper run (a generated "

@@ -72,6 +72,15 @@ def all_gather(obj: object, dist: Distributed) -> list:
     return gathered
 
 
+def broadcast_object(obj: object, dist: Distributed) -> object:
+    """Rank 0's OBJ, on every process."""
+    if dist.world == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def broadcast_buffers(model: torch.nn.Module, dist: Distributed) -> None:
     """Give every process rank 0's buffers (BatchNorm running statistics drift apart per process)."""
     if dist.world > 1:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from cli import UserError, format_time
 from data import Normalize
 from distributed import SINGLE_PROCESS, Distributed, all_sum, broadcast_buffers
 from experiment import Experiment, KernelModel, Schedule
+from preemption import StopRequest
 
 
 @dataclass
@@ -46,6 +47,16 @@ class Data:
 
 
 @dataclass
+class EpochSums:
+    """What an epoch has summed so far: kept in a checkpoint taken in the middle of an epoch."""
+
+    position: int = 0  # steps done in this epoch
+    loss: float = 0.0  # sum over those steps of the mean loss over all processes
+    correct: int = 0  # correct predictions over all processes
+    seconds: float = 0.0  # training time spent on them
+
+
+@dataclass
 class Progress:
     """Where a run stands; what a checkpoint restores besides the states."""
 
@@ -54,6 +65,8 @@ class Progress:
     best_val_error: float = math.inf
     best: dict = field(default_factory=dict)  # epoch, step, val_error, test_error of the best validation epoch
     elapsed_seconds: float = 0.0  # training and evaluation time over all sessions
+    partial: EpochSums = field(default_factory=EpochSums)  # the epoch in flight (position 0: none)
+    metrics: list[dict] = field(default_factory=list)  # one record per completed epoch (metrics.jsonl)
 
 
 @dataclass
@@ -81,6 +94,9 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     session_start: tuple[float, int] = (0.0, 0)  # (time, step) when this process started or resumed
     cpu_note_due: bool = False  # say once how long the paper schedule would take on this CPU
+    order_state: torch.Tensor | None = None  # the data-order generator's state before this epoch's shuffle
+    stop: StopRequest = field(default_factory=StopRequest)  # SIGTERM/SIGINT: stop after the step in flight
+    lock: IO | None = None  # rank 0 holds the run folder's lock while it trains
 
     def log(self, *args, **kwargs) -> None:
         """print, on rank 0 only."""
@@ -99,7 +115,8 @@ class EpochStats(NamedTuple):
     train_error: float  # percent
     seconds: float  # training only
     images_per_s: float
-    started: float  # time.time() at the epoch's start
+    started: float  # time.time() at the epoch's start (or resumption)
+    resumed_seconds: float  # training time spent on the epoch before a resumption in its middle
 
 
 def build_optimizer(model: torch.nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
@@ -133,17 +150,21 @@ def train_step(model: KernelModel, forward, optimizer: torch.optim.Optimizer, sc
     return loss.detach(), logits.detach()
 
 
-def train_one_epoch(run: Run, epoch: int) -> EpochStats:
-    """One pass over the shuffled training split; every process takes its share of each global batch."""
-    data, dist, steps = run.data, run.dist, run.steps_per_epoch
+def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
+    """One pass over the shuffled training split (or the rest of it, after a resume in the
+    middle); every process takes its share of each global batch. Returns None when a
+    signal stopped it early: then ``run.progress.partial`` says where it stands."""
+    data, dist, steps, sums = run.data, run.dist, run.steps_per_epoch, run.progress.partial
     local_batch = run.batch_size // dist.world
     run.model.train()
+    run.order_state = run.generators["data_order"].get_state()  # a resumed epoch draws the same order again
     order = torch.randperm(len(data.train_x), generator=run.generators["data_order"]).to(run.device)
-    loss_sum = torch.zeros((), device=run.device)
-    correct = torch.zeros((), dtype=torch.long, device=run.device)
+    # This process's sums; the part done before a resume (summed over processes) counts on rank 0.
+    loss_sum = torch.tensor(sums.loss if dist.main else 0.0, device=run.device)
+    correct = torch.tensor(sums.correct if dist.main else 0, dtype=torch.long, device=run.device)
     start = time.time()
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{run.schedule.epochs}", disable=not run.args.progress or not dist.main,
-               leave=False, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(range(sums.position, steps), desc=f"epoch {epoch + 1}/{run.schedule.epochs}", initial=sums.position,
+               total=steps, disable=not run.args.progress or not dist.main, leave=False, dynamic_ncols=True, file=sys.stderr)
     for i in bar:
         idx = order[i * run.batch_size : (i + 1) * run.batch_size]  # the global batch
         idx = idx[dist.rank * local_batch : (dist.rank + 1) * local_batch]  # this process's share
@@ -153,13 +174,22 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats:
         run.progress.step += 1
         loss_sum += loss
         correct += (logits.argmax(1) == y).sum()
-        if i % 10 == 9 or i == steps - 1:
+        in_step = i % 10 == 9 or i == steps - 1  # every process reaches these steps: collectives are safe here
+        if in_step:
             running_loss = all_sum(loss_sum, dist).item() / dist.world / (i + 1)  # the same on every process
-            show_progress(run, bar, running_loss, 100 * correct.item() / ((i + 1) * local_batch), (i + 1) / (time.time() - start))
+            accuracy = 100 * all_sum(correct, dist).item() / ((i + 1) * run.batch_size)
+            show_progress(run, bar, running_loss, accuracy, (i + 1 - sums.position) / (time.time() - start))
+        if i < steps - 1 and run.stop.agreed(dist, in_step):
+            bar.close()
+            run.progress.partial = EpochSums(i + 1, all_sum(loss_sum, dist).item(), all_sum(correct, dist).item(),
+                                             sums.seconds + time.time() - start)
+            return None
     bar.close()
-    seconds = time.time() - start
+    seconds = sums.seconds + time.time() - start
+    run.progress.partial = EpochSums()
+    train_loss = all_sum(loss_sum, dist).item() / dist.world / steps
     train_error = 100 - 100 * all_sum(correct, dist).item() / (steps * run.batch_size)
-    return EpochStats(all_sum(loss_sum, dist).item() / dist.world / steps, train_error, seconds, steps * run.batch_size / seconds, start)
+    return EpochStats(train_loss, train_error, seconds, steps * run.batch_size / seconds, start, sums.seconds)
 
 
 def show_progress(run: Run, bar: tqdm, loss: float, accuracy: float, steps_per_s: float) -> None:

@@ -15,7 +15,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from cli import HelpFormatter, positive_int
+from cli import ArgumentParser, HelpFormatter, non_negative_float, positive_float, positive_int, run_name, seed
 from data import Splits
 
 
@@ -86,9 +86,9 @@ def add_shared_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable
     t.add_argument("--epochs", type=positive_int, **d(defaults.epochs), help=defaults.epochs_help)
     t.add_argument("--batch-size", type=positive_int, **d(defaults.batch_size), help="images per training step")
     t.add_argument("--optimizer", choices=["adam", "sgd"], **d(None), help=defaults.optimizer_help)
-    t.add_argument("--lr", type=float, **d(None), help=defaults.lr_help)
-    t.add_argument("--weight-decay", type=float, **d(defaults.weight_decay), help="L2 penalty wd/2*sum(K^2) on the kernels in use")
-    t.add_argument("--seed", type=int, **d(0), help="seeds the model init, data order and augmentation")
+    t.add_argument("--lr", type=positive_float, **d(None), help=defaults.lr_help)
+    t.add_argument("--weight-decay", type=non_negative_float, **d(defaults.weight_decay), help="L2 penalty wd/2*sum(K^2) on the kernels in use")
+    t.add_argument("--seed", type=seed, **d(0), help="seeds the model init, data order and augmentation")
     t.add_argument("--val-size", type=positive_int, **d(5000), help="validation images held out of the training set")
     t.add_argument("--patience", type=positive_int, **d(defaults.patience), metavar="EPOCHS",
                    help="early stopping: end the run after this many epochs without a better validation error")
@@ -106,7 +106,7 @@ def add_shared_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable
     s.add_argument("--eval-batch-size", type=positive_int, **d(1000), help="images per evaluation batch")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, **d(True), help="tqdm progress bar")
     o = groups["output"]
-    o.add_argument("--run-name", **d(None), help=f"default: from the model, e.g. {defaults.run_name_example}")
+    o.add_argument("--run-name", type=run_name, **d(None), help=f"default: from the model, e.g. {defaults.run_name_example}")
     o.add_argument("--checkpoint-dir", **d("checkpoints"))
     o.add_argument("--log-dir", **d("runs"), help="TensorBoard logs go to LOG_DIR/RUN_NAME")
     o.add_argument("-r", "--resume", nargs="?", const="", **d(None), metavar="PATH", help="resume PATH, or this run's last.pt")
@@ -115,7 +115,7 @@ def add_shared_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable
 def build_parser(experiment: Experiment, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The command line: the experiment's own flags plus the shared ones. With
     suppress_defaults, only flags given explicitly appear."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=experiment.script,
         description=experiment.description,
         formatter_class=HelpFormatter,

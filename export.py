@@ -10,7 +10,6 @@ The generated kernels are computed once and stored; the result is the same funct
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 import train
 from checkpointing import atomic_save, experiment_of, load_checkpoint
-from cli import UserError, run_cli
+from cli import ArgumentParser, UserError, run_cli
 from primary_net import PrimaryNetwork, num_parameters, to_plain
 
 EXPORT_FORMAT = "hyperresnet-plain-v1"
@@ -73,7 +72,7 @@ def export(checkpoint: Path, out: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Store a trained HyperResNet's generated kernels in a plain WRN.")
+    p = ArgumentParser(description="Store a trained HyperResNet's generated kernels in a plain WRN.")
     p.add_argument("checkpoint", type=Path, help="a train.py checkpoint (last.pt or best.pt) of a hyper run")
     p.add_argument("-o", "--out", type=Path, help="output file (default: CHECKPOINT's name + '-plain.pt')")
     args = p.parse_args(argv)

@@ -14,22 +14,27 @@ Every user error raises `cli.UserError`; `main` prints it as one line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 
 import distributed
-from checkpointing import (CHECKPOINT_FORMAT, RESUMABLE_CHANGES, atomic_save, check_resume_config, experiment_of,
-                           load_checkpoint, rng_state, set_rng_state, writable_dir)
+from checkpointing import (CHECKPOINT_FORMAT, RESUMABLE_CHANGES, acquire_run_lock, append_line, atomic_save,
+                           atomic_write_text, check_resume_config, experiment_of, load_checkpoint, release_run_lock,
+                           remove_stale_temporaries, rng_state, set_rng_state, writable_dir)
 from cli import UserError, first_line, format_time
 from data import Normalize, split_indices
-from distributed import Distributed, all_gather, augment_seed
-from engine import Data, EpochStats, Progress, Run, build_optimizer, evaluate_run, train_one_epoch
+from distributed import Distributed, all_gather, augment_seed, broadcast_object
+from engine import Data, EpochStats, EpochSums, Progress, Run, build_optimizer, evaluate_run, train_one_epoch
 from experiment import Experiment, build_parser, parse_args
 
 
@@ -46,6 +51,8 @@ def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argpar
     if saved_experiment != experiment.name:
         raise UserError(f"{path} is a {saved_experiment} run, not {experiment.name}: resume it with its own script")
     check_resume_config(ckpt["config"], args, explicit)
+    if ckpt["format"] != CHECKPOINT_FORMAT and distributed.is_main_process():
+        print(f"note: {path} has the older format {ckpt['format']}; it resumes as one taken at its epoch's end")
     saved = {**vars(build_parser(experiment).parse_args([])), **ckpt["config"]}  # flags newer than the checkpoint
     saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES})
     return argparse.Namespace(**saved), ckpt
@@ -78,12 +85,18 @@ def place(args: argparse.Namespace) -> tuple[torch.device, Distributed]:
     return device, dist
 
 
-def prepare_dirs(args: argparse.Namespace, resuming: bool) -> tuple[Path, Path]:
-    """The run's checkpoint and log folders, checked writable; a new run never overwrites a saved one."""
+def prepare_dirs(args: argparse.Namespace, resuming: bool, dist: Distributed) -> tuple[Path, Path, IO | None]:
+    """The run's checkpoint and log folders, checked writable, and (rank 0) the run's lock.
+    A new run never overwrites a saved one; two processes never train one run at once."""
     run_dir = writable_dir(Path(args.checkpoint_dir) / args.run_name, "checkpoint directory")
+    log_dir = writable_dir(Path(args.log_dir) / args.run_name, "log directory")
     if not resuming and (run_dir / "last.pt").exists():
         raise UserError(f"{run_dir / 'last.pt'} exists: resume it with -r, or pick another --run-name")
-    return run_dir, writable_dir(Path(args.log_dir) / args.run_name, "log directory")
+    lock = None
+    if dist.main:
+        lock = acquire_run_lock(run_dir)
+        remove_stale_temporaries(run_dir)
+    return run_dir, log_dir, lock
 
 
 def seed_everything(seed: int, dist: Distributed) -> dict[str, torch.Generator]:
@@ -115,7 +128,17 @@ def set_up(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None) 
     amp = args.amp if args.amp is not None else device.type == "cuda"
     channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    run_dir, log_dir = prepare_dirs(args, resuming=ckpt is not None)
+    run_dir, log_dir, lock = prepare_dirs(args, ckpt is not None, dist)
+    try:
+        return build_run(experiment, args, ckpt, (device, dist, amp, memory_format, run_dir, log_dir, lock))
+    except BaseException:
+        release_run_lock(lock)
+        raise
+
+
+def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None, placed: tuple) -> Run:
+    """Seeds, data, model and optimizer, for the place `set_up` chose."""
+    device, dist, amp, memory_format, run_dir, log_dir, lock = placed
     generators = seed_everything(args.seed, dist)
     data = load_data(experiment, args, ckpt, device)
     batch_size = min(args.batch_size, len(data.train_x) - len(data.train_x) % dist.world)  # global
@@ -130,7 +153,7 @@ def set_up(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None) 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Run(experiment, args, device, dist, amp, memory_format, run_dir, log_dir, generators, data, model, model,
                optimizer, scheduler, schedule, batch_size, steps_per_epoch, n_params,
-               cpu_note_due=device.type == "cpu" and args.epochs is None)
+               cpu_note_due=device.type == "cpu" and args.epochs is None, lock=lock)
 
 
 def restore(run: Run, ckpt: dict) -> None:
@@ -148,20 +171,37 @@ def restore(run: Run, ckpt: dict) -> None:
         run.log(f"note: the checkpoint was written by {len(per_rank)} process(es), this job has {dist.world}: "
                 "augmentation streams restart from the seed (the run goes on, but not bit-exactly)")
         run.generators["augment"].manual_seed(augment_seed(run.args.seed, dist.rank) + 7919 * ckpt["epoch"])
-    run.progress = Progress(ckpt["epoch"], ckpt["step"], ckpt["best_val_error"], ckpt["best"], ckpt["elapsed_seconds"])
+    partial = EpochSums(**ckpt["partial"]) if ckpt.get("partial") else EpochSums()  # format v1: none
+    run.progress = Progress(ckpt["epoch"], ckpt["step"], ckpt["best_val_error"], ckpt["best"], ckpt["elapsed_seconds"],
+                            partial, list(ckpt.get("metrics") or []))
+
+
+def read_metrics_lines(path: Path, epochs: int) -> list[dict]:
+    """The records of metrics.jsonl up to epoch EPOCHS; a torn or foreign line ends the file."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) or record["epoch"] > epochs:
+                break
+        except ValueError:  # a line cut short by a kill
+            break
+        records.append(record)
+    return records
 
 
 def reset_metrics(run: Run, resuming: bool) -> None:
-    """A new run starts metrics.jsonl afresh; a resumed one forgets the epochs after its
-    checkpoint (those of an interrupted epoch)."""
+    """Make metrics.jsonl hold exactly the epochs the checkpoint holds: none for a new run,
+    the checkpoint's own records when resuming (older checkpoints: the file's lines up
+    to the checkpoint's epoch, a torn last line dropped)."""
     path = run.run_dir / "metrics.jsonl"
-    if not run.dist.main or not path.exists():
+    if not run.dist.main:
         return
+    if resuming and not run.progress.metrics and path.exists() and run.progress.epoch:
+        run.progress.metrics = read_metrics_lines(path, run.progress.epoch)
     if not resuming:
-        path.unlink()
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= run.progress.epoch]
-    path.write_text("".join(line + "\n" for line in kept))
+        run.progress.metrics = []
+    atomic_write_text("".join(json.dumps(r) + "\n" for r in run.progress.metrics), path)
 
 
 def wrap(run: Run) -> None:
@@ -188,7 +228,7 @@ def epoch_record(run: Run, stats: EpochStats, val_error: float, test_error: floa
     """One line of metrics.jsonl; updates the run's progress (epoch, best, elapsed time)."""
     p = run.progress
     p.epoch += 1
-    p.elapsed_seconds += time.time() - stats.started
+    p.elapsed_seconds += time.time() - stats.started + stats.resumed_seconds
     record = {"epoch": p.epoch, "step": p.step, "train_loss": stats.train_loss, "train_error": stats.train_error,
               "val_error": val_error, "test_error": test_error, "lr": run.optimizer.param_groups[0]["lr"],
               "images_per_s": stats.images_per_s, "epoch_seconds": stats.seconds,
@@ -199,9 +239,14 @@ def epoch_record(run: Run, stats: EpochStats, val_error: float, test_error: floa
     return record
 
 
-def checkpoint(run: Run, rng_per_rank: list[dict]) -> dict:
-    """Everything `restore` needs to continue the run exactly."""
+def checkpoint(run: Run) -> dict:
+    """Everything `restore` needs to continue the run exactly, at an epoch's end or in the
+    middle of one (then with the data order of the epoch in flight, to draw it again)."""
     p = run.progress
+    rng = rng_state(run.generators, run.device)
+    if p.partial.position:
+        rng["data_order"] = run.order_state
+    rng_per_rank = all_gather(rng, run.dist)
     return {
         "format": CHECKPOINT_FORMAT, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "epoch": p.epoch, "step": p.step, "best_val_error": p.best_val_error,
@@ -209,26 +254,48 @@ def checkpoint(run: Run, rng_per_rank: list[dict]) -> dict:
         "config": {**vars(run.args), "experiment": run.experiment.name}, "train_indices": run.data.train_indices,
         "val_indices": run.data.val_indices, "num_parameters": run.num_parameters,
         "elapsed_seconds": p.elapsed_seconds, "processes": run.dist.world,
+        "partial": dataclasses.asdict(p.partial), "metrics": p.metrics,
     }
 
 
+def on_main_process(run: Run, write: Callable[[], None]) -> None:
+    """WRITE on rank 0; a user error there (a full disk) stops every process, not only rank 0."""
+    error = None
+    if run.dist.main:
+        try:
+            write()
+        except UserError as e:
+            error = str(e)
+    error = broadcast_object(error, run.dist)
+    if error is not None:
+        raise UserError(error)
+
+
 def save_epoch(run: Run, record: dict, writer) -> None:
-    """TensorBoard, metrics.jsonl, best.pt on a new best, last.pt: rank 0 writes, every rank's random state in it."""
-    rng_per_rank = all_gather(rng_state(run.generators, run.device), run.dist)
-    if not run.dist.main:
-        return
-    step = record["step"]
-    writer.add_scalar("train/loss", record["train_loss"], step)
-    writer.add_scalar("train/accuracy", 100 - record["train_error"], step)
-    for key in ("val_error", "test_error", "lr", "images_per_s"):
-        writer.add_scalar(key, record[key], step)
-    writer.flush()
-    state = checkpoint(run, rng_per_rank)
-    with open(run.run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    if run.progress.best.get("epoch") == run.progress.epoch:
-        atomic_save(state, run.run_dir / "best.pt")
-    atomic_save(state, run.run_dir / "last.pt")
+    """best.pt on a new best, last.pt, then metrics.jsonl and TensorBoard: a line in the
+    metrics always has its checkpoint."""
+    state = checkpoint(run)
+
+    def write() -> None:
+        if run.progress.best.get("epoch") == run.progress.epoch:
+            atomic_save(state, run.run_dir / "best.pt")
+        atomic_save(state, run.run_dir / "last.pt")
+        append_line(json.dumps(record), run.run_dir / "metrics.jsonl")
+        step = record["step"]
+        writer.add_scalar("train/loss", record["train_loss"], step)
+        writer.add_scalar("train/accuracy", 100 - record["train_error"], step)
+        for key in ("val_error", "test_error", "lr", "images_per_s"):
+            writer.add_scalar(key, record[key], step)
+        writer.flush()
+
+    on_main_process(run, write)
+
+
+def save_interrupted(run: Run) -> Path:
+    """last.pt at the step a signal stopped: the epoch in flight resumes from there."""
+    state = checkpoint(run)  # the time spent on the epoch so far is in progress.partial
+    on_main_process(run, lambda: atomic_save(state, run.run_dir / "last.pt"))
+    return run.run_dir / "last.pt"
 
 
 def log_epoch(run: Run, record: dict) -> None:
@@ -247,6 +314,43 @@ def should_stop(run: Run, epoch: int) -> bool:
     return False
 
 
+def run_epochs(run: Run, writer) -> str | None:
+    """Train, evaluate and save epoch after epoch; returns why it stopped before the
+    schedule's end ("stop-after", "early", a signal's name) or None."""
+    with run.stop:  # SIGTERM/SIGINT: finish the step in flight, save it, leave
+        for epoch in range(run.progress.epoch, run.schedule.epochs):
+            if should_stop(run, epoch):
+                return "early"
+            stats = train_one_epoch(run, epoch)
+            if stats is None:
+                save_interrupted(run)
+                return signal.Signals(run.stop.agreed(run.dist, True)).name
+            record = epoch_record(run, stats, *evaluate_run(run))
+            save_epoch(run, record, writer)
+            log_epoch(run, record)
+            if run.stop.agreed(run.dist, True):  # signalled while evaluating or saving: last.pt is this epoch
+                return signal.Signals(run.stop.agreed(run.dist, True)).name
+            if run.args.stop_after is not None and run.args.stop_after <= record["epoch"] < run.schedule.epochs:
+                return "stop-after"
+    return None
+
+
+def report_end(run: Run, reason: str | None) -> None:
+    """The run's last line: its result, or how to continue it."""
+    p, name, script = run.progress, run.experiment.run_name(run.args), run.experiment.script
+    if reason == "stop-after":
+        run.log(f"stopped after epoch {p.epoch} (--stop-after); continue with: python {script} -r {run.run_dir / 'last.pt'}")
+    elif reason not in (None, "early"):
+        where = f"step {p.step} (epoch {p.epoch + 1}, step {p.partial.position} of {run.steps_per_epoch})" \
+            if p.partial.position else f"the end of epoch {p.epoch}"
+        run.log(f"{reason}: saved {run.run_dir / 'last.pt'} at {where}; continue with: python {script} -r", flush=True)
+    else:
+        best = p.best
+        run.log(f"final: {name} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "
+                f"val error {best['val_error']:.2f}%) | {run.num_parameters:,} parameters ({run.num_parameters / 1e6:.3f}M) "
+                f"| {run.experiment.paper_result(run.args)}")
+
+
 def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
     """Run (or resume) one training run of EXPERIMENT; returns its final summary.
 
@@ -255,55 +359,42 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
     """
     args, ckpt = resolve_args(experiment, argv)
     run = set_up(experiment, args, ckpt)
-    if ckpt is not None:
-        restore(run, ckpt)
-    reset_metrics(run, resuming=ckpt is not None)
-    wrap(run)
-    from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
-
-    writer = SummaryWriter(str(run.log_dir), purge_step=run.progress.step if ckpt else None) if run.dist.main else None
-    announce(run, resumed=ckpt is not None)
-    run.session_start = (time.time(), run.progress.step)
-    summary = {"name": experiment.run_name(args), "num_parameters": run.num_parameters}
     try:
-        for epoch in range(run.progress.epoch, run.schedule.epochs):
-            if should_stop(run, epoch):
-                break
-            stats = train_one_epoch(run, epoch)
-            record = epoch_record(run, stats, *evaluate_run(run))
-            save_epoch(run, record, writer)
-            log_epoch(run, record)
-            if args.stop_after is not None and args.stop_after <= record["epoch"] < run.schedule.epochs:
-                summary["stopped_at"] = record["epoch"]
-                break
+        if ckpt is not None:
+            restore(run, ckpt)
+        reset_metrics(run, resuming=ckpt is not None)
+        wrap(run)
+        from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
+
+        writer = SummaryWriter(str(run.log_dir), purge_step=run.progress.step if ckpt else None) if run.dist.main else None
+        announce(run, resumed=ckpt is not None)
+        run.session_start = (time.time(), run.progress.step)
+        try:
+            reason = run_epochs(run, writer)
+        finally:
+            if writer:
+                writer.close()
+        distributed.barrier(run.dist)  # no process leaves the group while another still saves
+        report_end(run, reason)
     finally:
-        if writer:
-            writer.close()
-    distributed.barrier(run.dist)  # no process leaves the group while another still saves
-    best = run.progress.best
-    if "stopped_at" in summary:
-        run.log(f"stopped after epoch {summary['stopped_at']} (--stop-after); continue with: "
-                f"python {experiment.script} -r {run.run_dir / 'last.pt'}")
-        return {**summary, **best}
-    run.log(f"final: {summary['name']} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "
-            f"val error {best['val_error']:.2f}%) | {run.num_parameters:,} parameters ({run.num_parameters / 1e6:.3f}M) | "
-            f"{experiment.paper_result(args)}")
-    return {**summary, **best}
+        release_run_lock(run.lock)
+    summary = {"name": experiment.run_name(args), "num_parameters": run.num_parameters, **run.progress.best}
+    return {**summary, "stopped": reason} if reason not in (None, "early") else summary
 
 
 def main(experiment: Experiment, argv: list[str] | None = None) -> int:
     """The command line of EXPERIMENT: 0 on success, 1 with one line on stderr for a user error."""
     report = distributed.is_main_process()  # under torchrun, one process reports
     try:
-        fit(experiment, argv)
+        stopped = fit(experiment, argv).get("stopped")
     except UserError as e:
         if report:
             print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before training began: the signal handlers were not yet in place
         if report:
-            print("interrupted: the last completed epoch is saved; resume with -r", file=sys.stderr)
+            print("interrupted before training began: nothing new was saved", file=sys.stderr)
         return 130
     finally:
         distributed.shut_down()
-    return 0
+    return 128 + signal.Signals[stopped].value if stopped in signal.Signals.__members__ else 0

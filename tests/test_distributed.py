@@ -4,6 +4,7 @@ like one process, and resume exactly after both are killed."""
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def reference(tmp_path_factory, data) -> tuple[Path, str]:
 def test_one_set_of_files_and_identical_parameters_on_both_ranks(reference):
     root, out = reference
     run = root / "ck" / "hyper-10-1"
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "last.pt", "metrics.jsonl"]  # rank 0 alone wrote
     assert len(list((root / "runs" / "hyper-10-1").iterdir())) == 1  # one TensorBoard event file
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, int(EPOCHS) + 1))
@@ -130,3 +131,16 @@ def test_global_batch_must_split_over_processes(data, tmp_path):
     proc = torchrun("train.py", *flags(tmp_path, data, "--batch-size", "33"))
     _, err = proc.communicate(timeout=240)
     assert proc.returncode != 0 and err.count("error: --batch-size 33 does not split evenly over 2 processes") == 1
+
+
+def test_full_disk_on_rank_0_stops_every_rank_within_seconds(data, tmp_path):
+    """Only rank 0 writes; its error must not leave rank 1 waiting in the next collective."""
+    start = time.time()
+    proc = torchrun("tests/ddp_disk_full.py", *flags(tmp_path, data))
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    assert time.time() - start < 120, "a hang would last until the gloo timeout (30 minutes)"
+    assert err.count("error: cannot write") == 1 and "the disk is full" in err, err[-2000:]
+    rank1 = re.search(r"rank\s*: 1 \(local_rank: 1\)\s*exitcode\s*: (-?\d+)", err)
+    assert rank1 and rank1.group(1) == "1", "rank 1 must stop by itself (exit 1), not be killed by torchrun (-15)"
+    assert torch.load(tmp_path / "ck" / "hyper-10-1" / "last.pt", weights_only=True)["epoch"] == 1

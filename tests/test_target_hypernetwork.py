@@ -1,7 +1,6 @@
 """TargetHyperNetwork (static and dynamic) and the four examples that use it."""
 
 import importlib.util
-import io
 import math
 import os
 import pickle
@@ -9,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn

@@ -1,0 +1,252 @@
+"""What a kill, a preemption, a full disk, a bad number or a second process must not break."""
+
+import errno
+import json
+from collections import namedtuple
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpointing
+import compare
+import train
+from conftest import write_fake_cifar
+from experiment import parse_args
+
+REPO = Path(__file__).resolve().parent.parent
+Usage = namedtuple("Usage", "total used free")
+SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download"]
+
+
+def run_args(root: Path, data: Path, *extra: str) -> list[str]:
+    return [*SMALL, "--data-dir", str(data), "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"), *extra]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def epochs_in_metrics(run: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"] and a["epoch"] == b["epoch"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for pid, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][pid][name]), (pid, name)
+
+
+def one_error_line(code: int, capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+# ----------------------------------------------------------------------------- torn files
+
+
+def test_torn_metrics_line_does_not_block_resume(tmp_path, cifar_dir):
+    args = run_args(tmp_path, cifar_dir, "--epochs", "3")
+    assert train.main([*args, "--stop-after", "1"]) == 0
+    run = tmp_path / "ck" / "hyper-10-1"
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "step": 10, "train_lo')  # a kill in the middle of an append
+    (run / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # a kill in the middle of a save
+    assert train.main([*args, "-r"]) == 0
+    assert epochs_in_metrics(run) == [1, 2, 3]
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_torn_metrics_line_of_an_older_checkpoint_is_dropped(tmp_path, cifar_dir):
+    """A format-v1 checkpoint holds no metrics: the file's lines are kept up to the torn one."""
+    args = run_args(tmp_path, cifar_dir, "--epochs", "3")
+    assert train.main([*args, "--stop-after", "1"]) == 0
+    run = tmp_path / "ck" / "hyper-10-1"
+    v1 = load(run / "last.pt")
+    v1["format"] = "hyperresnet-train-v1"
+    del v1["partial"], v1["metrics"]
+    torch.save(v1, run / "last.pt")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "ste')
+    assert train.main([*args, "-r"]) == 0
+    assert epochs_in_metrics(run) == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+@pytest.mark.parametrize("failure", ["ENOSPC", "zip writer"])
+def test_full_disk_is_one_line_and_keeps_what_was_saved(failure, tmp_path, cifar_dir, capsys, monkeypatch):
+    args = run_args(tmp_path, cifar_dir, "--epochs", "3")
+    real_save, saves = torch.save, []
+
+    def fills_the_disk(obj, f):
+        saves.append(1)
+        if len(saves) <= 2:  # epoch 1: best.pt and last.pt
+            return real_save(obj, f)
+        f.write(b"partial")
+        if failure == "ENOSPC":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/3")
+
+    monkeypatch.setattr(checkpointing.torch, "save", fills_the_disk)
+    if failure == "zip writer":  # torch does not say why: the free space does
+        monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: Usage(100, 100, 0))
+    run = tmp_path / "ck" / "hyper-10-1"
+    line = one_error_line(train.main(args), capsys)
+    assert "the disk is full" in line and f"cannot write {run}{os.sep}" in line and ".pt" in line
+    monkeypatch.undo()
+    assert load(run / "last.pt")["epoch"] == 1 and load(run / "best.pt")["epoch"] == 1
+    assert epochs_in_metrics(run) == [1]  # no line for the epoch whose checkpoint was never written
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "last.pt", "metrics.jsonl"]
+
+
+# ----------------------------------------------------------------------------- bad numbers and names
+
+
+@pytest.mark.parametrize("flags,flag", [
+    (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "0"], "--lr"), (["--lr", "inf"], "--lr"),
+    (["--weight-decay", "-5"], "--weight-decay"), (["--weight-decay", "nan"], "--weight-decay"),
+    (["--seed", "-1"], "--seed"), (["--seed", "4294967296"], "--seed"),
+    (["--run-name", "../../x"], "--run-name"), (["--run-name", "a/b"], "--run-name"), (["--run-name", ".."], "--run-name"),
+])
+def test_bad_numbers_and_run_names_are_one_line_naming_the_flag(flags, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(train.CIFAR10, flags)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and f"argument {flag}:" in err[0], err
+
+
+def test_good_numbers_still_parse():
+    args, _ = parse_args(train.CIFAR10, ["--lr", "1e-3", "--weight-decay", "0", "--seed", "7", "--run-name", "my-run_1"])
+    assert (args.lr, args.weight_decay, args.seed, args.run_name) == (1e-3, 0.0, 7, "my-run_1")
+
+
+# ----------------------------------------------------------------------------- checkpoint formats
+
+
+def test_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path, cifar_dir, capsys):
+    args = run_args(tmp_path, cifar_dir, "--epochs", "2")
+    assert train.main([*args, "--stop-after", "1"]) == 0
+    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    newer = load(last)
+    newer["format"] = "hyperresnet-train-v9"
+    torch.save(newer, last)
+    capsys.readouterr()
+    line = one_error_line(train.main([*args, "-r"]), capsys)
+    assert "hyperresnet-train-v9" in line and "this code reads" in line
+
+
+def test_checkpoint_of_format_v1_resumes_exactly_with_a_note(tmp_path, cifar_dir, capsys):
+    straight = run_args(tmp_path / "a", cifar_dir, "--epochs", "2")
+    assert train.main(straight) == 0
+    split = run_args(tmp_path / "b", cifar_dir, "--epochs", "2")
+    assert train.main([*split, "--stop-after", "1"]) == 0
+    last = tmp_path / "b" / "ck" / "hyper-10-1" / "last.pt"
+    v1 = load(last)
+    v1["format"] = "hyperresnet-train-v1"
+    del v1["partial"], v1["metrics"]
+    torch.save(v1, last)
+    capsys.readouterr()
+    assert train.main([*split, "-r"]) == 0
+    assert "older format hyperresnet-train-v1" in capsys.readouterr().out
+    assert_same_weights(load(last), load(tmp_path / "a" / "ck" / "hyper-10-1" / "last.pt"))
+
+
+# ----------------------------------------------------------------------------- signals and a second process
+
+
+@pytest.fixture(scope="module")
+def signal_data(tmp_path_factory) -> Path:
+    return write_fake_cifar(tmp_path_factory.mktemp("sigdata"), per_batch=200)  # 960 train images: 30 steps an epoch
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, signal_data) -> dict:
+    root = tmp_path_factory.mktemp("straight")
+    assert train.main(run_args(root, signal_data, "--epochs", "3")) == 0
+    return load(root / "ck" / "hyper-10-1" / "last.pt")
+
+
+def start(root: Path, data: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "train.py", *run_args(root, data, "--epochs", "3")], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_first_epoch(proc: subprocess.Popen, last: Path) -> None:
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.4)  # into epoch 2's training steps
+
+
+@pytest.mark.parametrize("signals", [("SIGTERM",), ("SIGINT",), ("SIGINT", "SIGINT"), ("SIGTERM", "SIGTERM")])
+def test_signal_mid_epoch_saves_that_step_and_resume_is_exact(signals, tmp_path, signal_data, uninterrupted):
+    proc = start(tmp_path, signal_data)
+    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    wait_for_first_epoch(proc, last)
+    sent = time.time()
+    for name in signals:  # a second signal lands while the first one's save is under way
+        os.kill(proc.pid, getattr(signal, name))
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=60)
+    assert time.time() - sent < 20, "a preempted job must exit well within a 30 s grace period"
+    assert proc.returncode == 128 + getattr(signal, signals[0]), err
+    saved = load(last)
+    position = saved["partial"]["position"]
+    assert saved["epoch"] == 1 and 1 <= position < 30 and saved["step"] == 30 + position  # mid-epoch, not a boundary
+    assert f"{signals[0]}: saved {last} at step {saved['step']} (epoch 2, step {position} of 30)" in out
+    assert epochs_in_metrics(last.parent) == [1]
+
+    resumed = subprocess.run([sys.executable, "train.py", *run_args(tmp_path, signal_data, "--epochs", "3"), "-r"],
+                             cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(load(last), uninterrupted)
+    assert epochs_in_metrics(last.parent) == [1, 2, 3]
+
+
+def test_second_process_on_the_same_run_is_refused(tmp_path, signal_data, capsys):
+    proc = start(tmp_path, signal_data)
+    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    try:
+        wait_for_first_epoch(proc, last)
+        before = last.read_bytes()
+        line = one_error_line(train.main([*run_args(tmp_path, signal_data, "--epochs", "3"), "-r"]), capsys)
+        assert "another process is training the run" in line
+        assert proc.poll() is None  # the first one goes on, untouched
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert load(last)["epoch"] >= 1 and before  # the first process's checkpoint is whole
+
+
+# ----------------------------------------------------------------------------- the other scripts
+
+
+def test_compare_in_a_fresh_clone_keeps_the_archived_results(tmp_path, monkeypatch):
+    """No checkpoints yet: the default report still shows the committed runs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "runs").symlink_to(REPO / "results" / "runs")
+    assert compare.main(["--out", str(tmp_path / "results.md")]) == 0
+    report = (tmp_path / "results.md").read_text()
+    assert "`mnist-hyper`" in report and "`hyper-40-1`" in report and "results/runs/mnist-hyper" in report
+
+
+def test_bench_on_a_missing_device_is_one_line(capsys, monkeypatch):
+    import bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert one_error_line(bench.main(["--device", "cuda"]), capsys) == "error: --device cuda was given but CUDA is not available"
