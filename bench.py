@@ -34,10 +34,10 @@ import torch
 import train
 from cli import ArgumentParser, HelpFormatter, UserError, positive_int, run_cli
 from data import write_synthetic_cifar
+from devices import Precision, grad_scaler, pick_device
 from engine import build_optimizer, train_step
 from hypernetwork_modules import KernelBank
 from primary_net import PrimaryNetwork
-from runner import pick_device
 
 # Targets of issue 5 (CPU, 2 threads): hyper/plain step-time ratio by batch size.
 TARGETS = {"step_128": 1.05, "step_8": 1.12, "generation_speedup_40_2": 30.0, "pipeline": 0.95}
@@ -117,10 +117,11 @@ class StepRunner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
         self.y = torch.randint(0, 10, (batch,), device=device)
-        self.amp = args.amp
+        self.precision = Precision("fp32" if args.amp == "off" else args.amp)
+        self.scaler = grad_scaler(device, self.precision)
 
     def __call__(self) -> None:
-        train_step(self.model, self.forward, self.optimizer, self.scheduler, self.x, self.y, 5e-4, self.amp)
+        train_step(self.model, self.forward, self.optimizer, self.scheduler, self.x, self.y, 5e-4, self.precision, self.scaler)
 
 
 def step_bench(width: int, batch: int, device: torch.device, args: argparse.Namespace, repeats: int) -> dict:
@@ -152,7 +153,7 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
                 "--data-dir", str(root / "data"), "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"),
                 "--device", device.type, "--no-download", "--eval-batch-size", "100", "--no-progress"]
         argv += ["--compile"] if args.compile else []
-        argv += ["--amp" if args.amp else "--no-amp", "--channels-last" if args.channels_last else "--no-channels-last"]
+        argv += ["--amp", args.amp, "--channels-last" if args.channels_last else "--no-channels-last"]
         bare()  # warm-up
         blocks = [block_seconds(), block_seconds()]
         with contextlib.redirect_stdout(io.StringIO()):  # train.py's epoch lines stay out of the bench's output
@@ -175,7 +176,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--repeats", type=positive_int, default=7, help="timed repeats per measurement (3x for the small batch)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False, help="channels_last memory format")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast dtype (fp16 with a GradScaler)")
     p.add_argument("--skip-pipeline", action="store_true", help="leave out section 3")
     p.add_argument("--json", metavar="PATH", help="also write the numbers here")
     p.add_argument("--out", metavar="PATH", help="also write the printed report (Markdown) here")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cli import UserError, first_line
+from devices import cuda_rng_state, cuda_state_for
 
 FORMAT_NAME = "hyperresnet-train-v"
 FORMAT_VERSION = 2  # 2: may be taken in the middle of an epoch ("partial"), holds the metrics
@@ -38,8 +39,9 @@ CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "step", "best_val
 LEGACY_EXPERIMENT = "cifar10"  # checkpoints written before config["experiment"] existed are CIFAR-10 runs
 
 # Flags that may differ between a checkpoint and the command that resumes it.
+# None of them changes the model or the schedule: a run can move between machines.
 RESUMABLE_CHANGES = {"resume", "device", "progress", "log_dir", "checkpoint_dir", "compile", "eval_batch_size", "data_dir",
-                     "download", "stop_after", "patience", "sync_bn"}
+                     "download", "stop_after", "patience", "sync_bn", "amp", "channels_last"}
 
 
 def experiment_of(config: dict) -> str:
@@ -61,7 +63,7 @@ def rng_state(generators: dict[str, torch.Generator], device: torch.device) -> d
         **{name: g.get_state() for name, g in generators.items()},
     }
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = cuda_rng_state(device)  # this process's GPU only: a run may resume on fewer
     return state
 
 
@@ -74,8 +76,9 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator], device: t
     random.setstate((version, tuple(internal), gauss))
     for name, g in generators.items():
         g.set_state(state[name])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = cuda_state_for(state.get("cuda"), device)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
 
 
 # ----------------------------------------------------------------------------- files

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cli import UserError, first_line
+from devices import to_device
 
 SPLIT_SEED = 0  # the validation images are drawn once with this seed, for every run
 CIFAR_PAD = 2  # the paper pads 32x32 images to 36x36 before the random 32x32 crop
@@ -182,8 +183,8 @@ def random_crop(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool) -> 
         gen: CPU generator for the crop offsets and flips.
     """
     b, _, h, w = x.shape
-    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen).to(x.device)
-    flips = torch.rand(b, generator=gen).lt(0.5).to(x.device) if flip else torch.zeros(b, dtype=torch.bool, device=x.device)
+    offsets = to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=gen), x.device)  # no host-device sync
+    flips = to_device(torch.rand(b, generator=gen).lt(0.5), x.device) if flip else torch.zeros(b, dtype=torch.bool, device=x.device)
     padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2P, W+2P)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (B, W)
@@ -203,17 +204,21 @@ def augment_mnist(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 class Normalize:
-    """uint8 images -> float, per-channel standardised with the training split's statistics."""
+    """uint8 images -> float, per-channel standardised with the training split's statistics.
+
+    The statistics are summed in float64 on the CPU (MPS has no float64); the images
+    themselves are only ever float32 on their device.
+    """
 
     def __init__(self, images: torch.Tensor):
-        total = torch.zeros(2, images.shape[1], dtype=torch.float64, device=images.device)
+        total = torch.zeros(2, images.shape[1], dtype=torch.float64)
         for chunk in images.split(5000):  # bounded memory: never the whole set in float
-            c = chunk.double().div_(255)
+            c = chunk.cpu().double().div_(255)
             total += torch.stack([c.sum(dim=(0, 2, 3)), c.pow(2).sum(dim=(0, 2, 3))])
         count = images.numel() / images.shape[1]
         mean, mean_sq = total / count
-        self.mean = mean.float().view(1, -1, 1, 1)
-        self.std = (mean_sq - mean**2).sqrt().float().view(1, -1, 1, 1)
+        self.mean = mean.float().view(1, -1, 1, 1).to(images.device)
+        self.std = (mean_sq - mean**2).sqrt().float().view(1, -1, 1, 1).to(images.device)
 
     def __call__(self, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
         x = x.float().div_(255).sub_(self.mean.to(x.device)).div_(self.std.to(x.device))

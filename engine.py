@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from cli import UserError, format_time
 from data import Normalize
+from devices import FP32, Precision, autocast
 from distributed import SINGLE_PROCESS, Distributed, all_sum, broadcast_buffers
 from experiment import Experiment, KernelModel, Schedule
 from preemption import StopRequest
@@ -77,7 +78,7 @@ class Run:
     args: argparse.Namespace
     device: torch.device
     dist: Distributed
-    amp: bool  # bf16 autocast
+    precision: Precision  # float32, or bf16/fp16 autocast
     memory_format: torch.memory_format
     run_dir: Path  # checkpoints and metrics.jsonl
     log_dir: Path  # TensorBoard
@@ -97,6 +98,7 @@ class Run:
     order_state: torch.Tensor | None = None  # the data-order generator's state before this epoch's shuffle
     stop: StopRequest = field(default_factory=StopRequest)  # SIGTERM/SIGINT: stop after the step in flight
     lock: IO | None = None  # rank 0 holds the run folder's lock while it trains
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
 
     def log(self, *args, **kwargs) -> None:
         """print, on rank 0 only."""
@@ -128,24 +130,31 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float) -> torch.optim
 
 
 def train_step(model: KernelModel, forward, optimizer: torch.optim.Optimizer, scheduler, x: torch.Tensor,
-               y: torch.Tensor, weight_decay: float, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               y: torch.Tensor, weight_decay: float, precision: Precision = FP32,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step: generate kernels once; cross-entropy plus L2 on the kernels in use.
 
     Args:
         model: The network (owner of the kernels).
         forward: ``model``, or it wrapped in DDP and/or torch.compile.
         x: Normalised images (B, C, H, W); y: labels (B,).
+        precision: float32, or the autocast dtype; SCALER scales an fp16 loss.
 
     Returns:
         The detached cross-entropy loss and logits.
     """
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+    with autocast(x.device.type, precision):
         logits = forward(x, model.kernels())
         loss = F.cross_entropy(logits.float(), y)
         penalty = 0.5 * weight_decay * model.kernel_sq_norm() if weight_decay else 0.0
     optimizer.zero_grad(set_to_none=True)
-    (loss + penalty).backward()
-    optimizer.step()
+    if scaler is None:
+        (loss + penalty).backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss + penalty).backward()
+        scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        scaler.update()
     scheduler.step()
     return loss.detach(), logits.detach()
 
@@ -170,7 +179,8 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
         idx = idx[dist.rank * local_batch : (dist.rank + 1) * local_batch]  # this process's share
         x = data.normalize(run.experiment.augment(data.train_x[idx], run.generators["augment"]), run.memory_format)
         y = data.train_y[idx]
-        loss, logits = train_step(run.model, run.forward, run.optimizer, run.scheduler, x, y, run.args.weight_decay, run.amp)
+        loss, logits = train_step(run.model, run.forward, run.optimizer, run.scheduler, x, y, run.args.weight_decay,
+                                  run.precision, run.scaler)
         run.progress.step += 1
         loss_sum += loss
         correct += (logits.argmax(1) == y).sum()
@@ -208,13 +218,14 @@ def show_progress(run: Run, bar: tqdm, loss: float, accuracy: float, steps_per_s
 
 @torch.no_grad()
 def evaluate(model: KernelModel, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
-             batch_size: int, memory_format: torch.memory_format, amp: bool, dist: Distributed | None = None) -> float:
+             batch_size: int, memory_format: torch.memory_format, precision: Precision = FP32,
+             dist: Distributed | None = None) -> float:
     """Top-1 error in percent over all IMAGES. Kernels are generated once for the whole pass.
     Under torchrun each process takes every world-th image and the counts are summed."""
     dist = dist or SINGLE_PROCESS
     mine, my_labels = images[dist.rank :: dist.world], labels[dist.rank :: dist.world]
     model.eval()
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+    with autocast(images.device.type, precision):
         kernels = model.kernels()
         wrong = torch.zeros((), dtype=torch.long, device=images.device)
         for i in range(0, len(mine), batch_size):
@@ -228,5 +239,5 @@ def evaluate_run(run: Run) -> tuple[float, float]:
     """(validation error, test error) of the model now; under torchrun, of rank 0's BatchNorm statistics."""
     broadcast_buffers(run.model, run.dist)
     d = run.data
-    args = (d.normalize, run.args.eval_batch_size, run.memory_format, run.amp, run.dist)
+    args = (d.normalize, run.args.eval_batch_size, run.memory_format, run.precision, run.dist)
     return evaluate(run.model, d.val_x, d.val_y, *args), evaluate(run.model, d.test_x, d.test_y, *args)

@@ -17,6 +17,7 @@ import torch
 
 from cli import ArgumentParser, HelpFormatter, non_negative_float, positive_float, positive_int, run_name, seed
 from data import Splits
+from devices import AMP_CHOICES
 
 
 class KernelModel(Protocol):
@@ -98,8 +99,12 @@ def add_shared_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable
     s.add_argument("--data-dir", **d("./data"), help=defaults.data_help)
     s.add_argument("--download", action=argparse.BooleanOptionalAction, **d(True), help="download the dataset if missing")
     s.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], **d("auto"), help="auto: cuda > mps > cpu")
-    s.add_argument("--amp", action=argparse.BooleanOptionalAction, **d(None), help="bf16 autocast (default: on for cuda)")
-    s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, **d(None), help="default: on for cuda")
+    s.add_argument("--amp", choices=AMP_CHOICES, **d("auto"),
+                   help="autocast: auto is bf16 on CUDA GPUs of compute capability >= 8.0, fp16 (with a GradScaler) "
+                        "on older ones, off on CPU and MPS")
+    s.add_argument("--no-amp", dest="amp", action="store_const", const="off", **d("auto"), help="the same as --amp off")
+    s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, **d(None),
+                   help="NHWC memory format (default: on for CUDA with bf16/fp16, else off)")
     s.add_argument("--compile", action="store_true", **d(False), help="torch.compile the model")
     s.add_argument("--sync-bn", action="store_true", **d(False),
                    help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)")

@@ -21,6 +21,7 @@ module docstring maps the two side by side. Both generators start from `init_lin
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -37,6 +38,14 @@ def init_linear_(layer: nn.Linear) -> None:
     nn.init.normal_(layer.weight, std=1.0 / math.sqrt(layer.in_features))
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
+
+
+def _without_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off; nothing on a device torch has no autocast for (MPS before torch 2.5)."""
+    try:
+        return torch.autocast(device_type, enabled=False)
+    except (RuntimeError, ValueError):
+        return contextlib.nullcontext()
 
 
 class HyperNetwork(nn.Module):
@@ -102,7 +111,7 @@ class HyperNetwork(nn.Module):
         generated kernels costs (almost) nothing. At least float32, even under autocast.
         """
         dtype = torch.promote_types(z.dtype, torch.float32)
-        with torch.autocast(z.device.type, enabled=False):
+        with _without_autocast(z.device.type):
             m, c = (t.to(dtype) for t in self.composed())
             z = z.reshape(-1, self.z_dim).to(dtype)  # (n, z_dim)
             gram = (m.t() @ m) * (z.t() @ z)  # (z_dim, z_dim), elementwise product of the two Grams

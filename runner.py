@@ -33,6 +33,7 @@ from checkpointing import (CHECKPOINT_FORMAT, RESUMABLE_CHANGES, acquire_run_loc
                            remove_stale_temporaries, rng_state, set_rng_state, writable_dir)
 from cli import UserError, first_line, format_time
 from data import Normalize, split_indices
+from devices import capability, choose_channels_last, choose_precision, configure_backends, grad_scaler, pick_device
 from distributed import Distributed, all_gather, augment_seed, broadcast_object
 from engine import Data, EpochStats, EpochSums, Progress, Run, build_optimizer, evaluate_run, train_one_epoch
 from experiment import Experiment, build_parser, parse_args
@@ -56,20 +57,6 @@ def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argpar
     saved = {**vars(build_parser(experiment).parse_args([])), **ckpt["config"]}  # flags newer than the checkpoint
     saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES})
     return argparse.Namespace(**saved), ckpt
-
-
-def pick_device(name: str, index: int = 0) -> torch.device:
-    """The device for --device NAME; under torchrun, CUDA device INDEX (the local rank)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", index)
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was given but CUDA is not available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("--device mps was given but MPS is not available")
-    return torch.device(name, index) if name == "cuda" else torch.device(name)
 
 
 def place(args: argparse.Namespace) -> tuple[torch.device, Distributed]:
@@ -125,12 +112,13 @@ def load_data(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
 def set_up(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None) -> Run:
     """Everything a run needs, freshly initialised (a checkpoint is restored afterwards)."""
     device, dist = place(args)
-    amp = args.amp if args.amp is not None else device.type == "cuda"
-    channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    precision = choose_precision(args.amp, device.type, capability(device))
+    channels_last = choose_channels_last(args.channels_last, device.type, precision)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    configure_backends(device)
     run_dir, log_dir, lock = prepare_dirs(args, ckpt is not None, dist)
     try:
-        return build_run(experiment, args, ckpt, (device, dist, amp, memory_format, run_dir, log_dir, lock))
+        return build_run(experiment, args, ckpt, (device, dist, precision, memory_format, run_dir, log_dir, lock))
     except BaseException:
         release_run_lock(lock)
         raise
@@ -138,7 +126,7 @@ def set_up(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None) 
 
 def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None, placed: tuple) -> Run:
     """Seeds, data, model and optimizer, for the place `set_up` chose."""
-    device, dist, amp, memory_format, run_dir, log_dir, lock = placed
+    device, dist, precision, memory_format, run_dir, log_dir, lock = placed
     generators = seed_everything(args.seed, dist)
     data = load_data(experiment, args, ckpt, device)
     batch_size = min(args.batch_size, len(data.train_x) - len(data.train_x) % dist.world)  # global
@@ -151,9 +139,9 @@ def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
     optimizer = build_optimizer(model, args.optimizer or schedule.optimizer, args.lr if args.lr is not None else schedule.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return Run(experiment, args, device, dist, amp, memory_format, run_dir, log_dir, generators, data, model, model,
+    return Run(experiment, args, device, dist, precision, memory_format, run_dir, log_dir, generators, data, model, model,
                optimizer, scheduler, schedule, batch_size, steps_per_epoch, n_params,
-               cpu_note_due=device.type == "cpu" and args.epochs is None, lock=lock)
+               cpu_note_due=device.type == "cpu" and args.epochs is None, lock=lock, scaler=grad_scaler(device, precision))
 
 
 def restore(run: Run, ckpt: dict) -> None:
@@ -164,6 +152,8 @@ def restore(run: Run, ckpt: dict) -> None:
         run.model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
+        if run.scaler is not None and ckpt.get("scaler"):  # an fp16 run goes on with its loss scale
+            run.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0], run.generators, run.device)
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{run.args.resume or 'the checkpoint'} does not fit its own configuration ({first_line(e)})") from None
@@ -217,8 +207,8 @@ def announce(run: Run, resumed: bool) -> None:
     """The run's one-line description."""
     a, d, s = run.args, run.data, run.schedule
     run.log(f"{run.experiment.run_name(a)}: {run.num_parameters:,} parameters | {len(d.train_x)} train / "
-            f"{len(d.val_x)} val / {len(d.test_x)} test images | device {run.device.type}{' bf16' if run.amp else ''}"
-            f"{' channels_last' if run.memory_format == torch.channels_last else ''}"
+            f"{len(d.val_x)} val / {len(d.test_x)} test images | device {run.device.type}, {run.precision.describe()}"
+            f"{', channels_last' if run.memory_format == torch.channels_last else ''}"
             f"{f' x {run.dist.world} processes' if run.dist.world > 1 else ''} | "
             f"{a.optimizer or s.optimizer} lr {a.lr if a.lr is not None else s.lr:g}, {s.epochs} epochs x "
             f"{run.steps_per_epoch} steps of {run.batch_size}" + (f" | resumed at epoch {run.progress.epoch}" if resumed else ""))
@@ -236,6 +226,7 @@ def epoch_record(run: Run, stats: EpochStats, val_error: float, test_error: floa
     if val_error < p.best_val_error:
         p.best_val_error = val_error
         p.best = {"epoch": p.epoch, "step": p.step, "val_error": val_error, "test_error": test_error}
+    p.metrics.append(record)  # saved in the checkpoint: metrics.jsonl can always be rebuilt from it
     return record
 
 
@@ -255,7 +246,22 @@ def checkpoint(run: Run) -> dict:
         "val_indices": run.data.val_indices, "num_parameters": run.num_parameters,
         "elapsed_seconds": p.elapsed_seconds, "processes": run.dist.world,
         "partial": dataclasses.asdict(p.partial), "metrics": p.metrics,
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None, "placement": placement(run),
     }
+
+
+def placement(run: Run) -> dict:
+    """Where and how the run computes now (not part of its configuration: it may change on resume)."""
+    return {"device": run.device.type, "precision": run.precision.name, "processes": run.dist.world,
+            "channels_last": run.memory_format == torch.channels_last}
+
+
+def note_moves(run: Run, saved: dict | None) -> None:
+    """One line when a resumed run computes elsewhere or otherwise than before."""
+    now = placement(run)
+    changed = [f"{k} {saved[k]} -> {now[k]}" for k in now if saved and k in saved and saved[k] != now[k]]
+    if changed:
+        run.log(f"note: the run moved: {', '.join(changed)}")
 
 
 def on_main_process(run: Run, write: Callable[[], None]) -> None:
@@ -362,6 +368,7 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
     try:
         if ckpt is not None:
             restore(run, ckpt)
+            note_moves(run, ckpt.get("placement"))
         reset_metrics(run, resuming=ckpt is not None)
         wrap(run)
         from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here

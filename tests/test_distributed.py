@@ -17,6 +17,7 @@ import torch
 import engine
 import train
 from data import Normalize, load_cifar10
+from devices import FP32
 from conftest import write_fake_cifar
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +32,7 @@ def torchrun(script: str, *args: str, **popen) -> subprocess.Popen:
 
 def flags(root: Path, data: Path, *extra: str) -> list[str]:
     return ["--depth", "10", "--epochs", EPOCHS, "--batch-size", "32", "--val-size", "20", "--data-dir", str(data),
-            "--no-download", "--no-progress", "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"), *extra]
+            "--no-download", "--no-progress", "--device", "cpu", "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"), *extra]
 
 
 def descendants(pid: int) -> list[int]:
@@ -88,7 +89,7 @@ def test_two_process_evaluation_equals_one_process_evaluation(reference, data):
     model.load_state_dict(ckpt["model"])
     train_x, train_y, test_x, test_y = load_cifar10(data, download=False)
     normalize = Normalize(train_x[ckpt["train_indices"]])
-    args = (normalize, 7, torch.contiguous_format, False)  # another batch size than the run's
+    args = (normalize, 7, torch.contiguous_format, FP32)  # another batch size than the run's
     val_error = engine.evaluate(model, train_x[ckpt["val_indices"]], train_y[ckpt["val_indices"]], *args)
     test_error = engine.evaluate(model, test_x, test_y, *args)
     last = json.loads((root / "ck" / "hyper-10-1" / "metrics.jsonl").read_text().splitlines()[-1])

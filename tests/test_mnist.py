@@ -13,7 +13,7 @@ import data
 import train
 from conftest import write_fake_mnist
 
-SMALL = ["--val-size", "20", "--batch-size", "50", "--no-download", "--no-progress"]
+SMALL = ["--val-size", "20", "--batch-size", "50", "--no-download", "--no-progress", "--device", "cpu"]
 
 
 def run_args(tmp_path, data_dir, *extra):

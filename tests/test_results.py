@@ -30,7 +30,7 @@ def runs(tmp_path_factory, cifar_dir, mnist_dir) -> SimpleNamespace:
     and under `extra` two hand-made runs that match rows of the paper's Table 2."""
     root = tmp_path_factory.mktemp("results")
     checkpoints = root / "checkpoints"
-    common = ["--epochs", "2", "--val-size", "20", "--no-download", "--no-progress",
+    common = ["--epochs", "2", "--val-size", "20", "--no-download", "--no-progress", "--device", "cpu",
               "--checkpoint-dir", str(checkpoints), "--log-dir", str(root / "tensorboard")]
     cifar = [*common, "--depth", "10", "--batch-size", "32", "--data-dir", str(cifar_dir)]
     started = {}
@@ -50,7 +50,7 @@ def runs(tmp_path_factory, cifar_dir, mnist_dir) -> SimpleNamespace:
     # paper-schedule run at epoch 8 (351 steps an epoch).
     extra = root / "extra"
     ckpt = torch.load(checkpoints / "hyper-10-1" / "last.pt", weights_only=True)
-    ckpt.update(config={**ckpt["config"], "depth": 40, "epochs": None, "run_name": "hyper-40-1"},
+    ckpt.update(config={**ckpt["config"], "depth": 40, "epochs": None, "run_name": "hyper-40-1", "device": "auto"},
                 model=PrimaryNetwork(40, 1).state_dict(), epoch=8, step=2808, elapsed_seconds=3725.5,
                 best={"epoch": 7, "step": 2457, "val_error": 9.12, "test_error": 8.34}, num_parameters=96_602)
     (extra / "hyper-40-1").mkdir(parents=True)

@@ -21,7 +21,7 @@ from experiment import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 Usage = namedtuple("Usage", "total used free")
-SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download"]
+SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu"]
 
 
 def run_args(root: Path, data: Path, *extra: str) -> list[str]:
@@ -64,6 +64,17 @@ def test_torn_metrics_line_does_not_block_resume(tmp_path, cifar_dir):
     assert train.main([*args, "-r"]) == 0
     assert epochs_in_metrics(run) == [1, 2, 3]
     assert not list(run.glob(".*.tmp"))
+
+
+def test_kill_between_checkpoint_and_metrics_line_loses_no_epoch(tmp_path, cifar_dir):
+    """The checkpoint is written before the metrics line; the checkpoint holds the records."""
+    args = run_args(tmp_path, cifar_dir, "--epochs", "3")
+    assert train.main([*args, "--stop-after", "1"]) == 0
+    run = tmp_path / "ck" / "hyper-10-1"
+    assert [r["epoch"] for r in load(run / "last.pt")["metrics"]] == [1]
+    (run / "metrics.jsonl").write_text("")  # killed after last.pt was saved, before its line was appended
+    assert train.main([*args, "-r"]) == 0
+    assert epochs_in_metrics(run) == [1, 2, 3]
 
 
 def test_torn_metrics_line_of_an_older_checkpoint_is_dropped(tmp_path, cifar_dir):

@@ -52,7 +52,7 @@ def test_to_plain_gives_identical_outputs():
 
 
 def test_export_cli_round_trip(tmp_path, cifar_dir, capsys):
-    args = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--epochs", "1",
+    args = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu", "--epochs", "1",
             "--data-dir", str(cifar_dir), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs")]
     assert train.main(args) == 0
     best = tmp_path / "ck" / "hyper-10-1" / "best.pt"

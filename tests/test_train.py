@@ -20,7 +20,7 @@ from conftest import write_fake_cifar
 
 REPO = Path(__file__).resolve().parent.parent
 # 200 fake images: 160 train + 40 val, 40 test; batch 32 -> 5 steps an epoch.
-SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download"]
+SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu"]
 
 
 def run_args(tmp_path: Path, cifar_dir: Path, *extra: str) -> list[str]:
@@ -73,14 +73,22 @@ def test_plain_run_uses_sgd(tmp_path, cifar_dir):
     assert not any("kernel_bank" in k for k in ckpt["model"])
 
 
-@pytest.mark.parametrize("flag", ["--amp", "--channels-last"])
-def test_cuda_default_paths_run_on_cpu(flag, tmp_path, cifar_dir):
-    """bf16 autocast and channels_last (on by default on CUDA) train and save finite weights."""
-    assert train.main(run_args(tmp_path, cifar_dir, "--epochs", "1", flag)) == 0
-    ckpt = load(tmp_path / "ck" / "hyper-10-1" / "last.pt")
-    assert ckpt["config"][flag.lstrip("-").replace("-", "_")] is True
+@pytest.mark.parametrize("flags,precision,channels_last", [
+    (["--amp", "bf16"], "bf16", False), (["--amp", "fp16"], "fp16", False), (["--channels-last"], "fp32", True)])
+def test_cuda_default_paths_run_on_cpu(flags, precision, channels_last, tmp_path, cifar_dir):
+    """bf16 autocast, fp16 autocast with a GradScaler and channels_last (the CUDA defaults)
+    train, save finite float32 weights, and resume exactly (the fp16 loss scale included)."""
+    straight = run_args(tmp_path / "a", cifar_dir, "--epochs", "2", *flags)
+    assert train.main(straight) == 0
+    ckpt = load(tmp_path / "a" / "ck" / "hyper-10-1" / "last.pt")
+    assert ckpt["placement"]["precision"] == precision and ckpt["placement"]["channels_last"] is channels_last
+    assert (ckpt["scaler"] is not None) == (precision == "fp16")
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
-    assert all(t.dtype != torch.bfloat16 for t in ckpt["model"].values())  # weights stay float32
+    assert all(t.dtype == torch.float32 for t in ckpt["model"].values() if t.is_floating_point())
+    split = run_args(tmp_path / "b", cifar_dir, "--epochs", "2", *flags)
+    assert train.main([*split, "--stop-after", "1"]) == 0
+    assert train.main([*split, "-r"]) == 0
+    assert_same_state(ckpt, load(tmp_path / "b" / "ck" / "hyper-10-1" / "last.pt"))
 
 
 # ----------------------------------------------------------------------------- resume

@@ -1,0 +1,120 @@
+"""The per-device choices (precision, memory format, random states), checked on the CPU.
+
+What needs a GPU to be checked at all is in test_gpu.py.
+"""
+
+import contextlib
+
+import pytest
+import torch
+
+import checkpointing
+import devices
+import hypernetwork_modules
+import train
+from data import Normalize, augment_cifar
+from devices import FP32, Precision, choose_channels_last, choose_precision, cuda_state_for
+
+A100, H100, V100, T4 = (8, 0), (9, 0), (7, 0), (7, 5)
+
+
+@pytest.mark.parametrize("requested,device,capability,expected", [
+    ("auto", "cuda", A100, "bf16"), ("auto", "cuda", H100, "bf16"),
+    ("auto", "cuda", V100, "fp16"), ("auto", "cuda", T4, "fp16"),  # no native bf16 before compute capability 8.0
+    ("auto", "cpu", None, "fp32"), ("auto", "mps", None, "fp32"),
+    ("off", "cuda", A100, "fp32"), ("fp16", "cuda", A100, "fp16"), ("bf16", "cpu", None, "bf16"),
+])
+def test_precision_policy(requested, device, capability, expected):
+    precision = choose_precision(requested, device, capability)
+    assert precision.name == expected
+    assert precision.scaled == (expected == "fp16")  # a GradScaler exactly for fp16
+
+
+@pytest.mark.parametrize("requested,device,precision,expected", [
+    (None, "cuda", "bf16", True), (None, "cuda", "fp16", True), (None, "cuda", "fp32", False),  # NHWC pays with tensor cores
+    (None, "cpu", "fp32", False), (None, "mps", "fp32", False), (True, "cpu", "fp32", True), (False, "cuda", "bf16", False),
+])
+def test_channels_last_policy(requested, device, precision, expected):
+    assert choose_channels_last(requested, device, Precision(precision)) is expected
+
+
+def test_cuda_state_of_a_bigger_machine_restores_on_fewer_gpus():
+    eight = [torch.full((4,), i, dtype=torch.uint8) for i in range(8)]  # get_rng_state_all() of 8 GPUs (format v1)
+    assert torch.equal(cuda_state_for(eight, torch.device("cuda", 3)), eight[3])
+    two = eight[:2]
+    assert torch.equal(cuda_state_for(two, torch.device("cuda", 5)), two[0])  # never an IndexError
+    assert cuda_state_for(eight, torch.device("cpu")) is None and cuda_state_for([], torch.device("cuda", 0)) is None
+    one = torch.zeros(4, dtype=torch.uint8)  # format v2: this process's GPU only
+    assert cuda_state_for(one, torch.device("cuda", 0)) is one
+
+
+def test_checkpoint_of_a_gpu_run_restores_on_the_cpu():
+    generators = {"g": torch.Generator().manual_seed(1)}
+    state = checkpointing.rng_state(generators, torch.device("cpu"))
+    state["cuda"] = [torch.zeros(4, dtype=torch.uint8)] * 8
+    checkpointing.set_rng_state(state, generators, torch.device("cpu"))  # the CUDA states do not apply here
+
+
+class NoFloat64(torch.Tensor):
+    """A tensor on a device without float64, like MPS: converting it to float64 raises."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.Tensor.cpu,):
+            return super().__torch_function__(func, types, args, kwargs).as_subclass(torch.Tensor)
+        wants_double = func is torch.Tensor.double or torch.float64 in (*args[1:], kwargs.get("dtype"))
+        if wants_double:
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype")
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_normalize_and_augment_never_ask_the_device_for_float64():
+    images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
+    on_device = images.as_subclass(NoFloat64)
+    with pytest.raises(TypeError):
+        on_device.double()  # the stand-in works
+    normalize = Normalize(on_device)
+    reference = Normalize(images)
+    assert torch.equal(normalize.mean.as_subclass(torch.Tensor), reference.mean)
+    assert torch.equal(normalize.std.as_subclass(torch.Tensor), reference.std)
+    out = normalize(augment_cifar(on_device, torch.Generator().manual_seed(0)), torch.contiguous_format)
+    assert out.dtype == torch.float32
+
+
+def test_no_autocast_where_torch_has_none(monkeypatch):
+    """torch < 2.5 refuses torch.autocast("mps") even when disabled: float32 runs and the
+    L2 penalty must not construct one."""
+    real = torch.autocast
+
+    def old_torch_autocast(device_type, *args, **kwargs):
+        if device_type == "mps":
+            raise RuntimeError("User specified an unsupported autocast device_type 'mps'")
+        return real(device_type, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", old_torch_autocast)
+    assert isinstance(devices.autocast("mps", FP32), contextlib.nullcontext)
+    assert isinstance(hypernetwork_modules._without_autocast("mps"), contextlib.nullcontext)
+    assert not isinstance(hypernetwork_modules._without_autocast("cpu"), contextlib.nullcontext)
+
+
+def test_resume_may_change_precision_and_memory_format(tmp_path, cifar_dir, capsys):
+    """A run started with a GPU's defaults (bf16, channels_last) resumes on a CPU without them."""
+    args = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu",
+            "--data-dir", str(cifar_dir), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs"),
+            "--epochs", "2"]
+    assert train.main([*args, "--amp", "bf16", "--channels-last", "--stop-after", "1"]) == 0
+    capsys.readouterr()
+    assert train.main([*args, "--amp", "off", "--no-channels-last", "-r"]) == 0
+    out = capsys.readouterr().out
+    assert "note: the run moved: precision bf16 -> fp32, channels_last True -> False" in out
+    ckpt = torch.load(tmp_path / "ck" / "hyper-10-1" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["placement"]["precision"] == "fp32"
+
+
+def test_cudnn_autotuner_is_switched_on_for_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    devices.configure_backends(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    devices.configure_backends(torch.device("cuda", 0))  # only sets a flag: no GPU needed
+    assert torch.backends.cudnn.benchmark is True

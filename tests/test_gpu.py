@@ -1,0 +1,108 @@
+"""The GPU paths, run only where a CUDA GPU (or Apple's MPS) is present.
+
+On a machine without one, pytest reports these as skipped with the reason
+"needs a CUDA GPU" / "needs MPS": they were not run there. Everything about the GPU
+paths that a CPU can check (the precision policy, RNG states across GPU counts, no
+float64 on the data's device, resuming across precisions) is in test_devices.py.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from devices import capability, choose_precision
+
+REPO = Path(__file__).resolve().parent.parent
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: not run on this machine")
+mps = pytest.mark.skipif(not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+                         reason="needs MPS: not run on this machine")
+
+
+def run_args(root: Path, data: Path, device: str, *extra: str) -> list[str]:
+    return ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download",
+            "--device", device, "--data-dir", str(data), "--checkpoint-dir", str(root / "ck"),
+            "--log-dir", str(root / "runs"), *extra]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+@cuda
+@pytest.mark.parametrize("plain", [False, True])
+def test_one_epoch_with_the_device_defaults(plain, tmp_path, cifar_dir):
+    assert train.main(run_args(tmp_path, cifar_dir, "cuda", "--epochs", "1", *(["--plain"] if plain else []))) == 0
+    ckpt = load(next((tmp_path / "ck").iterdir()) / "last.pt")
+    expected = choose_precision("auto", "cuda", capability(torch.device("cuda", 0))).name
+    assert ckpt["placement"] == {"device": "cuda", "precision": expected, "processes": 1, "channels_last": True}
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+
+
+@cuda
+@pytest.mark.parametrize("amp", ["auto", "fp16"])
+def test_resume_on_the_gpu_continues_the_run(amp, tmp_path, cifar_dir):
+    """Stopped after epoch 1 and resumed, the run ends where an uninterrupted one does (up to
+    the GPU's non-deterministic kernels); with fp16 the GradScaler's state comes back too."""
+    straight = run_args(tmp_path / "a", cifar_dir, "cuda", "--epochs", "2", "--amp", amp)
+    assert train.main(straight) == 0
+    split = run_args(tmp_path / "b", cifar_dir, "cuda", "--epochs", "2", "--amp", amp)
+    assert train.main([*split, "--stop-after", "1"]) == 0
+    assert train.main([*split, "-r"]) == 0
+    a, b = load(tmp_path / "a" / "ck" / "hyper-10-1" / "last.pt"), load(tmp_path / "b" / "ck" / "hyper-10-1" / "last.pt")
+    assert a["step"] == b["step"] and a["placement"] == b["placement"]
+    assert (b["scaler"] is not None) == (b["placement"]["precision"] == "fp16")
+    for key, value in a["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, b["model"][key], rtol=5e-2, atol=5e-3)
+
+
+@cuda
+def test_compile_trains_one_epoch(tmp_path, cifar_dir):
+    assert train.main(run_args(tmp_path, cifar_dir, "cuda", "--epochs", "1", "--compile")) == 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs: not run on this machine")
+def test_torchrun_with_nccl_on_two_gpus(tmp_path, cifar_dir):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py",
+               *run_args(tmp_path, cifar_dir, "cuda", "--epochs", "2")]
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["placement"]["processes"] == 2
+
+
+@mps
+def test_one_epoch_on_mps(tmp_path, cifar_dir):
+    assert train.main(run_args(tmp_path, cifar_dir, "mps", "--epochs", "1")) == 0
+
+
+@cuda
+def test_augmentation_and_a_training_step_never_wait_for_the_gpu():
+    """torch raises on any host-device synchronisation inside this block."""
+    from data import Normalize, augment_cifar
+    from devices import Precision
+    from engine import build_optimizer, train_step
+    from primary_net import PrimaryNetwork
+
+    device = torch.device("cuda", 0)
+    images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (256,), device=device)
+    normalize, gen = Normalize(images), torch.Generator().manual_seed(0)
+    model = PrimaryNetwork(10, 1).to(device)
+    optimizer = build_optimizer(model, "adam", 1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    idx = torch.arange(128, device=device)
+    train_step(model, model, optimizer, scheduler, normalize(augment_cifar(images[idx], gen), torch.contiguous_format),
+               labels[idx], 5e-4, Precision("bf16"))  # warm-up: first-call allocations may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x = normalize(augment_cifar(images[idx], gen), torch.contiguous_format)
+        train_step(model, model, optimizer, scheduler, x, labels[idx], 5e-4, Precision("bf16"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
