@@ -38,9 +38,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    """The number of processes in this torchrun job (1 without torchrun), from the environment."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: torch.device) -> Distributed:
     """Join the torchrun job described by the environment, if any: nccl on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world == 1:
         return SINGLE_PROCESS
     dist = Distributed(int(os.environ["RANK"]), world)

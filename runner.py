@@ -64,12 +64,12 @@ def place(args: argparse.Namespace) -> tuple[torch.device, Distributed]:
     device = pick_device(args.device, distributed.local_rank())
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist = distributed.init_distributed(device)
-    if args.sync_bn and dist.world > 1 and device.type != "cuda":
+    world = distributed.world_size()  # checked before joining: a refused job never opens a connection
+    if args.sync_bn and world > 1 and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run on the CPU")
-    if args.batch_size % dist.world:
-        raise UserError(f"--batch-size {args.batch_size} does not split evenly over {dist.world} processes")
-    return device, dist
+    if args.batch_size % world:
+        raise UserError(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
+    return device, distributed.init_distributed(device)
 
 
 def prepare_dirs(args: argparse.Namespace, resuming: bool, dist: Distributed) -> tuple[Path, Path, IO | None]:
