@@ -41,7 +41,7 @@ LEGACY_EXPERIMENT = "cifar10"  # checkpoints written before config["experiment"]
 # Flags that may differ between a checkpoint and the command that resumes it.
 # None of them changes the model or the schedule: a run can move between machines.
 RESUMABLE_CHANGES = {"resume", "device", "progress", "log_dir", "checkpoint_dir", "compile", "eval_batch_size", "data_dir",
-                     "download", "stop_after", "patience", "sync_bn", "amp", "channels_last"}
+                     "download", "stop_after", "patience", "sync_bn", "amp", "channels_last", "precise_bn"}
 
 
 def experiment_of(config: dict) -> str:

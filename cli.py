@@ -32,6 +32,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def finite_float(text: str, minimum: float, strict: bool) -> float:
     """A finite number >= MINIMUM (> MINIMUM if STRICT), or an argparse error."""
     try:

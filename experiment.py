@@ -15,7 +15,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from cli import ArgumentParser, HelpFormatter, non_negative_float, positive_float, positive_int, run_name, seed
+from cli import ArgumentParser, HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int, run_name, seed
 from data import Splits
 from devices import AMP_CHOICES
 
@@ -56,6 +56,7 @@ class FlagDefaults:
     lr_help: str
     data_help: str
     run_name_example: str
+    precise_bn: int = 0  # training images for precise BatchNorm statistics before each evaluation
 
 
 ArgumentAdder = Callable[[dict[str, argparse._ArgumentGroup], Callable[[object], dict]], None]
@@ -93,6 +94,9 @@ def add_shared_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable
     t.add_argument("--val-size", type=positive_int, **d(5000), help="validation images held out of the training set")
     t.add_argument("--patience", type=positive_int, **d(defaults.patience), metavar="EPOCHS",
                    help="early stopping: end the run after this many epochs without a better validation error")
+    t.add_argument("--precise-bn", type=non_negative_int, **d(defaults.precise_bn), metavar="IMAGES",
+                   help="before each evaluation, recompute BatchNorm statistics on this many training images "
+                        "(0: use the running statistics; no effect on a model without BatchNorm)")
     t.add_argument("--stop-after", type=positive_int, **d(None), metavar="EPOCH",
                    help="stop after this epoch (resume later with -r), e.g. to fit a job time limit")
     s = groups["system"]

@@ -214,13 +214,14 @@ def announce(run: Run, resumed: bool) -> None:
             f"{run.steps_per_epoch} steps of {run.batch_size}" + (f" | resumed at epoch {run.progress.epoch}" if resumed else ""))
 
 
-def epoch_record(run: Run, stats: EpochStats, val_error: float, test_error: float) -> dict:
+def epoch_record(run: Run, stats: EpochStats, errors: dict[str, float]) -> dict:
     """One line of metrics.jsonl; updates the run's progress (epoch, best, elapsed time)."""
     p = run.progress
     p.epoch += 1
     p.elapsed_seconds += time.time() - stats.started + stats.resumed_seconds
+    val_error, test_error = errors["val_error"], errors["test_error"]
     record = {"epoch": p.epoch, "step": p.step, "train_loss": stats.train_loss, "train_error": stats.train_error,
-              "val_error": val_error, "test_error": test_error, "lr": run.optimizer.param_groups[0]["lr"],
+              **errors, "lr": run.optimizer.param_groups[0]["lr"],
               "images_per_s": stats.images_per_s, "epoch_seconds": stats.seconds,
               "elapsed_seconds": p.elapsed_seconds, "device": run.device.type, "processes": run.dist.world}
     if val_error < p.best_val_error:
@@ -290,8 +291,9 @@ def save_epoch(run: Run, record: dict, writer) -> None:
         step = record["step"]
         writer.add_scalar("train/loss", record["train_loss"], step)
         writer.add_scalar("train/accuracy", 100 - record["train_error"], step)
-        for key in ("val_error", "test_error", "lr", "images_per_s"):
-            writer.add_scalar(key, record[key], step)
+        for key in ("val_error", "val_error_running", "test_error", "lr", "images_per_s"):
+            if key in record:
+                writer.add_scalar(key, record[key], step)
         writer.flush()
 
     on_main_process(run, write)
@@ -331,7 +333,7 @@ def run_epochs(run: Run, writer) -> str | None:
             if stats is None:
                 save_interrupted(run)
                 return signal.Signals(run.stop.agreed(run.dist, True)).name
-            record = epoch_record(run, stats, *evaluate_run(run))
+            record = epoch_record(run, stats, evaluate_run(run))
             save_epoch(run, record, writer)
             log_epoch(run, record)
             if run.stop.agreed(run.dist, True):  # signalled while evaluating or saving: last.pt is this epoch

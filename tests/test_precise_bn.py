@@ -1,0 +1,82 @@
+"""Precise BatchNorm statistics before evaluation: exact, deterministic, harmless."""
+
+import copy
+import json
+
+import torch
+
+import data
+import engine
+import train
+from primary_net import PrimaryNetwork
+from mnist import MnistNet
+
+
+def batch_statistics(net: PrimaryNetwork, images: torch.Tensor, normalize, batch: int) -> list:
+    """Each BatchNorm's (mean, unbiased variance) averaged over the batches, by hooks."""
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    seen = {bn: [] for bn in bns}
+    hooks = [bn.register_forward_pre_hook(lambda m, inputs: seen[m].append(
+        (inputs[0].mean(dim=(0, 2, 3)), inputs[0].var(dim=(0, 2, 3), unbiased=True)))) for bn in bns]
+    net.train()
+    with torch.no_grad():
+        kernels = net.kernels()
+        for i in range(0, len(images), batch):
+            net(normalize(images[i : i + batch], torch.contiguous_format), kernels)
+    for h in hooks:
+        h.remove()
+    return [(torch.stack([m for m, _ in seen[bn]]).mean(0), torch.stack([v for _, v in seen[bn]]).mean(0)) for bn in bns]
+
+
+def test_statistics_are_the_average_over_the_batches_and_nothing_else_changes():
+    torch.manual_seed(0)
+    net = PrimaryNetwork(10, 1).double().eval()
+    images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
+    base = data.Normalize(images)
+
+    def normalize(x, memory_format):  # float64 all the way, for an exact comparison
+        return base(x, memory_format).double()
+    expected = batch_statistics(copy.deepcopy(net), images, normalize, 32)
+    params = {k: v.clone() for k, v in net.named_parameters()}
+    net.eval()
+    assert engine.precise_bn(net, images, normalize, 32, torch.contiguous_format)
+    assert not net.training  # the mode it had
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn, (mean, var) in zip(bns, expected):
+        torch.testing.assert_close(bn.running_mean, mean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(bn.running_var, var, rtol=1e-10, atol=1e-12)
+        assert bn.momentum == 0.1  # restored
+    for name, p in net.named_parameters():
+        assert torch.equal(p, params[name]), name
+    again = copy.deepcopy(net)
+    engine.precise_bn(again, images, normalize, 32, torch.contiguous_format)
+    for a, b in zip(net.buffers(), again.buffers()):
+        assert torch.equal(a, b)  # deterministic
+
+
+def test_a_model_without_batchnorm_is_left_alone():
+    net = MnistNet(hyper=True)
+    images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
+    state = copy.deepcopy(net.state_dict())
+    assert not engine.precise_bn(net.train(), images, data.Normalize(images), 10, torch.contiguous_format)
+    assert net.training and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+
+def test_runs_log_both_errors_and_resume_exactly(tmp_path, cifar_dir):
+    common = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu",
+              "--data-dir", str(cifar_dir), "--epochs", "2", "--precise-bn", "64"]
+    a = [*common, "--checkpoint-dir", str(tmp_path / "a"), "--log-dir", str(tmp_path / "runs")]
+    assert train.main(a) == 0
+    records = [json.loads(line) for line in (tmp_path / "a" / "hyper-10-1" / "metrics.jsonl").read_text().splitlines()]
+    assert all({"val_error", "val_error_running", "precise_bn_seconds"} <= set(r) for r in records)
+    b = [*common, "--checkpoint-dir", str(tmp_path / "b"), "--log-dir", str(tmp_path / "runs")]
+    assert train.main([*b, "--stop-after", "1"]) == 0 and train.main([*b, "-r"]) == 0
+    x, y = (torch.load(tmp_path / d / "hyper-10-1" / "last.pt", weights_only=True) for d in "ab")
+    for key in x["model"]:
+        assert torch.equal(x["model"][key], y["model"][key]), key
+    off = [*common[:-2], "--precise-bn", "0", "--checkpoint-dir", str(tmp_path / "c"), "--log-dir", str(tmp_path / "runs")]
+    assert train.main(off) == 0
+    last = json.loads((tmp_path / "c" / "hyper-10-1" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "val_error_running" not in last
+    z = torch.load(tmp_path / "c" / "hyper-10-1" / "last.pt", weights_only=True)
+    assert torch.equal(z["model"]["kernel_bank.z"], x["model"]["kernel_bank.z"])  # training itself is unchanged
