@@ -77,13 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("script", choices=SCRIPTS, help="the experiment's script")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="the seeds to run")
     p.add_argument("--jobs", type=positive_int, default=1, help="seeds trained at once (one thread each when > 1)")
-    p.add_argument("flags", nargs=argparse.REMAINDER, help="after --: the script's own flags, the same for every seed")
+    p.epilog = "Everything after -- is passed to the script, the same for every seed."
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, flags = build_parser().parse_args(argv[:split]), argv[split + 1 :]
 
     def go() -> None:
         failed = run_seeds(args.script, args.seeds, flags, args.jobs)
