@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -41,7 +42,8 @@ BEST_KEYS = {"epoch", "step", "val_error", "test_error"}
 CONFIG_KEYS = {"cifar10": {"depth", "width", "plain", "z_dim", "shortcut", "epochs", "batch_size", "seed"},
                "mnist": {"plain", "z_dim", "epochs", "batch_size", "seed"}}
 RUN_COLUMNS = ["run", "test error", "val error", "best epoch", "epochs", "steps x batch", "stopped", "device", "wall time"]
-LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device"}  # words; the other columns are numbers
+SEED_COLUMNS = ["configuration", "epochs", "paper test error", "n", "seeds", "test error", "val error", "test error range"]
+LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds"}  # words; the other columns are numbers
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -256,6 +258,36 @@ class PaperTable:
     describe: Callable[[Run], str]  # a run that matches no row -> its configuration in words
 
 
+def seed_group(run: Run) -> tuple:
+    """What a run's result depends on besides its seed: runs with equal groups are seeds of one configuration."""
+    keys = sorted(CONFIG_KEYS[run.experiment] - {"seed"})
+    return (run.experiment, *(run.config.get(k) for k in keys), run.config.get("precise_bn", 0))
+
+
+def mean_sd(values: list[float]) -> str:
+    """mean ± sample standard deviation, in percent."""
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}%"
+
+
+def seed_rows(table: PaperTable, runs: list[Run]) -> list[list[str]]:
+    """One row per configuration with several finished seeds: n, the seeds, mean ± sd of the
+    test and validation errors (at each run's best validation epoch), and the range."""
+    groups: dict[tuple, dict[int, Run]] = {}
+    for run in runs:  # finished runs only; a seed run twice counts once (the run read first)
+        if stop_status(run) != "unfinished":
+            groups.setdefault(seed_group(run), {}).setdefault(run.config["seed"], run)
+    rows = []
+    for group in (list(g.values()) for g in groups.values() if len(g) > 1):
+        key = table.key(group[0])
+        paper = percent(table.paper[key][0]) if key in table.paper else "no row"
+        tests, vals = [r.best["test_error"] for r in group], [r.best["val_error"] for r in group]
+        epochs = group[0].config["epochs"]
+        rows.append([table.describe(group[0]), "paper schedule" if epochs is None else f"{epochs}", paper, str(len(group)),
+                     ", ".join(str(r.config["seed"]) for r in group), mean_sd(tests), mean_sd(vals),
+                     f"{percent(min(tests))} - {percent(max(tests))}"])
+    return rows
+
+
 def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list[str]:
     """The paper's table with one line per matching run ("no run" where none matches), the
     line saying where those runs came from, then a table of the experiment's other runs."""
@@ -272,6 +304,10 @@ def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list
         rows = [[table.describe(run), f"{run.num_parameters:,}", *run_cells(run)] for run in others]
         lines += ["", "Other runs (no row in the paper's table):", ""]
         lines += [*markdown_table(["configuration", "our params", *RUN_COLUMNS], rows), "", sources(others, roots)]
+    seeds = seed_rows(table, runs)
+    if seeds:
+        lines += ["", "Over seeds: each configuration run with several seeds (mean ± sample standard deviation, n runs):",
+                  "", *markdown_table(SEED_COLUMNS, seeds)]
     return lines
 
 

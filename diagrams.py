@@ -149,23 +149,41 @@ def draw_architecture() -> Figure:
 # ----------------------------------------------------------------------------- learning curves
 
 
+def seed_groups(runs: list[compare.Run]) -> list[list[compare.Run]]:
+    """Runs grouped by configuration: several seeds of one configuration form one group."""
+    groups: dict[tuple, list[compare.Run]] = {}
+    for run in runs:
+        groups.setdefault(compare.seed_group(run), []).append(run)
+    return list(groups.values())
+
+
+def draw_group(ax: Axes, key: str, group: list[compare.Run], colour: str, style: str, label: str | None) -> None:
+    """KEY per epoch: one run's curve, or several seeds' mean with their min-max band."""
+    epochs = sorted({m["epoch"] for run in group for m in run.metrics})
+    values = [[m[key] for run in group for m in run.metrics if m["epoch"] == e] for e in epochs]
+    ax.plot(epochs, [float(np.mean(v)) for v in values], style, ms=3, color=colour, label=label)
+    if len(group) > 1:
+        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=colour, alpha=0.18, lw=0)
+
+
 def draw_curves(runs: list[compare.Run], title: str) -> Figure:
     """Training loss | validation (dashed) and test (solid) error against epochs, a star at
-    the reported result (the best validation epoch), the paper's test error dotted. Hyper
-    runs in blues, plain runs in oranges."""
+    each run's reported result (its best validation epoch), the paper's test error dotted.
+    Seeds of one configuration: their mean and min-max band. Hyper in blues, plain in oranges."""
     fig = Figure(figsize=(13, 4.8), layout="constrained")
     loss_ax, error_ax = fig.subplots(1, 2)
     used = Counter()
-    for run in runs:
-        palette = RUN_COLOURS[run.hyper]
-        colour = palette[used[run.hyper] % len(palette)]
-        used[run.hyper] += 1
-        epochs = [m["epoch"] for m in run.metrics]
-        loss_ax.plot(epochs, [m["train_loss"] for m in run.metrics], "-o", ms=3, color=colour, label=run.name)
-        error_ax.plot(epochs, [m["val_error"] for m in run.metrics], "--", color=colour)
-        error_ax.plot(epochs, [m["test_error"] for m in run.metrics], "-o", ms=3, color=colour)
-        error_ax.plot(run.best["epoch"], run.best["test_error"], "*", ms=13, color=colour, mec="black", mew=0.6)
-        paper = compare.paper_error(run)
+    for group in seed_groups(runs):
+        hyper = group[0].hyper
+        colour = RUN_COLOURS[hyper][used[hyper] % len(RUN_COLOURS[hyper])]
+        used[hyper] += 1
+        label = group[0].name if len(group) == 1 else f"{group[0].name} and {len(group) - 1} more seeds: mean, min-max"
+        draw_group(loss_ax, "train_loss", group, colour, "-o", label)
+        draw_group(error_ax, "val_error", group, colour, "--", None)
+        draw_group(error_ax, "test_error", group, colour, "-o", None)
+        for run in group:
+            error_ax.plot(run.best["epoch"], run.best["test_error"], "*", ms=13, color=colour, mec="black", mew=0.6)
+        paper = compare.paper_error(group[0])
         if paper is not None:
             error_ax.axhline(paper, ls=":", lw=1.2, color=colour)
     highest = {key: max(m[key] for run in runs for m in run.metrics) for key in ("train_loss", "val_error", "test_error")}

@@ -1,0 +1,46 @@
+"""seeds.py runs an experiment over seeds; compare.py reports their mean, spread and n."""
+
+import json
+import statistics
+from pathlib import Path
+
+import compare
+import seeds
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
+    monkeypatch.chdir(REPO)  # the scripts run from the repository root
+    ck = tmp_path / "ck"
+    flags = ["--val-size", "20", "--batch-size", "50", "--no-download", "--device", "cpu", "--epochs", "2",
+             "--data-dir", str(mnist_dir), "--checkpoint-dir", str(ck), "--log-dir", str(tmp_path / "runs")]
+    assert seeds.main(["mnist.py", "--seeds", "3", "7", "--jobs", "2", "--", *flags]) == 0
+    assert sorted(p.name for p in ck.iterdir()) == ["mnist-hyper-seed3", "mnist-hyper-seed7"]
+    metrics = {p.name: (p / "metrics.jsonl").read_text() for p in ck.iterdir()}
+    assert all(len(m.splitlines()) == 2 for m in metrics.values())
+
+    assert seeds.main(["mnist.py", "--seeds", "3", "7", "--", *flags]) == 0  # finished: resumed, nothing retrained
+    assert {p.name: (p / "metrics.jsonl").read_text() for p in ck.iterdir()} == metrics
+
+    out = tmp_path / "results.md"
+    assert compare.main(["--runs", str(ck), "--out", str(out)]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| hyper, z_dim 4 | 2 |"))
+    tests = []
+    for name in ("mnist-hyper-seed3", "mnist-hyper-seed7"):
+        records = [json.loads(line) for line in metrics[name].splitlines()]
+        best = min(records, key=lambda r: (r["val_error"], r["epoch"]))
+        tests.append(best["test_error"])
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:5] == ["0.76%", "2", "3, 7"]
+    assert cells[5] == f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}%"
+
+
+def test_a_failing_seed_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    code = seeds.main(["mnist.py", "--seeds", "0", "--", "--no-download", "--device", "cpu",
+                       "--data-dir", str(tmp_path / "nowhere"), "--checkpoint-dir", str(tmp_path / "ck"),
+                       "--log-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == ["error: seed(s) 0 failed: see their seeds.log"]
+    assert "no MNIST at" in (tmp_path / "ck" / "mnist-hyper-seed0" / "seeds.log").read_text()
