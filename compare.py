@@ -161,11 +161,20 @@ def read_kernel_bank(path: Path) -> dict[str, torch.Tensor]:
     return bank
 
 
+def run_identity(run: Run) -> str:
+    """What makes two run folders the same run: its name and the flags that define it (a
+    resume cannot change them). Runs of one default name (hyper-40-1) that differ in, e.g.,
+    --z-dim are different runs."""
+    flags = {k: run.config[k] for k in CONFIG_KEYS[run.experiment]}
+    return json.dumps([run.experiment, run.name, flags], sort_keys=True)
+
+
 def find_runs(roots: list[Path]) -> list[Run]:
     """Every run in ROOTS: a root that is a run folder itself, else its run subfolders (by name).
 
     A run folder that cannot be read is reported in one warning line on stderr and skipped;
-    so is a run whose name an earlier root already gave (an archived copy of a checkpoint).
+    so is a run that an earlier root already gave (an archived copy of a checkpoint: the
+    same name and the same configuration, `run_identity`).
 
     Raises:
         UserError: If a root is not a folder.
@@ -184,10 +193,11 @@ def find_runs(roots: list[Path]) -> list[Run]:
             except UserError as e:
                 print(f"warning: skipped {folder}: {first_line(e)}", file=sys.stderr)
                 continue
-            if run.name in names:
-                print(f"note: skipped {folder}: run {run.name} is read from {names[run.name]}", file=sys.stderr)
+            identity = run_identity(run)
+            if identity in names:
+                print(f"note: skipped {folder}: run {run.name} is read from {names[identity]}", file=sys.stderr)
                 continue
-            names[run.name] = folder
+            names[identity] = folder
             runs.append(run)
     return runs
 

@@ -273,3 +273,40 @@ def test_mosaic_puts_slice_o_i_at_row_o_column_i():
         for i in range(3):
             assert np.array_equal(image[3 * o : 3 * o + 2, 3 * i : 3 * i + 2], kernel[o, i].numpy())
     assert np.isnan(image[2]).all() and np.isnan(image[:, 2]).all() and np.isnan(image[:, 5]).all()
+
+
+# ----------------------------------------------------------------------------- runs that differ only in z_dim
+
+
+def archived_hyper_40_1(folder: Path, z_dim: int, test_error: float) -> None:
+    """An archived Hyper-40-1 run (run.json) under its default name, identical but for z_dim."""
+    config = {"experiment": "cifar10", "depth": 40, "width": 1, "plain": False, "z_dim": z_dim, "shortcut": "pad",
+              "epochs": 20, "batch_size": 128, "seed": 0, "run_name": "hyper-40-1"}
+    summary = {"config": config, "best": {"epoch": 19, "step": 6669, "val_error": test_error + 1, "test_error": test_error},
+               "epoch": 20, "step": 7020, "elapsed_seconds": 60.0, "device": "cpu", "num_parameters": 1,
+               "experiment": "cifar10"}
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps(summary))
+
+
+@pytest.mark.parametrize("z64_first", [True, False])
+def test_runs_of_different_z_dim_stay_apart(z64_first, tmp_path, capsys):
+    """Two Hyper-40-1 runs, the same but for --z-dim, both named hyper-40-1 (the default
+    name) in two folders: both are reported, each in a row of its own, and only the
+    z_dim 64 one (the paper's N_z) sits in the paper's Hyper-40-1 row."""
+    archived_hyper_40_1(tmp_path / "z64" / "hyper-40-1", 64, 11.0)
+    archived_hyper_40_1(tmp_path / "z16" / "hyper-40-1", 16, 22.0)
+    roots = [tmp_path / "z64", tmp_path / "z16"]
+    text = write_report(roots if z64_first else roots[::-1], tmp_path / "results.md")
+    rows = table_rows(text)
+    (paper_row,) = rows["hyper-40-1"]
+    assert paper_row[4:6] == ["`hyper-40-1`", "11.00%"]
+    (other,) = rows["hyper-40-1, z_dim 16, shortcut pad"]
+    assert other[2:4] == ["`hyper-40-1`", "22.00%"]
+    assert "22.00%" not in " ".join(paper_row) and "11.00%" not in " ".join(other)
+    assert "skipped" not in capsys.readouterr().err
+    # The same run found twice (an archived copy) is still read once.
+    shutil.copytree(tmp_path / "z64" / "hyper-40-1", tmp_path / "copy" / "hyper-40-1")
+    text = write_report([*roots, tmp_path / "copy"], tmp_path / "again.md")
+    assert len(table_rows(text)["hyper-40-1"]) == 1 and len(table_rows(text)["hyper-40-1, z_dim 16, shortcut pad"]) == 1
+    assert "note: skipped" in capsys.readouterr().err
