@@ -22,6 +22,7 @@ module docstring maps the two side by side. Both generators start from `init_lin
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Sequence
 
@@ -153,16 +154,17 @@ class KernelBank(nn.Module):
     of its (C_out/out_size, C_in/in_size) grid. `forward` makes every kernel with ONE
     hypernetwork call.
 
-    Initialisation: each layer's z's are drawn with std sqrt(2 / fan_in) of that layer,
-    so (the hypernetwork preserving scale) every generated kernel starts with the std of
-    a Kaiming-normal kernel of the same fan-in.
+    Initialisation: each layer's z's are drawn with std sqrt(2 / fan_in) of that layer
+    (or the given ``z_stds``), so (the hypernetwork preserving scale) every generated
+    kernel starts with the std of a Kaiming-normal kernel of the same fan-in.
 
     Args:
         shapes: Kernel shapes (C_out, C_in, f, f) of the generated layers, in order.
         hypernet: The shared generator; its in/out/f sizes define the tile.
+        z_stds: Optional std of each layer's z's (the scale its kernel starts at).
     """
 
-    def __init__(self, shapes: Sequence[Sequence[int]], hypernet: HyperNetwork):
+    def __init__(self, shapes: Sequence[Sequence[int]], hypernet: HyperNetwork, z_stds: Sequence[float] | None = None):
         super().__init__()
         self.hypernet = hypernet
         f = hypernet.f_size
@@ -172,15 +174,18 @@ class KernelBank(nn.Module):
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
         self.grids = [tile_grid(s, hypernet.out_size, hypernet.in_size) for s in self.shapes]
         self.tiles_per_layer = [r * c for r, c in self.grids]
+        kaiming = [math.sqrt(2.0 / (s[1] * s[2] * s[3])) for s in self.shapes]
+        self.z_stds = [float(v) for v in (z_stds if z_stds is not None else kaiming)]
+        if len(self.z_stds) != len(self.shapes):
+            raise ValueError(f"{len(self.z_stds)} z_stds for {len(self.shapes)} kernels")
         self.z = nn.Parameter(torch.empty(sum(self.tiles_per_layer), hypernet.z_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Draw each layer's z's with std sqrt(2 / fan_in) of that layer."""
+        """Draw each layer's z's with its std (sqrt(2 / fan_in) unless z_stds were given)."""
         with torch.no_grad():
-            for z, shape in zip(self.z.split(self.tiles_per_layer), self.shapes):
-                fan_in = shape[1] * shape[2] * shape[3]
-                z.normal_(0.0, math.sqrt(2.0 / fan_in))
+            for z, std in zip(self.z.split(self.tiles_per_layer), self.z_stds):
+                z.normal_(0.0, std)
 
     @property
     def num_tiles(self) -> int:
@@ -206,3 +211,95 @@ class KernelBank(nn.Module):
             t = t.permute(0, 3, 1, 2, 4, 5)  # (rows, out, cols, in, f, f)
             kernels.append(t.reshape(shape))  # (rows*out, cols*in, f, f): the one copy
         return kernels
+
+
+# ----------------------------------------------------------------------------- any CNN
+
+
+def generatable_convs(model: nn.Module, hypernet: HyperNetwork) -> list[str]:
+    """Names of MODEL's convolutions whose kernels HYPERNET's tiles can make: nn.Conv2d
+    without groups, kernel f x f, channel counts multiples of the tile's."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.groups == 1 and m.kernel_size == (hypernet.f_size,) * 2
+            and m.out_channels % hypernet.out_size == 0 and m.in_channels % hypernet.in_size == 0]
+
+
+class HyperNetized(nn.Module):
+    """A model whose chosen conv kernels are generated, on every forward, by one shared
+    `HyperNetwork` from per-tile z's (a `KernelBank`): the paper's scheme for any CNN.
+
+    ``forward`` is the model's own forward, unchanged: the kernels are made with ONE
+    hypernetwork call and handed to it with `torch.func.functional_call`. The generated
+    convs hold no weight of their own; everything else (the stem, 1x1 projections,
+    BatchNorm, the classifier, conv biases) stays an ordinary parameter.
+    """
+
+    def __init__(self, model: nn.Module, convs: Sequence[str], hypernet: HyperNetwork):
+        super().__init__()
+        modules = dict(model.named_modules())
+        weights = [modules[name].weight for name in convs]
+        self.kernel_bank = KernelBank([w.shape for w in weights], hypernet,
+                                      z_stds=[w.detach().float().std().item() for w in weights])
+        self.generated = [f"{name}.weight" for name in convs]
+        for name in convs:
+            del modules[name].weight  # the kernel now comes from the bank
+        self.model = model
+
+    def kernels(self) -> list[torch.Tensor]:
+        """The generated kernels, in the order of ``generated``."""
+        return self.kernel_bank()
+
+    def kernel_sq_norm(self) -> torch.Tensor:
+        """Sum of squares of every generated kernel (for an L2 penalty), from Gram matrices."""
+        return self.kernel_bank.sq_norm()
+
+    def forward(self, *args, **kwargs):
+        """The model's forward, with the generated kernels in place."""
+        return torch.func.functional_call(self.model, dict(zip(self.generated, self.kernel_bank())), args, kwargs)
+
+    @torch.no_grad()
+    def to_plain(self) -> nn.Module:
+        """An ordinary copy of the model holding the generated kernels as its weights."""
+        plain = copy.deepcopy(self.model)
+        modules = dict(plain.named_modules())
+        for name, kernel in zip(self.generated, self.kernel_bank()):
+            modules[name.rsplit(".", 1)[0]].weight = nn.Parameter(kernel.detach().clone())
+        return plain
+
+    def summary(self) -> str:
+        """Stored, generated and hypernetwork parameters, and the compression."""
+        stored = sum(p.numel() for p in self.model.parameters())
+        generated = sum(math.prod(s) for s in self.kernel_bank.shapes)
+        bank = sum(p.numel() for p in self.kernel_bank.parameters())
+        return (f"{len(self.generated)} conv kernels generated: {generated:,} values from {bank:,} parameters "
+                f"({self.kernel_bank.num_tiles} z's + a {sum(p.numel() for p in self.kernel_bank.hypernet.parameters()):,}"
+                f"-parameter hypernetwork); {stored:,} parameters stored as they were; "
+                f"{stored + bank:,} trainable in all, against {stored + generated:,} "
+                f"({(stored + generated) / (stored + bank):.2f}x fewer)")
+
+
+def hypernetize(model: nn.Module, z_dim: int = 64, tile: int = 16, f_size: int = 3,
+                convs: Sequence[str] | None = None) -> HyperNetized:
+    """Generate MODEL's conv kernels with one shared hypernetwork, as the paper does for its WRN.
+
+    Args:
+        model: Any module (e.g. ``torchvision.models.resnet18(num_classes=10)``); it is
+            changed in place (its generated convs lose their stored weight) and wrapped.
+        z_dim: Size of each z (and the hypernetwork's hidden size), 64 in the paper.
+        tile: Channels of a basic kernel (tile x tile x f x f), 16 in the paper.
+        f_size: Spatial size of the generated kernels; convs of other sizes stay stored.
+        convs: Names of the convs to generate (default: every one the tile divides, see
+            `generatable_convs`); a named conv the tile cannot make raises ValueError.
+
+    Each generated kernel starts at the scale of the layer's own initialisation: its z's
+    are drawn with the std of the weight it replaces (the hypernetwork keeps scale).
+    """
+    hypernet = HyperNetwork(z_dim, tile, tile, f_size)
+    possible = generatable_convs(model, hypernet)
+    convs = possible if convs is None else list(convs)
+    refused = [name for name in convs if name not in possible]
+    if refused:
+        raise ValueError(f"convs {refused} are not {tile}x{tile}x{f_size}x{f_size}-tileable nn.Conv2d layers")
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no conv whose kernel {tile}x{tile}x{f_size}x{f_size} tiles make")
+    return HyperNetized(model, convs, hypernet)

@@ -1,0 +1,154 @@
+"""hypernetize: the paper's tiled hypernetwork for an unmodified CNN (torchvision's or yours)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from hypernetwork_modules import HyperNetized, generatable_convs, hypernetize
+from primary_net import PrimaryNetwork
+
+
+class SmallCNN(nn.Module):
+    """A user's CNN: a 3-channel stem (not tileable), two tileable 3x3 convs, a 1x1 and a depthwise conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.conv1 = nn.Conv2d(16, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1, bias=False)
+        self.point = nn.Conv2d(32, 32, 1)
+        self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.stem(x)))
+        h = F.relu(self.conv2(F.relu(self.conv1(h))))
+        h = self.depthwise(self.point(h))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def models():
+    torch.manual_seed(0)
+    return {"small": SmallCNN(), "resnet18": torchvision.models.resnet18(num_classes=10)}
+
+
+@pytest.mark.parametrize("name", ["small", "resnet18"])
+def test_same_outputs_shape_one_call_gradients_and_fewer_parameters(name):
+    model = models()[name]
+    original_count = sum(p.numel() for p in model.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    expected_shape = model(x).shape
+    net = hypernetize(model, z_dim=8 if name == "small" else 64)  # a small model wants a small hypernetwork
+    calls = []
+    net.kernel_bank.hypernet.register_forward_hook(lambda *a: calls.append(1))
+    out = net(x)
+    assert out.shape == expected_shape and len(calls) == 1
+    F.cross_entropy(out, torch.tensor([1, 2])).backward()
+    assert net.kernel_bank.z.grad.abs().sum(dim=1).gt(0).all(), "every z gets a gradient"
+    for p in net.kernel_bank.hypernet.parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    trainable = sum(p.numel() for p in net.parameters())
+    assert trainable < original_count / (5 if name == "resnet18" else 1.5)
+    assert "fewer" in net.summary()
+
+
+def test_which_convs_are_generated():
+    net = hypernetize(SmallCNN())
+    assert net.generated == ["conv1.weight", "conv2.weight"]  # the stem (3 in), the 1x1 and the depthwise stay stored
+    names = {n for n, _ in net.named_parameters()}
+    assert "model.stem.weight" in names and "model.point.weight" in names and "model.depthwise.weight" in names
+    assert "model.conv1.weight" not in names and "model.conv1.bias" in names
+    with pytest.raises(ValueError, match="tileable"):
+        hypernetize(SmallCNN(), convs=["stem"])
+    assert hypernetize(SmallCNN(), convs=["conv2"]).generated == ["conv2.weight"]
+
+
+def test_generated_kernels_start_at_each_layers_own_scale():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    stds = {f"{n}.weight": m.weight.std().item() for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    net = hypernetize(model)
+    for name, kernel in zip(net.generated, net.kernels()):
+        assert abs(kernel.std().item() / stds[name] - 1) < 0.25, name
+
+
+def test_state_dict_round_trip_and_conversion_to_a_plain_model():
+    torch.manual_seed(0)
+    net = hypernetize(torchvision.models.resnet18(num_classes=10)).eval()
+    with torch.no_grad():
+        net.kernel_bank.z.mul_(1.5)  # anything but the initial state
+    x = torch.randn(2, 3, 32, 32)
+    fresh = hypernetize(torchvision.models.resnet18(num_classes=10)).eval()
+    fresh.load_state_dict(net.state_dict())
+    assert torch.equal(fresh(x), net(x))
+    plain = net.to_plain().eval()
+    assert isinstance(plain, torchvision.models.ResNet) and not isinstance(plain, HyperNetized)
+    torch.testing.assert_close(plain(x), net(x), rtol=1e-5, atol=1e-6)
+    assert sum(p.numel() for p in plain.parameters()) == 11_181_642  # an ordinary resnet18 again
+
+
+def test_l2_penalty_from_gram_matrices_equals_the_kernels_sum_of_squares():
+    net = hypernetize(SmallCNN()).double()
+    torch.testing.assert_close(net.kernel_sq_norm(), sum(k.pow(2).sum() for k in net.kernels()), rtol=1e-10, atol=0)
+
+
+def test_train_eval_to_and_compile():
+    net = hypernetize(SmallCNN())
+    net.eval()
+    assert not net.model.bn.training
+    net.train()
+    assert net.model.bn.training
+    net = net.to(torch.float64)
+    assert net(torch.randn(1, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
+    compiled = torch.compile(copy.deepcopy(net).float(), backend="aot_eager")  # graph capture, no C++ build
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(compiled(x), net.float()(x))
+
+
+class PlainWRN(nn.Module):
+    """A WRN-(6N+4)-k written with ordinary nn.Conv2d layers, the layout of PrimaryNetwork."""
+
+    def __init__(self, depth: int = 40, width: int = 1):
+        super().__init__()
+        reference = PrimaryNetwork(depth, width, hyper=False)
+        self.reference = reference
+        shapes = [s for block in reference.blocks for s in block.kernel_shapes()]
+        self.convs = nn.ModuleList(nn.Conv2d(s[1], s[0], 3, padding=1, bias=False) for s in shapes)
+
+    def forward(self, x):
+        return self.reference(x, [c.weight for c in self.convs])
+
+
+def test_wrn_40_1_from_ordinary_convs_gives_the_papers_36_kernels_from_242_zs():
+    model = PlainWRN(40, 1)
+    assert generatable_convs(model, PrimaryNetwork(40, 1).kernel_bank.hypernet) == [f"convs.{i}" for i in range(36)]
+    net = hypernetize(model)  # the paper's settings are the defaults: z_dim 64, 16x16x3x3 tiles
+    paper = PrimaryNetwork(40, 1, hyper=True)
+    assert net.kernel_bank.num_tiles == paper.kernel_bank.num_tiles == 242
+    assert net.kernel_bank.shapes == paper.kernel_bank.shapes and len(net.kernels()) == 36
+    net.kernel_bank.load_state_dict(paper.kernel_bank.state_dict())
+    for a, b in zip(net.kernels(), paper.kernels()):
+        assert torch.equal(a, b)
+    assert sum(p.numel() for p in net.kernel_bank.parameters()) == sum(p.numel() for p in paper.kernel_bank.parameters())
+
+
+def test_resnet18_example_trains_both_models_on_cifar_format_data(tmp_path, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import data
+
+    repo = Path(__file__).resolve().parent.parent
+    root = data.write_synthetic_cifar(tmp_path / "d", per_batch=20, test_size=30)
+    result = subprocess.run([sys.executable, "-m", "examples.hypernetize_resnet18", "--data-dir", str(root),
+                             "--steps", "2", "--batch-size", "8", "--test-images", "30"],
+                            cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| resnet18 |") or line.startswith("| hyper-")]
+    assert rows[0].startswith("| resnet18 | 11,181,642 |") and rows[1].startswith("| hyper-resnet18 | 577,242 |")
