@@ -188,8 +188,9 @@ def draw_curves(runs: list[compare.Run], title: str) -> Figure:
             error_ax.axhline(paper, ls=":", lw=1.2, color=colour)
     highest = {key: max(m[key] for run in runs for m in run.metrics) for key in ("train_loss", "val_error", "test_error")}
     loss_ax.set(title="training loss (cross-entropy)", xlabel="epoch", ylabel="loss", ylim=(0, 1.1 * highest["train_loss"]))
+    best = max(run.best["test_error"] for run in runs)  # the first epochs' errors may be 10x the results: zoom on these
     error_ax.set(title="error", xlabel="epoch", ylabel="error (%)",
-                 ylim=(0, 1.1 * max(highest["val_error"], highest["test_error"], 1)))
+                 ylim=(0, min(1.1 * max(highest["val_error"], highest["test_error"], 1), 4 * best)))
     loss_ax.legend(title="run", fontsize=9)
     styles = [Line2D([], [], color="grey", ls=ls, label=label) for ls, label in
               (("--", "validation"), ("-", "test"), (":", "paper (test)"))]
