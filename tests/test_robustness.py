@@ -181,16 +181,20 @@ def signal_data(tmp_path_factory) -> Path:
     return write_fake_cifar(tmp_path_factory.mktemp("sigdata"), per_batch=200)  # 960 train images: 30 steps an epoch
 
 
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # bit-identical means the same thread count in every run
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, signal_data) -> dict:
     root = tmp_path_factory.mktemp("straight")
-    assert train.main(run_args(root, signal_data, "--epochs", "3")) == 0
+    result = subprocess.run([sys.executable, "train.py", *run_args(root, signal_data, "--epochs", "3")], cwd=REPO,
+                            env=ONE_THREAD, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
     return load(root / "ck" / "hyper-10-1" / "last.pt")
 
 
 def start(root: Path, data: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "train.py", *run_args(root, data, "--epochs", "3")], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "train.py", *run_args(root, data, "--epochs", "3")], cwd=REPO, env=ONE_THREAD,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -221,7 +225,7 @@ def test_signal_mid_epoch_saves_that_step_and_resume_is_exact(signals, tmp_path,
     assert epochs_in_metrics(last.parent) == [1]
 
     resumed = subprocess.run([sys.executable, "train.py", *run_args(tmp_path, signal_data, "--epochs", "3"), "-r"],
-                             cwd=REPO, capture_output=True, text=True, timeout=240)
+                             cwd=REPO, env=ONE_THREAD, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(load(last), uninterrupted)
     assert epochs_in_metrics(last.parent) == [1, 2, 3]
