@@ -280,20 +280,20 @@ def mean_sd(values: list[float]) -> str:
 
 
 def seed_rows(table: PaperTable, runs: list[Run]) -> list[list[str]]:
-    """One row per configuration with several finished seeds: n, the seeds, mean ± sd of the
+    """One row per configuration with several finished runs: n, their seeds, mean ± sd of the
     test and validation errors (at each run's best validation epoch), and the range."""
-    groups: dict[tuple, dict[int, Run]] = {}
-    for run in runs:  # finished runs only; a seed run twice counts once (the run read first)
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:  # finished runs only; a seed rerun elsewhere counts as a run of its own (float order differs)
         if stop_status(run) != "unfinished":
-            groups.setdefault(seed_group(run), {}).setdefault(run.config["seed"], run)
+            groups.setdefault(seed_group(run), []).append(run)
     rows = []
-    for group in (list(g.values()) for g in groups.values() if len(g) > 1):
+    for group in (g for g in groups.values() if len(g) > 1):
         key = table.key(group[0])
         paper = percent(table.paper[key][0]) if key in table.paper else "no row"
         tests, vals = [r.best["test_error"] for r in group], [r.best["val_error"] for r in group]
         epochs = group[0].config["epochs"]
         rows.append([table.describe(group[0]), "paper schedule" if epochs is None else f"{epochs}", paper, str(len(group)),
-                     ", ".join(str(r.config["seed"]) for r in group), mean_sd(tests), mean_sd(vals),
+                     ", ".join(str(seed) for seed in sorted(r.config["seed"] for r in group)), mean_sd(tests), mean_sd(vals),
                      f"{percent(min(tests))} - {percent(max(tests))}"])
     return rows
 
@@ -316,7 +316,7 @@ def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list
         lines += [*markdown_table(["configuration", "our params", *RUN_COLUMNS], rows), "", sources(others, roots)]
     seeds = seed_rows(table, runs)
     if seeds:
-        lines += ["", "Over seeds: each configuration run with several seeds (mean ± sample standard deviation, n runs):",
+        lines += ["", "Over seeds: each configuration with several finished runs (mean ± sample standard deviation, n runs):",
                   "", *markdown_table(SEED_COLUMNS, seeds)]
     return lines
 
