@@ -8,6 +8,7 @@ on CPU); rank 0 alone writes files and prints.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import NamedTuple
 
 import torch
@@ -54,10 +55,19 @@ def init_distributed(device: torch.device) -> Distributed:
     return dist
 
 
-def shut_down() -> None:
-    """Leave the process group, if one was joined."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+def shut_down(after_error: bool = False) -> None:
+    """Leave the process group, if one was joined. After an error that every process met
+    (they share rank 0's), gloo processes first wait up to 10 s for each other, so that
+    none tears down its connections while another still uses them (that aborted a
+    process now and then)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if after_error and torch.distributed.get_backend() == "gloo":
+        try:
+            torch.distributed.monitored_barrier(timeout=timedelta(seconds=10))
+        except RuntimeError:  # a process that did not arrive: leave anyway
+            pass
+    torch.distributed.destroy_process_group()
 
 
 def all_sum(t: torch.Tensor, dist: Distributed) -> torch.Tensor:
