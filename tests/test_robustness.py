@@ -206,7 +206,7 @@ def wait_for_first_epoch(proc: subprocess.Popen, last: Path) -> None:
     time.sleep(0.4)  # into epoch 2's training steps
 
 
-@pytest.mark.parametrize("signals", [("SIGTERM",), ("SIGINT",), ("SIGINT", "SIGINT"), ("SIGTERM", "SIGTERM")])
+@pytest.mark.parametrize("signals", [("SIGTERM",), ("SIGINT", "SIGINT")])  # both signals; a second one during the save
 def test_signal_mid_epoch_saves_that_step_and_resume_is_exact(signals, tmp_path, signal_data, uninterrupted):
     proc = start(tmp_path, signal_data)
     last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
