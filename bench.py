@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 import train
-from cli import ArgumentParser, HelpFormatter, UserError, positive_int, run_cli
+from checkpointing import atomic_write_text
+from cli import ArgumentParser, HelpFormatter, positive_int, run_cli
 from data import write_synthetic_cifar
 from devices import Precision, grad_scaler, pick_device
 from engine import build_optimizer, train_step
@@ -235,10 +236,7 @@ def bench(args: argparse.Namespace) -> dict:
     print(report)
     for path, text in ((args.json, json.dumps(results, indent=2) + "\n"), (args.out, f"{header}\n\n{report}\n")):
         if path:
-            try:
-                Path(path).write_text(text)
-            except OSError as e:
-                raise UserError(f"cannot write {path} ({e.strerror or e})") from None
+            atomic_write_text(text, Path(path))  # a failed write is one line (UserError)
     return results
 
 

@@ -274,6 +274,14 @@ def seed_group(run: Run) -> tuple:
     return (run.experiment, *(run.config.get(k) for k in keys), run.config.get("precise_bn", 0))
 
 
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """RUNS grouped by configuration: the seeds of one configuration form one group, in the runs' order."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(seed_group(run), []).append(run)
+    return list(groups.values())
+
+
 def mean_sd(values: list[float]) -> str:
     """mean ± sample standard deviation, in percent."""
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}%"
@@ -282,12 +290,9 @@ def mean_sd(values: list[float]) -> str:
 def seed_rows(table: PaperTable, runs: list[Run]) -> list[list[str]]:
     """One row per configuration with several finished runs: n, their seeds, mean ± sd of the
     test and validation errors (at each run's best validation epoch), and the range."""
-    groups: dict[tuple, list[Run]] = {}
-    for run in runs:  # finished runs only; a seed rerun elsewhere counts as a run of its own (float order differs)
-        if stop_status(run) != "unfinished":
-            groups.setdefault(seed_group(run), []).append(run)
+    finished = [run for run in runs if stop_status(run) != "unfinished"]
     rows = []
-    for group in (g for g in groups.values() if len(g) > 1):
+    for group in (g for g in seed_groups(finished) if len(g) > 1):  # a seed rerun elsewhere counts as a run of its own
         key = table.key(group[0])
         paper = percent(table.paper[key][0]) if key in table.paper else "no row"
         tests, vals = [r.best["test_error"] for r in group], [r.best["val_error"] for r in group]

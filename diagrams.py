@@ -149,14 +149,6 @@ def draw_architecture() -> Figure:
 # ----------------------------------------------------------------------------- learning curves
 
 
-def seed_groups(runs: list[compare.Run]) -> list[list[compare.Run]]:
-    """Runs grouped by configuration: several seeds of one configuration form one group."""
-    groups: dict[tuple, list[compare.Run]] = {}
-    for run in runs:
-        groups.setdefault(compare.seed_group(run), []).append(run)
-    return list(groups.values())
-
-
 def draw_group(ax: Axes, key: str, group: list[compare.Run], colour: str, style: str, label: str | None) -> None:
     """KEY per epoch: one run's curve, or several seeds' mean with their min-max band."""
     epochs = sorted({m["epoch"] for run in group for m in run.metrics})
@@ -173,7 +165,7 @@ def draw_curves(runs: list[compare.Run], title: str) -> Figure:
     fig = Figure(figsize=(13, 4.8), layout="constrained")
     loss_ax, error_ax = fig.subplots(1, 2)
     used = Counter()
-    for group in seed_groups(runs):
+    for group in compare.seed_groups(runs):
         hyper = group[0].hyper
         colour = RUN_COLOURS[hyper][used[hyper] % len(RUN_COLOURS[hyper])]
         used[hyper] += 1

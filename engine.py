@@ -189,7 +189,7 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
             running_loss = all_sum(loss_sum, dist).item() / dist.world / (i + 1)  # the same on every process
             accuracy = 100 * all_sum(correct, dist).item() / ((i + 1) * run.batch_size)
             show_progress(run, bar, running_loss, accuracy, (i + 1 - sums.position) / (time.time() - start))
-        if i < steps - 1 and run.stop.agreed(dist, in_step):
+        if i < steps - 1 and run.stop.agreed(dist, run.device, in_step):
             bar.close()
             run.progress.partial = EpochSums(i + 1, all_sum(loss_sum, dist).item(), all_sum(correct, dist).item(),
                                              sums.seconds + time.time() - start)
@@ -235,6 +235,11 @@ def evaluate(model: KernelModel, images: torch.Tensor, labels: torch.Tensor, nor
     return 100.0 * all_sum(wrong, dist).item() / len(images)
 
 
+def batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer of MODEL (any dimension, SyncBatchNorm included)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def precise_bn(model: KernelModel, images: torch.Tensor, normalize: Normalize, batch_size: int,
                memory_format: torch.memory_format, precision: Precision = FP32) -> bool:
@@ -246,7 +251,7 @@ def precise_bn(model: KernelModel, images: torch.Tensor, normalize: Normalize, b
     alone, and the model's train/eval mode is restored. Returns False for a model with no
     BatchNorm (nothing to do).
     """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bns = batchnorms(model)
     if not bns or not len(images):
         return False
     momenta, was_training = [bn.momentum for bn in bns], model.training
@@ -273,11 +278,11 @@ def evaluate_run(run: Run) -> dict[str, float]:
     d, n = run.data, run.args.precise_bn
     args = (d.normalize, run.args.eval_batch_size, run.memory_format, run.precision, run.dist)
     errors = {}
-    if n:
+    if n and batchnorms(run.model):  # without BatchNorm there is nothing to recompute, nor a second error to log
         start = time.time()
         running = evaluate(run.model, d.val_x, d.val_y, *args)
-        if precise_bn(run.model, d.train_x[:n], d.normalize, min(run.args.batch_size, n), run.memory_format, run.precision):
-            errors = {"val_error_running": running, "precise_bn_seconds": time.time() - start}
+        precise_bn(run.model, d.train_x[:n], d.normalize, min(run.args.batch_size, n), run.memory_format, run.precision)
+        errors = {"val_error_running": running, "precise_bn_seconds": time.time() - start}
     errors["val_error"] = evaluate(run.model, d.val_x, d.val_y, *args)
     errors["test_error"] = evaluate(run.model, d.test_x, d.test_y, *args)
     return errors

@@ -21,11 +21,12 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopRequest:
     """A context in which SIGTERM and SIGINT ask the training loop to stop.
 
-    ``with StopRequest() as stop: ... if stop.agreed(dist, check): break``
+    ``with StopRequest() as stop: ... if stop.agreed(dist, device, check): break``
     """
 
     def __init__(self) -> None:
-        self.signum = 0  # the first signal received, 0 for none
+        self.signum = 0  # the first signal received by this process, 0 for none
+        self.decided = 0  # the signal all processes agreed to stop for, 0 for none
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
@@ -42,18 +43,17 @@ class StopRequest:
         if not self.signum:
             self.signum = signum
 
-    def agreed(self, dist: Distributed, check: bool) -> int:
-        """The signal to stop for, the same on every process (0: go on).
+    def agreed(self, dist: Distributed, device: torch.device, check: bool) -> int:
+        """The signal to stop for, the same on every process (0: go on); also kept in ``decided``.
 
         One process decides alone, at every step. Under torchrun the processes compare
-        flags only where CHECK is true (a collective), and stop if any was signalled.
+        flags only where CHECK is true (a collective on DEVICE, the one the process group
+        communicates on), and stop if any was signalled.
         """
         if dist.world == 1:
-            return self.signum
-        if not check:
-            return 0
-        flag = torch.tensor([self.signum], dtype=torch.int64)
-        if torch.distributed.get_backend() == "nccl":
-            flag = flag.cuda()
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
+            self.decided = self.signum
+        elif check:
+            flag = torch.tensor([self.signum], dtype=torch.int64, device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            self.decided = int(flag.item())
+        return self.decided

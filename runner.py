@@ -330,14 +330,14 @@ def run_epochs(run: Run, writer) -> str | None:
             if should_stop(run, epoch):
                 return "early"
             stats = train_one_epoch(run, epoch)
-            if stats is None:
+            if stats is None:  # the processes agreed on a signal in the middle of the epoch
                 save_interrupted(run)
-                return signal.Signals(run.stop.agreed(run.dist, True)).name
+                return signal.Signals(run.stop.decided).name
             record = epoch_record(run, stats, evaluate_run(run))
             save_epoch(run, record, writer)
             log_epoch(run, record)
-            if run.stop.agreed(run.dist, True):  # signalled while evaluating or saving: last.pt is this epoch
-                return signal.Signals(run.stop.agreed(run.dist, True)).name
+            if run.stop.agreed(run.dist, run.device, True):  # signalled while evaluating or saving: last.pt is this epoch
+                return signal.Signals(run.stop.decided).name
             if run.args.stop_after is not None and run.args.stop_after <= record["epoch"] < run.schedule.epochs:
                 return "stop-after"
     return None

@@ -23,23 +23,17 @@ from pathlib import Path
 from cli import ArgumentParser, HelpFormatter, UserError, format_time, positive_int, run_cli
 from experiment import Experiment, parse_args
 
-SCRIPTS = ("train.py", "mnist.py")
-
-
-def experiment_of_script(script: str) -> Experiment:
-    """The experiment a script runs (imported here, not at start-up)."""
-    if script == "train.py":
-        import train
-
-        return train.CIFAR10
+def experiments() -> dict[str, Experiment]:
+    """The experiments by the script that runs them (imported here, not at start-up)."""
     import mnist
+    import train
 
-    return mnist.MNIST
+    return {e.script: e for e in (train.CIFAR10, mnist.MNIST)}
 
 
 def seed_command(script: str, seed: int, flags: list[str]) -> tuple[list[str], Path]:
     """The command that runs (or resumes) SEED, and its checkpoint folder."""
-    experiment = experiment_of_script(script)
+    experiment = experiments()[script]
     args, _ = parse_args(experiment, [*flags, "--seed", str(seed)])
     name = f"{args.run_name}-seed{seed}"
     run_dir = Path(args.checkpoint_dir) / name
@@ -74,7 +68,7 @@ def run_seeds(script: str, seeds: list[int], flags: list[str], jobs: int) -> lis
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="seeds.py", description="Run one experiment with several seeds.", formatter_class=HelpFormatter)
-    p.add_argument("script", choices=SCRIPTS, help="the experiment's script")
+    p.add_argument("script", choices=sorted(experiments()), help="the experiment's script")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="the seeds to run")
     p.add_argument("--jobs", type=positive_int, default=1, help="seeds trained at once (one thread each when > 1)")
     p.epilog = "Everything after -- is passed to the script, the same for every seed."
