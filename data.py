@@ -30,6 +30,7 @@ from devices import to_device
 SPLIT_SEED = 0  # the validation images are drawn once with this seed, for every run
 CIFAR_PAD = 2  # the paper pads 32x32 images to 36x36 before the random 32x32 crop
 MNIST_PAD = 1  # 28x28 images are zero-padded to 30x30 before the random 28x28 crop
+NOTEBOOK_STRETCH = 2  # the author's notebook inserts 2 rows and 2 columns (28x28 -> 30x30) before its crop
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train images, labels, test images, labels
@@ -201,6 +202,45 @@ def augment_cifar(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def augment_mnist(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """The paper's MNIST augmentation: pad 28x28 to 30x30, random 28x28 crop (no flips)."""
     return random_crop(x, gen, MNIST_PAD, flip=False)
+
+
+def insert_between(n: int, size: int, inserts: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """N random linear maps from SIZE rows to SIZE + INSERTS rows: INSERTS times, a new row
+    that is the mean of two neighbours is inserted at a random inner position (1 .. size-2
+    of the rows so far), as the author's MNIST notebook stretches its images.
+
+    Returns:
+        (N, SIZE + INSERTS, SIZE) float32 matrices on DEVICE: stretched = M @ rows.
+    """
+    m = torch.eye(size, device=device).expand(n, size, size)
+    for k in range(inserts):
+        rows = size + k  # rows so far; the new one goes in at r, between rows r-1 and r
+        r = to_device(torch.randint(1, rows - 1, (n, 1), generator=gen), device)
+        j = torch.arange(rows + 1, device=device)  # the rows after the insertion
+        a, b = j - (j >= r).long(), j - (j > r).long()  # (N, rows+1): each row's two sources (equal but at r)
+        m = 0.5 * (m.gather(1, a[..., None].expand(-1, -1, size)) + m.gather(1, b[..., None].expand(-1, -1, size)))
+    return m
+
+
+def stretch_mnist(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The author's MNIST notebook augmentation (hardmaru/supercell): each image gets two
+    interpolated rows and two interpolated columns at random places (28x28 -> 30x30), then
+    a random 28x28 crop. Rows and columns are stretched by one matrix product each.
+
+    Args:
+        x: uint8 images (B, 1, H, W) on any device.
+        gen: CPU generator for the insertion places and crop offsets.
+
+    Returns:
+        float32 images (B, 1, H, W) on the 0-255 scale (interpolated values are not rounded).
+    """
+    b, _, h, w = x.shape
+    rows = insert_between(b, h, NOTEBOOK_STRETCH, gen, x.device)  # (B, H+2, H)
+    cols = insert_between(b, w, NOTEBOOK_STRETCH, gen, x.device)  # (B, W+2, W)
+    offsets = to_device(torch.randint(0, NOTEBOOK_STRETCH + 1, (2, b), generator=gen), x.device)
+    rows = rows.gather(1, (offsets[0, :, None] + torch.arange(h, device=x.device))[..., None].expand(-1, -1, h))  # (B, H, H)
+    cols = cols.gather(1, (offsets[1, :, None] + torch.arange(w, device=x.device))[..., None].expand(-1, -1, w))  # (B, W, W)
+    return (rows @ x[:, 0].float() @ cols.transpose(1, 2)).unsqueeze(1)  # (B, 1, H, W)
 
 
 class Normalize:

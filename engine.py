@@ -28,7 +28,7 @@ from cli import UserError, format_time
 from data import Normalize
 from devices import FP32, Precision, autocast
 from distributed import SINGLE_PROCESS, Distributed, all_sum, broadcast_buffers
-from experiment import Experiment, KernelModel, Schedule
+from experiment import Augment, Experiment, KernelModel, Schedule
 from preemption import StopRequest
 
 
@@ -99,6 +99,7 @@ class Run:
     stop: StopRequest = field(default_factory=StopRequest)  # SIGTERM/SIGINT: stop after the step in flight
     lock: IO | None = None  # rank 0 holds the run folder's lock while it trains
     scaler: torch.amp.GradScaler | None = None  # fp16 only
+    augment: Augment | None = None  # the training augmentation, from the experiment and the run's flags
 
     def log(self, *args, **kwargs) -> None:
         """print, on rank 0 only."""
@@ -131,7 +132,7 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float) -> torch.optim
 
 def train_step(model: KernelModel, forward, optimizer: torch.optim.Optimizer, scheduler, x: torch.Tensor,
                y: torch.Tensor, weight_decay: float, precision: Precision = FP32,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               scaler: torch.amp.GradScaler | None = None, clip_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step: generate kernels once; cross-entropy plus L2 on the kernels in use.
 
     Args:
@@ -139,6 +140,7 @@ def train_step(model: KernelModel, forward, optimizer: torch.optim.Optimizer, sc
         forward: ``model``, or it wrapped in DDP and/or torch.compile.
         x: Normalised images (B, C, H, W); y: labels (B,).
         precision: float32, or the autocast dtype; SCALER scales an fp16 loss.
+        clip_norm: If given, the gradients' global L2 norm is clipped to it before the step.
 
     Returns:
         The detached cross-entropy loss and logits.
@@ -150,13 +152,23 @@ def train_step(model: KernelModel, forward, optimizer: torch.optim.Optimizer, sc
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         (loss + penalty).backward()
+        clip_gradients(optimizer, clip_norm)
         optimizer.step()
     else:
         scaler.scale(loss + penalty).backward()
+        if clip_norm is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        clip_gradients(optimizer, clip_norm)
         scaler.step(optimizer)  # skipped when the scaled gradients overflowed
         scaler.update()
     scheduler.step()
     return loss.detach(), logits.detach()
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> None:
+    """Scale all of OPTIMIZER's gradients down together so their global L2 norm is at most MAX_NORM (None: leave them)."""
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], max_norm)
 
 
 def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
@@ -177,10 +189,10 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
     for i in bar:
         idx = order[i * run.batch_size : (i + 1) * run.batch_size]  # the global batch
         idx = idx[dist.rank * local_batch : (dist.rank + 1) * local_batch]  # this process's share
-        x = data.normalize(run.experiment.augment(data.train_x[idx], run.generators["augment"]), run.memory_format)
+        x = data.normalize(run.augment(data.train_x[idx], run.generators["augment"]), run.memory_format)
         y = data.train_y[idx]
         loss, logits = train_step(run.model, run.forward, run.optimizer, run.scheduler, x, y, run.args.weight_decay,
-                                  run.precision, run.scaler)
+                                  run.precision, run.scaler, run.schedule.clip_norm)
         run.progress.step += 1
         loss_sum += loss
         correct += (logits.argmax(1) == y).sum()

@@ -34,13 +34,15 @@ class KernelModel(Protocol):
 
 
 class Schedule(NamedTuple):
-    """How an experiment trains: optimizer, base lr, length, and the lr multiplier per step."""
+    """How an experiment trains: optimizer, base lr, length, the lr multiplier per step, and
+    (optionally) the global gradient-norm clip."""
 
     optimizer: str
     lr: float
     epochs: int
     total_steps: int
     multiplier: Callable[[int], float]
+    clip_norm: float | None = None  # clip the gradients' global L2 norm to this before each step
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class FlagDefaults:
 
 
 ArgumentAdder = Callable[[dict[str, argparse._ArgumentGroup], Callable[[object], dict]], None]
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # uint8 batch -> batch on the 0-255 scale
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,13 @@ class Experiment:
     add_arguments: ArgumentAdder  # the experiment's own flags, into the "model"/"training" groups
     defaults: FlagDefaults
     load_data: Callable[[str, bool], Splits]  # (data_dir, download) -> uint8 images and labels
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # uint8 batch -> uint8 batch
+    augment: Callable[[dict], Augment]  # a run's configuration -> its training augmentation
     build_model: Callable[[dict], KernelModel]  # from a run's configuration (its flags)
     schedule: Callable[[argparse.Namespace, int], Schedule]  # (flags, steps per epoch) -> schedule
     run_name: Callable[[argparse.Namespace], str]
     paper_result: Callable[[argparse.Namespace], str]  # the paper's figure, for the final line
+    # Fills the defaults that depend on other flags (e.g. a protocol's epochs), given the flags set explicitly.
+    resolve_defaults: Callable[[argparse.Namespace, set[str]], None] | None = None
 
 
 # ----------------------------------------------------------------------------- command line
@@ -141,6 +146,8 @@ def parse_args(experiment: Experiment, argv: list[str] | None = None) -> tuple[a
     """Parsed arguments of EXPERIMENT and the names of the flags given explicitly."""
     args = build_parser(experiment).parse_args(argv)
     explicit = set(vars(build_parser(experiment, suppress_defaults=True).parse_args(argv)))
+    if experiment.resolve_defaults is not None:
+        experiment.resolve_defaults(args, explicit)
     if args.run_name is None:
         args.run_name = experiment.run_name(args)
     return args, explicit

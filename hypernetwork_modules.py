@@ -154,17 +154,24 @@ class KernelBank(nn.Module):
     of its (C_out/out_size, C_in/in_size) grid. `forward` makes every kernel with ONE
     hypernetwork call.
 
-    Initialisation: each layer's z's are drawn with std sqrt(2 / fan_in) of that layer
-    (or the given ``z_stds``), so (the hypernetwork preserving scale) every generated
-    kernel starts with the std of a Kaiming-normal kernel of the same fan-in.
+    Initialisation: every generated kernel starts with the std of a Kaiming-normal kernel
+    of its layer's fan-in, sqrt(2 / fan_in) (or the given ``z_stds``). Where that scale
+    lives is ``scale_in``:
+      "z" (default): each layer's z's are drawn with that std; the hypernetwork keeps scale.
+      "hypernet": z's of unit scale (each layer's std over the layers' geometric mean, so
+        exactly N(0, 1) for a single std), and that mean multiplies the hypernetwork's
+        output weights (hyperfan-in style, Chang et al. 2020). Under Adam, whose steps have
+        a fixed absolute size, a z of unit scale moves by a smaller fraction per step.
 
     Args:
         shapes: Kernel shapes (C_out, C_in, f, f) of the generated layers, in order.
         hypernet: The shared generator; its in/out/f sizes define the tile.
-        z_stds: Optional std of each layer's z's (the scale its kernel starts at).
+        z_stds: Optional initial std of each layer's kernel.
+        scale_in: "z" or "hypernet": which parameters carry that std.
     """
 
-    def __init__(self, shapes: Sequence[Sequence[int]], hypernet: HyperNetwork, z_stds: Sequence[float] | None = None):
+    def __init__(self, shapes: Sequence[Sequence[int]], hypernet: HyperNetwork, z_stds: Sequence[float] | None = None,
+                 scale_in: str = "z"):
         super().__init__()
         self.hypernet = hypernet
         f = hypernet.f_size
@@ -178,13 +185,23 @@ class KernelBank(nn.Module):
         self.z_stds = [float(v) for v in (z_stds if z_stds is not None else kaiming)]
         if len(self.z_stds) != len(self.shapes):
             raise ValueError(f"{len(self.z_stds)} z_stds for {len(self.shapes)} kernels")
+        if scale_in not in ("z", "hypernet"):
+            raise ValueError(f"scale_in must be 'z' or 'hypernet', not {scale_in!r}")
+        self.scale_in = scale_in
         self.z = nn.Parameter(torch.empty(sum(self.tiles_per_layer), hypernet.z_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Draw each layer's z's with its std (sqrt(2 / fan_in) unless z_stds were given)."""
+        """Draw each layer's z's so its kernel starts at its std (see the class docstring);
+        with scale_in="hypernet" the hypernetwork is re-initialised too."""
+        stds = self.z_stds
         with torch.no_grad():
-            for z, std in zip(self.z.split(self.tiles_per_layer), self.z_stds):
+            if self.scale_in == "hypernet":
+                common = math.exp(sum(math.log(s) for s in stds) / len(stds))  # geometric mean
+                self.hypernet.reset_parameters()
+                self.hypernet.w_out.weight.mul_(common)  # zero biases: K = W_out W_i z scales with W_out
+                stds = [s / common for s in stds]
+            for z, std in zip(self.z.split(self.tiles_per_layer), stds):
                 z.normal_(0.0, std)
 
     @property

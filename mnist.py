@@ -18,6 +18,13 @@ errors) is the loop train.py uses too (runner.py).
 
     python mnist.py --data-dir ../shared/data            # hyper (4,244 for layer 2)
     python mnist.py --data-dir ../shared/data --plain    # normal (12,544 for layer 2)
+
+`--protocol notebook` trains as the author's own notebook does instead (hardmaru/supercell,
+MNIST_Static_HyperNetwork_Example.ipynb): Adam from lr 0.005, x0.999 per step down to
+1e-4; the gradients' global norm clipped at 100; two interpolated rows and columns
+inserted at random places then a random 28x28 crop; 50 epochs; the hypernetwork's
+slices make output filters; its initialisation (`--init notebook`). `--init` alone
+chooses where the generated kernel's initial scale lives (see `MnistNet`).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cli import positive_int
-from data import augment_mnist, load_mnist
+from data import augment_mnist, load_mnist, stretch_mnist
 from experiment import Experiment, FlagDefaults, Schedule
 from hypernetwork_modules import HyperNetwork, KernelBank
 from runner import main as run_main
@@ -41,6 +48,16 @@ PAPER_TABLE7 = {False: (0.72, 12_544), True: (0.76, 4_244)}
 CHANNELS = 16  # both conv layers (= the hypernetwork's in_size and out_size)
 KERNEL = 7  # both conv layers are 7x7 (the hypernetwork's f_size)
 Z_DIM = 4  # the paper's N_z for MNIST
+NOTEBOOK_EPOCHS = 50  # the author's notebook trains 50 epochs and keeps the best validation epoch's test error
+
+
+INITS = ("scale-in-z", "scale-in-hypernet", "notebook")
+PROTOCOLS = ("paper", "notebook")
+
+
+def truncated_normal_(t: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """TensorFlow's truncated_normal: N(mean, std^2) redrawn beyond 2 std."""
+    return nn.init.trunc_normal_(t, mean, std, mean - 2 * std, mean + 2 * std)
 
 
 class MnistNet(nn.Module):
@@ -53,25 +70,57 @@ class MnistNet(nn.Module):
         hyper: Generate the second layer's kernel with a `HyperNetwork` (else store it).
         z_dim: Size of the z-embedding (and of the hypernetwork's hidden layer).
         num_classes: Output classes.
+        init: "scale-in-z" (the generated kernel's Kaiming scale carried by z, std 0.05),
+            "scale-in-hypernet" (z ~ N(0, 1), the scale in the hypernetwork's output
+            weights), or "notebook" (the author's notebook: truncated normals of std 0.01,
+            z of mean 0.01 and std 1, an orthogonal classifier). The first two differ
+            only for a hyper net.
+        slice_outputs: Each of the hypernetwork's slices makes one output filter (the
+            notebook's code) instead of one input channel (the paper's equations).
     """
 
-    def __init__(self, hyper: bool = True, z_dim: int = Z_DIM, num_classes: int = 10):
+    def __init__(self, hyper: bool = True, z_dim: int = Z_DIM, num_classes: int = 10, init: str = "scale-in-z",
+                 slice_outputs: bool = False):
         super().__init__()
-        self.hyper = hyper
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, not {init!r}")
+        self.hyper, self.slice_outputs = hyper, slice_outputs
         self.conv1 = nn.Conv2d(1, CHANNELS, KERNEL, padding=KERNEL // 2)
         shape = (CHANNELS, CHANNELS, KERNEL, KERNEL)
         if hyper:  # one layer of one tile: the tile is the whole kernel
-            self.kernel_bank = KernelBank([shape], HyperNetwork(z_dim, CHANNELS, CHANNELS, KERNEL))
+            scale_in = "hypernet" if init == "scale-in-hypernet" else "z"
+            self.kernel_bank = KernelBank([shape], HyperNetwork(z_dim, CHANNELS, CHANNELS, KERNEL), scale_in=scale_in)
         else:
             self.conv2_weight = nn.Parameter(torch.empty(shape))
             nn.init.kaiming_normal_(self.conv2_weight, mode="fan_in", nonlinearity="relu")
         self.conv2_bias = nn.Parameter(torch.zeros(CHANNELS))
         side = 28 // 4  # two 2x2 pools
         self.fc = nn.Linear(CHANNELS * side * side, num_classes)
+        if init == "notebook":
+            self.notebook_init_()
+
+    @torch.no_grad()
+    def notebook_init_(self) -> None:
+        """The author's notebook's initialisation (TensorFlow's truncated normal throughout)."""
+        truncated_normal_(self.conv1.weight, 0.0, 0.01)
+        nn.init.zeros_(self.conv1.bias)
+        if self.hyper:
+            hypernet = self.kernel_bank.hypernet
+            for layer in (hypernet.w_in, hypernet.w_out):
+                truncated_normal_(layer.weight, 0.0, 0.01)
+                nn.init.zeros_(layer.bias)
+            truncated_normal_(self.kernel_bank.z, 0.01, 1.0)  # truncated_normal_initializer(0.01): 0.01 is the MEAN
+        else:
+            truncated_normal_(self.conv2_weight, 0.0, 0.01)
+        nn.init.orthogonal_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
 
     def kernels(self) -> list[torch.Tensor]:
         """[the second layer's (16, 16, 7, 7) kernel], generated on each call if hyper."""
-        return self.kernel_bank() if self.hyper else [self.conv2_weight]
+        if not self.hyper:
+            return [self.conv2_weight]
+        (kernel,) = self.kernel_bank()  # (out, in, f, f): slice i is input channel i
+        return [kernel.transpose(0, 1) if self.slice_outputs else kernel]  # slice i is output filter i
 
     def kernel_sq_norm(self) -> torch.Tensor:
         """Sum of squares of the second layer's kernel (for an optional L2 penalty)."""
@@ -96,11 +145,52 @@ def mnist_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[obj
     m = groups["model"]
     m.add_argument("--plain", action="store_true", **d(False), help="store the second kernel (the paper's 'normal' row)")
     m.add_argument("--z-dim", type=positive_int, **d(Z_DIM), help="size of the z-embedding (the paper's N_z)")
+    m.add_argument("--init", choices=INITS, **d(None),
+                   help="scale-in-z: z ~ N(0, 0.05^2) carries the kernel's Kaiming scale; scale-in-hypernet: z ~ N(0, 1), "
+                        "the scale in the hypernetwork's output weights; notebook: the author's notebook's "
+                        "(default: notebook with --protocol notebook, else scale-in-z)")
+    groups["training"].add_argument(
+        "--protocol", choices=PROTOCOLS, **d("paper"),
+        help="paper: App. A.3.1 (Adam lr 0.001, pad-and-crop, early stopping after 20 epochs without progress, at "
+             "most 100 epochs); notebook: the author's notebook (Adam lr 0.005 x 0.999 per step down to 1e-4, "
+             "gradient norm clipped at 100, stretch-and-crop, 50 epochs, slices per output filter)")
+
+
+def mnist_defaults(args: argparse.Namespace, explicit: set[str]) -> None:
+    """The protocol's defaults for the flags not given: notebook runs 50 epochs with no early stop."""
+    notebook = args.protocol == "notebook"
+    if notebook and "epochs" not in explicit:
+        args.epochs = NOTEBOOK_EPOCHS
+    if notebook and "patience" not in explicit:
+        args.patience = None
+    if args.init is None:
+        args.init = "notebook" if notebook else "scale-in-z"
 
 
 def mnist_schedule(args: argparse.Namespace, steps_per_epoch: int) -> Schedule:
-    """Adam at a constant lr 0.001 (App. A.3.1); the run ends by early stopping or at --epochs."""
-    return Schedule("adam", 1e-3, args.epochs, args.epochs * steps_per_epoch, lambda step: 1.0)
+    """Paper: Adam at a constant lr 0.001 (App. A.3.1), until early stopping or --epochs.
+    Notebook: Adam from lr 0.005, x0.999 after every step down to a floor of lr/50 (1e-4),
+    the gradients' global norm clipped at 100."""
+    total = args.epochs * steps_per_epoch
+    if args.protocol == "notebook":
+        return Schedule("adam", 5e-3, args.epochs, total, lambda step: max(0.999**step, 0.02), clip_norm=100.0)
+    return Schedule("adam", 1e-3, args.epochs, total, lambda step: 1.0)
+
+
+def mnist_run_name(args: argparse.Namespace) -> str:
+    """mnist-hyper, mnist-plain-notebook, mnist-hyper-scale-in-hypernet, ...: protocol and init when not the default."""
+    name = f"mnist-{'plain' if args.plain else 'hyper'}"
+    if args.protocol != "paper":
+        name += f"-{args.protocol}"
+    if args.init != ("notebook" if args.protocol == "notebook" else "scale-in-z"):
+        name += f"-{args.init}"
+    return name
+
+
+def build_mnist(config: dict) -> MnistNet:
+    """The net a run's configuration describes (runs older than --init/--protocol are paper runs)."""
+    return MnistNet(not config["plain"], config["z_dim"], init=config.get("init") or "scale-in-z",
+                    slice_outputs=config.get("protocol", "paper") == "notebook")
 
 
 def mnist_paper_result(args: argparse.Namespace) -> str:
@@ -116,15 +206,17 @@ MNIST = Experiment(
                 "(Ha et al. 2017, Table 7) or stored (--plain).",
     add_arguments=mnist_arguments,
     defaults=FlagDefaults(
-        epochs=100, epochs_help="at most this many epochs", batch_size=1000, weight_decay=0.0, patience=20,
-        optimizer_help="default: adam", lr_help="default: 0.001",
+        epochs=100, epochs_help="at most this many epochs (default: 100, or 50 with --protocol notebook)",
+        batch_size=1000, weight_decay=0.0, patience=20,
+        optimizer_help="default: adam", lr_help="default: 0.001 (paper) or 0.005 (notebook)",
         data_help="folder holding MNIST/raw/ (torchvision's layout)", run_name_example="mnist-hyper"),
     load_data=load_mnist,
-    augment=augment_mnist,
-    build_model=lambda config: MnistNet(not config["plain"], config["z_dim"]),
+    augment=lambda config: stretch_mnist if config.get("protocol") == "notebook" else augment_mnist,
+    build_model=build_mnist,
     schedule=mnist_schedule,
-    run_name=lambda args: f"mnist-{'plain' if args.plain else 'hyper'}",
+    run_name=mnist_run_name,
     paper_result=mnist_paper_result,
+    resolve_defaults=mnist_defaults,
 )
 
 

@@ -141,7 +141,8 @@ def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Run(experiment, args, device, dist, precision, memory_format, run_dir, log_dir, generators, data, model, model,
                optimizer, scheduler, schedule, batch_size, steps_per_epoch, n_params,
-               cpu_note_due=device.type == "cpu" and args.epochs is None, lock=lock, scaler=grad_scaler(device, precision))
+               cpu_note_due=device.type == "cpu" and args.epochs is None, lock=lock, scaler=grad_scaler(device, precision),
+               augment=experiment.augment(vars(args)))
 
 
 def restore(run: Run, ckpt: dict) -> None:

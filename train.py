@@ -92,7 +92,7 @@ CIFAR10 = Experiment(
         lr_help="base lr (default: 0.002 hyper, 0.1 plain)", data_help="folder holding cifar-10-batches-py/",
         run_name_example="hyper-40-1", precise_bn=2000),
     load_data=load_cifar10,
-    augment=augment_cifar,
+    augment=lambda config: augment_cifar,
     build_model=build_model,
     schedule=cifar_schedule,
     run_name=lambda args: model_name(args.depth, args.width, not args.plain),
