@@ -31,6 +31,7 @@ import mnist
 import train
 from checkpointing import experiment_of, load_checkpoint
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
+from experiment import build_parser as build_experiment_parser
 from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
 
 EXPERIMENTS = {e.name: e for e in (train.CIFAR10, mnist.MNIST)}
@@ -43,6 +44,8 @@ CONFIG_KEYS = {"cifar10": {"depth", "width", "plain", "z_dim", "shortcut", "epoc
                "mnist": {"plain", "z_dim", "epochs", "batch_size", "seed"}}
 RUN_COLUMNS = ["run", "test error", "val error", "best epoch", "epochs", "steps x batch", "stopped", "device", "wall time"]
 SEED_COLUMNS = ["configuration", "epochs", "paper test error", "n", "seeds", "test error", "val error", "test error range"]
+# Flags newer than some archived runs: a run that lacks one ran with this value.
+NEWER_FLAGS = {"cifar10": {"precise_bn": 0}, "mnist": {"precise_bn": 0, "protocol": "paper", "init": "scale-in-z"}}
 LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds"}  # words; the other columns are numbers
 
 
@@ -166,7 +169,14 @@ def run_identity(run: Run) -> str:
     resume cannot change them). Runs of one default name (hyper-40-1) that differ in, e.g.,
     --z-dim are different runs."""
     flags = {k: run.config[k] for k in CONFIG_KEYS[run.experiment]}
+    flags.update({k: setting(run, k) for k in NEWER_FLAGS[run.experiment]})
     return json.dumps([run.experiment, run.name, flags], sort_keys=True)
+
+
+def setting(run: Run, flag: str):
+    """RUN's value of a flag in NEWER_FLAGS, the value it ran with if it predates the flag."""
+    value = run.config.get(flag)
+    return NEWER_FLAGS[run.experiment][flag] if value is None else value
 
 
 def find_runs(roots: list[Path]) -> list[Run]:
@@ -218,7 +228,9 @@ def wall_time(seconds: float) -> str:
 def planned_epochs(run: Run) -> int:
     """The run's length in epochs: --epochs, or the paper's step count at the run's steps per epoch."""
     steps_per_epoch = max(1, run.step // max(1, run.epoch))
-    return EXPERIMENTS[run.experiment].schedule(argparse.Namespace(**run.config), steps_per_epoch).epochs
+    experiment = EXPERIMENTS[run.experiment]
+    config = {**vars(build_experiment_parser(experiment).parse_args([])), **run.config}  # flags newer than the run
+    return experiment.schedule(argparse.Namespace(**config), steps_per_epoch).epochs
 
 
 def stop_status(run: Run) -> str:
@@ -271,7 +283,7 @@ class PaperTable:
 def seed_group(run: Run) -> tuple:
     """What a run's result depends on besides its seed: runs with equal groups are seeds of one configuration."""
     keys = sorted(CONFIG_KEYS[run.experiment] - {"seed"})
-    return (run.experiment, *(run.config.get(k) for k in keys), run.config.get("precise_bn", 0))
+    return (run.experiment, *(run.config.get(k) for k in keys), *(setting(run, k) for k in sorted(NEWER_FLAGS[run.experiment])))
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
@@ -343,7 +355,8 @@ def cifar_describe(run: Run) -> str:
 
 
 def mnist_key(run: Run) -> bool | None:
-    return run.hyper if run.config["z_dim"] == mnist.Z_DIM else None
+    paper_setup = run.config["z_dim"] == mnist.Z_DIM and setting(run, "protocol") == "paper"
+    return run.hyper if paper_setup and setting(run, "init") == "scale-in-z" else None
 
 
 def mnist_cells(hyper: bool, paper: tuple[float, int]) -> list[str]:
@@ -353,7 +366,11 @@ def mnist_cells(hyper: bool, paper: tuple[float, int]) -> list[str]:
 
 
 def mnist_describe(run: Run) -> str:
-    return f"{'hyper' if run.hyper else 'normal'}, z_dim {run.config['z_dim']}"
+    """E.g. "hyper, z_dim 4", and the protocol and init where they are not the paper's."""
+    words = f"{'hyper' if run.hyper else 'normal'}, z_dim {run.config['z_dim']}"
+    if (setting(run, "protocol"), setting(run, "init")) != ("paper", "scale-in-z"):
+        words += f", {setting(run, 'protocol')} protocol, init {setting(run, 'init')}"
+    return words
 
 
 def paper_tables() -> list[PaperTable]:

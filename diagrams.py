@@ -6,7 +6,9 @@
     architecture.png   z's -> one shared hypernetwork -> 16x16x3x3 tiles -> each stage's
                        kernels, with the tile grids and parameter counts of Hyper-40-1 and 40-2
     curves_cifar.png   training loss and validation/test error per epoch, hyper and plain runs
-    curves_mnist.png   the same for the MNIST runs
+    curves_mnist.png   the same for the MNIST runs with the paper's protocol and init
+    curves_mnist_notebook.png, curves_mnist_init.png
+                       MNIST with the author's notebook protocol; with another --init
     kernels_RUN.png    one generated layer of a hyper run, at initialisation and after training
 
 Runs are found and read by compare.py (a checkpoint folder or an archived one, alike).
@@ -42,7 +44,21 @@ COLOURS = {"z": "#cfe2f3", "hypernet": "#f9cb9c", "tile": "#d9ead3", "tile_edge"
            "rest": "#d9d9d9", "edge": "#444444"}
 RUN_COLOURS = {True: ["tab:blue", "tab:purple", "tab:cyan", "tab:green"],  # hyper runs
                False: ["tab:orange", "tab:red", "tab:brown", "tab:olive"]}  # plain runs
-CURVES = {"cifar10": ("curves_cifar.png", "CIFAR-10"), "mnist": ("curves_mnist.png", "MNIST")}  # file, title
+
+
+def mnist_setup(run: compare.Run) -> tuple[str, str]:
+    """An MNIST run's (protocol, init), with the values runs older than those flags ran with."""
+    return compare.setting(run, "protocol"), compare.setting(run, "init")
+
+
+# One figure of learning curves per (file, title, which runs).
+CURVES = [("curves_cifar.png", "CIFAR-10", lambda run: run.experiment == "cifar10"),
+          ("curves_mnist.png", "MNIST, the paper's protocol",
+           lambda run: run.experiment == "mnist" and mnist_setup(run) == ("paper", "scale-in-z")),
+          ("curves_mnist_notebook.png", "MNIST, the author's notebook protocol",
+           lambda run: run.experiment == "mnist" and mnist_setup(run)[0] == "notebook"),
+          ("curves_mnist_init.png", "MNIST, the paper's protocol with another --init",
+           lambda run: run.experiment == "mnist" and mnist_setup(run)[0] == "paper" and mnist_setup(run)[1] != "scale-in-z")]
 SHOWN_LAYER = {"cifar10": "stage 1, block 1, first conv", "mnist": "layer 2"}  # the first generated kernel
 
 
@@ -289,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="diagrams.py",
         description="Draw PNGs into --out: architecture.png (from the live models), curves_cifar.png and "
-                    "curves_mnist.png (the runs' metrics), and kernels_RUN.png for each hyper run (a generated "
+                    "curves_mnist*.png (the runs' metrics), and kernels_RUN.png for each hyper run (a generated "
                     "kernel at initialisation and after training).",
         formatter_class=HelpFormatter,
     )
@@ -305,10 +321,10 @@ def draw_all(args: argparse.Namespace) -> None:
     runs = compare.find_runs([Path(d) for d in args.runs or ["checkpoints"]])
     out = writable_dir(Path(args.out), "--out folder")
     save(draw_architecture(), out / "architecture.png")
-    for experiment, (filename, name) in CURVES.items():
-        with_metrics = [run for run in runs if run.experiment == experiment and run.metrics]
+    for filename, name, chosen in CURVES:
+        with_metrics = [run for run in runs if chosen(run) and run.metrics]
         if not with_metrics:
-            print(f"note: no {name} runs with metrics.jsonl: {filename} not drawn")
+            print(f"note: no runs of {name} with metrics.jsonl: {filename} not drawn")
             continue
         save(draw_curves(with_metrics, f"{name}: learning curves"), out / filename)
     for run in (run for run in runs if run.hyper):

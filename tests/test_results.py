@@ -234,7 +234,11 @@ def test_diagrams_draws_every_figure(runs, tmp_path, capsys):
     names = ["architecture.png", "curves_cifar.png", "curves_mnist.png", "kernels_hyper-10-1.png",
              "kernels_mnist-hyper.png"]
     assert sorted(p.name for p in out.iterdir()) == names
-    assert sorted(capsys.readouterr().out.splitlines()) == [str(out / name) for name in names]
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line for line in lines if not line.startswith("note: ")) == [str(out / name) for name in names]
+    assert [line for line in lines if line.startswith("note: ")] == [  # these runs are all of the paper's protocol
+        "note: no runs of MNIST, the author's notebook protocol with metrics.jsonl: curves_mnist_notebook.png not drawn",
+        "note: no runs of MNIST, the paper's protocol with another --init with metrics.jsonl: curves_mnist_init.png not drawn"]
     for name in names:
         assert_picture(out / name)
 
@@ -244,7 +248,7 @@ def test_diagrams_without_runs_draws_the_architecture_only(tmp_path, capsys):
     assert diagrams.main(["--runs", str(tmp_path / "empty"), "--out", str(tmp_path / "figures")]) == 0
     assert [p.name for p in (tmp_path / "figures").iterdir()] == ["architecture.png"]
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
-    assert len(notes) == 2 and "curves_cifar.png not drawn" in notes[0] and "curves_mnist.png" in notes[1]
+    assert len(notes) == 4 and "curves_cifar.png not drawn" in notes[0] and "curves_mnist.png" in notes[1]
 
 
 def test_kernels_start_where_fit_started_and_end_as_trained(runs):
