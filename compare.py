@@ -29,7 +29,7 @@ import torch
 
 import mnist
 import train
-from checkpointing import experiment_of, load_checkpoint
+from checkpointing import atomic_save, atomic_write_text, experiment_of, load_checkpoint
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
 from experiment import build_parser as build_experiment_parser
 from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
@@ -426,12 +426,13 @@ def archive(runs: list[Run], dest: Path) -> list[Path]:
                    "experiment": run.experiment}
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "run.json").write_text(json.dumps(summary, indent=1) + "\n")
-            (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in run.metrics))
-            if run.kernel_bank:
-                torch.save({k: v.clone() for k, v in run.kernel_bank.items()}, folder / "kernel_bank.pt")
         except OSError as e:
             raise UserError(f"cannot archive to {folder} ({e.strerror or e})") from None
+        # Each file whole or not at all (atomic_*: a full disk is one line, an older copy stays intact).
+        atomic_write_text(json.dumps(summary, indent=1) + "\n", folder / "run.json")
+        atomic_write_text("".join(json.dumps(m) + "\n" for m in run.metrics), folder / "metrics.jsonl")
+        if run.kernel_bank:
+            atomic_save({k: v.clone() for k, v in run.kernel_bank.items()}, folder / "kernel_bank.pt")
         written.append(folder)
     return written
 

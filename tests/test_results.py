@@ -1,6 +1,7 @@
 """compare.py and diagrams.py on tiny real runs: the tables, the archive, bad runs, the figures."""
 
 import dataclasses
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpointing
 import compare
 import diagrams
 import mnist
@@ -154,6 +156,23 @@ def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
     from_archive = diagrams.layer_kernels(compare.read_run(archive / "hyper-10-1"))
     from_checkpoint = diagrams.layer_kernels(compare.read_run(runs.checkpoints / "hyper-10-1"))
     assert torch.equal(from_archive.init, from_checkpoint.init) and torch.equal(from_archive.trained, from_checkpoint.trained)
+
+
+def test_archive_on_a_full_disk_is_one_line_and_keeps_the_older_copy(runs, tmp_path, capsys, monkeypatch):
+    archive = tmp_path / "archive"
+    write_report([runs.checkpoints], tmp_path / "a.md", "--archive", str(archive))
+    before = {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()}
+    capsys.readouterr()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing.os, "fsync", full_disk)
+    code = compare.main(["--runs", str(runs.checkpoints), "--out", str(tmp_path / "b.md"), "--archive", str(archive)])
+    err = capsys.readouterr().err.strip().splitlines()  # the report was written; the archive was not
+    assert code == 1 and err[0].startswith("wrote ") and len(err) == 2
+    assert err[1].startswith("error: cannot write ") and "the disk is full" in err[1] and str(archive) in err[1]
+    assert {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before  # every file whole, no temporary left
 
 
 def test_unreadable_runs_are_skipped_with_one_warning_each(runs, tmp_path, capsys):
