@@ -45,7 +45,7 @@ CONFIG_KEYS = {"cifar10": {"depth", "width", "plain", "z_dim", "shortcut", "epoc
 RUN_COLUMNS = ["run", "test error", "val error", "best epoch", "epochs", "steps x batch", "stopped", "device", "wall time"]
 SEED_COLUMNS = ["configuration", "epochs", "paper test error", "n", "seeds", "test error", "val error", "test error range"]
 # Flags newer than some archived runs: a run that lacks one ran with this value.
-NEWER_FLAGS = {"cifar10": {"precise_bn": 0}, "mnist": {"precise_bn": 0, "protocol": "paper", "init": "scale-in-z"}}
+NEWER_FLAGS = {"cifar10": {"precise_bn": 0, "init": "scale-in-z"}, "mnist": {"precise_bn": 0, "protocol": "paper", "init": "scale-in-z"}}
 LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds"}  # words; the other columns are numbers
 
 
@@ -340,7 +340,9 @@ def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list
 
 def cifar_key(run: Run) -> tuple[int, int, bool] | None:
     c = run.config
-    return (c["depth"], c["width"], run.hyper) if (c["z_dim"], c["shortcut"]) == (CIFAR_Z_DIM, CIFAR_SHORTCUT) else None
+    default_init = not run.hyper or setting(run, "init") == "scale-in-z"
+    paper_setup = (c["z_dim"], c["shortcut"]) == (CIFAR_Z_DIM, CIFAR_SHORTCUT) and default_init
+    return (c["depth"], c["width"], run.hyper) if paper_setup else None
 
 
 def cifar_cells(key: tuple[int, int, bool], paper: tuple[float, float]) -> list[str]:
@@ -351,7 +353,8 @@ def cifar_cells(key: tuple[int, int, bool], paper: tuple[float, float]) -> list[
 
 def cifar_describe(run: Run) -> str:
     c = run.config
-    return f"{model_name(c['depth'], c['width'], run.hyper)}, z_dim {c['z_dim']}, shortcut {c['shortcut']}"
+    words = f"{model_name(c['depth'], c['width'], run.hyper)}, z_dim {c['z_dim']}, shortcut {c['shortcut']}"
+    return words + (f", init {setting(run, 'init')}" if run.hyper and setting(run, "init") != "scale-in-z" else "")
 
 
 def mnist_key(run: Run) -> bool | None:

@@ -61,6 +61,8 @@ class PrimaryNetwork(nn.Module):
         z_dim: Size of each z-embedding (and of the hypernetwork's hidden layer).
         shortcut: ``"pad"`` (parameter-free, matches the paper's counts) or ``"conv"``
             (1x1 projection) where a block changes shape.
+        scale_in: Where the generated kernels' initial (Kaiming) scale lives: ``"z"`` or
+            ``"hypernet"`` (z's of unit scale; see `KernelBank`).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class PrimaryNetwork(nn.Module):
         hyper: bool = True,
         z_dim: int = 64,
         shortcut: str = "pad",
+        scale_in: str = "z",
     ):
         super().__init__()
         if width < 1:
@@ -93,7 +96,7 @@ class PrimaryNetwork(nn.Module):
 
         shapes = [s for block in self.blocks for s in block.kernel_shapes()]
         if hyper:
-            self.kernel_bank = KernelBank(shapes, HyperNetwork(z_dim, TILE, TILE, 3))
+            self.kernel_bank = KernelBank(shapes, HyperNetwork(z_dim, TILE, TILE, 3), scale_in=scale_in)
         else:
             self.stored_kernels = nn.ParameterList(nn.Parameter(torch.empty(s)) for s in shapes)
             for w in self.stored_kernels:

@@ -22,6 +22,7 @@ from experiment import Experiment, FlagDefaults, Schedule
 from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_name
 from runner import fit, main as run_main
 
+INITS = ("scale-in-z", "scale-in-hypernet")  # --init: where a HyperResNet's initial kernel scale lives (the first: default)
 # Paper App. A.3.2, batch 128. Boundaries in steps; lr multipliers of the base lr.
 SCHEDULES = {
     "hyper": dict(optimizer="adam", lr=0.002, total=672_000, boundaries=[168_000, 336_000, 504_000], factors=[1, 0.5, 0.1, 0.025]),
@@ -47,14 +48,24 @@ def cifar_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[obj
     m.add_argument("--plain", action="store_true", **d(False), help="train the plain WRN baseline, not the hypernetwork")
     m.add_argument("--z-dim", type=positive_int, **d(64), help="size of each z-embedding")
     m.add_argument("--shortcut", choices=["pad", "conv"], **d("pad"), help="shortcut where a block changes shape")
+    m.add_argument("--init", choices=INITS, **d(INITS[0]),
+                   help="hyper: where the kernels' initial Kaiming scale lives: in the z's (std 0.03-0.12), or in the "
+                        "hypernetwork's output weights with z's of unit scale (hyperfan-in style)")
     groups["training"].add_argument("--schedule", choices=["paper"], **d("paper"),
                                     help="lr schedule (App. A.3.2: Table 9 hyper, Table 8 plain)")
 
 
+def cifar_run_name(args: argparse.Namespace) -> str:
+    """hyper-40-1, wrn-40-2, ..., and the init where it is not the default (hyper-40-1-scale-in-hypernet)."""
+    name = model_name(args.depth, args.width, not args.plain)
+    return name if args.plain or args.init == INITS[0] else f"{name}-{args.init}"
+
+
 def build_model(config: dict) -> PrimaryNetwork:
     """The network a run's configuration (its arguments, as saved in checkpoints) describes."""
+    scale_in = "hypernet" if config.get("init") == "scale-in-hypernet" else "z"  # runs older than --init: z
     return PrimaryNetwork(config["depth"], config["width"], hyper=not config["plain"], z_dim=config["z_dim"],
-                          shortcut=config["shortcut"])
+                          shortcut=config["shortcut"], scale_in=scale_in)
 
 
 def schedule_for(args: argparse.Namespace, steps_per_epoch: int) -> tuple[dict, int, int]:
@@ -95,7 +106,7 @@ CIFAR10 = Experiment(
     augment=lambda config: augment_cifar,
     build_model=build_model,
     schedule=cifar_schedule,
-    run_name=lambda args: model_name(args.depth, args.width, not args.plain),
+    run_name=cifar_run_name,
     paper_result=cifar_paper_result,
 )
 

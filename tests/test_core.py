@@ -143,13 +143,16 @@ def test_output_shape(hyper):
     assert PrimaryNetwork(10, 1, num_classes=7, hyper=hyper)(torch.randn(1, 3, 32, 32)).shape == (1, 7)
 
 
+@pytest.mark.parametrize("scale_in", ["z", "hypernet"])
 @pytest.mark.parametrize("width", [1, 2])
-def test_generated_kernels_start_with_kaiming_std(width):
+def test_generated_kernels_start_with_kaiming_std(width, scale_in):
     torch.manual_seed(0)
-    net = PrimaryNetwork(40, width, hyper=True)
+    net = PrimaryNetwork(40, width, hyper=True, scale_in=scale_in)
     for kernel in net.kernels():
         target = math.sqrt(2.0 / (kernel.shape[1] * 9))
         assert abs(kernel.std().item() / target - 1) < 0.2, (tuple(kernel.shape), kernel.std().item(), target)
+    z_std = net.kernel_bank.z.std().item()
+    assert 0.7 < z_std < 1.3 if scale_in == "hypernet" else z_std < 0.15  # unit-scale z, or z carrying the scale
 
 
 def test_kernels_passed_in_are_used():

@@ -301,10 +301,10 @@ def test_mosaic_puts_slice_o_i_at_row_o_column_i():
 # ----------------------------------------------------------------------------- runs that differ only in z_dim
 
 
-def archived_hyper_40_1(folder: Path, z_dim: int, test_error: float) -> None:
-    """An archived Hyper-40-1 run (run.json) under its default name, identical but for z_dim."""
+def archived_hyper_40_1(folder: Path, z_dim: int, test_error: float, **flags) -> None:
+    """An archived Hyper-40-1 run (run.json) under its default name, identical but for z_dim (and FLAGS)."""
     config = {"experiment": "cifar10", "depth": 40, "width": 1, "plain": False, "z_dim": z_dim, "shortcut": "pad",
-              "epochs": 20, "batch_size": 128, "seed": 0, "run_name": "hyper-40-1"}
+              "epochs": 20, "batch_size": 128, "seed": 0, "run_name": "hyper-40-1", **flags}
     summary = {"config": config, "best": {"epoch": 19, "step": 6669, "val_error": test_error + 1, "test_error": test_error},
                "epoch": 20, "step": 7020, "elapsed_seconds": 60.0, "device": "cpu", "num_parameters": 1,
                "experiment": "cifar10"}
@@ -333,3 +333,14 @@ def test_runs_of_different_z_dim_stay_apart(z64_first, tmp_path, capsys):
     text = write_report([*roots, tmp_path / "copy"], tmp_path / "again.md")
     assert len(table_rows(text)["hyper-40-1"]) == 1 and len(table_rows(text)["hyper-40-1, z_dim 16, shortcut pad"]) == 1
     assert "note: skipped" in capsys.readouterr().err
+
+
+def test_a_run_with_another_init_is_not_a_paper_row(tmp_path):
+    archived_hyper_40_1(tmp_path / "runs" / "hyper-40-1", 64, 11.0)
+    archived_hyper_40_1(tmp_path / "runs" / "hyper-40-1-scale-in-hypernet", 64, 9.0, init="scale-in-hypernet",
+                        run_name="hyper-40-1-scale-in-hypernet")
+    rows = table_rows(write_report([tmp_path / "runs"], tmp_path / "results.md"))
+    (paper_row,) = rows["hyper-40-1"]
+    assert paper_row[4:6] == ["`hyper-40-1`", "11.00%"]
+    (other,) = rows["hyper-40-1, z_dim 64, shortcut pad, init scale-in-hypernet"]
+    assert other[2:4] == ["`hyper-40-1-scale-in-hypernet`", "9.00%"]

@@ -73,6 +73,17 @@ def test_plain_run_uses_sgd(tmp_path, cifar_dir):
     assert not any("kernel_bank" in k for k in ckpt["model"])
 
 
+def test_init_flag_names_the_run_and_builds_unit_scale_z():
+    args, _ = parse_args(train.CIFAR10, ["--init", "scale-in-hypernet", "--depth", "10"])
+    assert args.run_name == "hyper-10-1-scale-in-hypernet"
+    assert parse_args(train.CIFAR10, ["--init", "scale-in-hypernet", "--plain"])[0].run_name == "wrn-40-1"
+    assert parse_args(train.CIFAR10, [])[0].run_name == "hyper-40-1"
+    torch.manual_seed(0)
+    unit = train.build_model(vars(args)).kernel_bank
+    old = train.build_model({k: v for k, v in vars(args).items() if k != "init"}).kernel_bank  # a run older than --init
+    assert (unit.scale_in, old.scale_in) == ("hypernet", "z") and unit.z.std() > 0.7 > 0.15 > old.z.std()
+
+
 @pytest.mark.parametrize("flags,precision,channels_last", [
     (["--amp", "bf16"], "bf16", False), (["--amp", "fp16"], "fp16", False), (["--channels-last"], "fp32", True)])
 def test_cuda_default_paths_run_on_cpu(flags, precision, channels_last, tmp_path, cifar_dir):
