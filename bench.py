@@ -9,6 +9,9 @@
    sizes: Hyper-WRN-40-k vs WRN-40-k, k = 1, 2.
 3. `train.py` end to end (data pipeline, augmentation, logging: images/s of its
    fastest epoch on a small fake CIFAR-10) vs the bare step rate of 2 (fastest block).
+4. What `--precise-bn 2000` adds to every epoch of Hyper-WRN-40-1: the recomputation
+   plus the running-statistics validation pass logged beside it, as a fraction of the
+   epoch's training steps (45,000 images at --batch-size).
 
 Times are medians over --repeats. Compared functions run in turn (A B A B ...), and a
 ratio is the median of the per-pair ratios, so drift in a shared machine's speed
@@ -34,12 +37,13 @@ import torch
 import train
 from checkpointing import atomic_write_text
 from cli import ArgumentParser, HelpFormatter, positive_int, run_cli
-from data import write_synthetic_cifar
+from data import Normalize, write_synthetic_cifar
 from devices import Precision, grad_scaler, pick_device
-from engine import build_optimizer, train_step
+from engine import build_optimizer, evaluate, precise_bn, train_step
 from hypernetwork_modules import KernelBank
 from primary_net import PrimaryNetwork
 
+CIFAR_TRAIN_IMAGES = 45_000  # train.py's training split (50,000 less --val-size 5000)
 # Targets of issue 5 (CPU, 2 threads): hyper/plain step-time ratio by batch size.
 TARGETS = {"step_128": 1.05, "step_8": 1.12, "generation_speedup_40_2": 30.0, "pipeline": 0.95}
 
@@ -167,6 +171,28 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
     return {"train_py_images_per_s": train_rate, "bare_step_images_per_s": bare_rate, "ratio": train_rate / bare_rate}
 
 
+def precise_bn_bench(device: torch.device, args: argparse.Namespace, repeats: int) -> dict:
+    """Section 4: the per-epoch cost of precise BN (as `engine.evaluate_run` spends it) vs
+    the epoch's training steps, each timed as the median of REPEATS, in turn."""
+    step = StepRunner(1, True, args.batch_size, device, args)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.val_size, 3, 32, 32), dtype=torch.uint8, generator=gen).to(device)
+    labels = torch.randint(0, 10, (args.val_size,), generator=gen).to(device)
+    normalize = Normalize(images)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    n = min(args.precise_bn, args.val_size)
+
+    def overhead():
+        evaluate(step.model, images, labels, normalize, 1000, memory_format, step.precision)  # the running-stats error
+        precise_bn(step.model, images[:n], normalize, min(args.batch_size, n), memory_format, step.precision)
+
+    step_times, overhead_times = interleaved_times([step, overhead], repeats, device)
+    steps = CIFAR_TRAIN_IMAGES // args.batch_size
+    t_step, t_overhead = statistics.median(step_times), statistics.median(overhead_times)
+    return {"images": n, "val_images": args.val_size, "steps_per_epoch": steps, "step_s": t_step,
+            "overhead_s": t_overhead, "fraction_of_epoch": t_overhead / (steps * t_step)}
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where to measure")
@@ -179,6 +205,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False, help="channels_last memory format")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast dtype (fp16 with a GradScaler)")
     p.add_argument("--skip-pipeline", action="store_true", help="leave out section 3")
+    p.add_argument("--precise-bn", type=positive_int, default=train.CIFAR10.defaults.precise_bn, metavar="IMAGES",
+                   help="section 4: images of the precise-BN recomputation (train.py's default)")
+    p.add_argument("--val-size", type=positive_int, default=5000, help="section 4: validation images (train.py's default)")
     p.add_argument("--json", metavar="PATH", help="also write the numbers here")
     p.add_argument("--out", metavar="PATH", help="also write the printed report (Markdown) here")
     return p
@@ -220,6 +249,11 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[
         rows.append(f"| train.py end to end vs bare step, Hyper-40-1, batch {args.batch_size} | "
                     f"{e['train_py_images_per_s']:.0f} img/s | {e['bare_step_images_per_s']:.0f} img/s | {e['ratio']:.3f}x | "
                     f">= {TARGETS['pipeline']:.2f}x | {'yes' if e['ratio'] >= TARGETS['pipeline'] else 'NO'} |")
+    p = precise_bn_bench(device, args, args.repeats)
+    results["precise_bn"] = p
+    rows.append(f"| --precise-bn {p['images']} per epoch, Hyper-40-1, batch {args.batch_size}: recompute + running-stats "
+                f"pass over {p['val_images']} val images vs {p['steps_per_epoch']} train steps | {p['overhead_s']:.2f} s | "
+                f"{p['steps_per_epoch'] * p['step_s']:.1f} s | {100 * p['fraction_of_epoch']:.1f}% of an epoch | | |")
     return results, rows
 
 
