@@ -49,10 +49,8 @@ CHANNELS = 16  # both conv layers (= the hypernetwork's in_size and out_size)
 KERNEL = 7  # both conv layers are 7x7 (the hypernetwork's f_size)
 Z_DIM = 4  # the paper's N_z for MNIST
 NOTEBOOK_EPOCHS = 50  # the author's notebook trains 50 epochs and keeps the best validation epoch's test error
-
-
-INITS = ("scale-in-z", "scale-in-hypernet", "notebook")
-PROTOCOLS = ("paper", "notebook")
+INITS = ("scale-in-z", "scale-in-hypernet", "notebook")  # --init choices (see MnistNet)
+PROTOCOLS = ("paper", "notebook")  # --protocol choices
 
 
 def truncated_normal_(t: torch.Tensor, mean: float, std: float) -> torch.Tensor:
