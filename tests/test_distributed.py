@@ -145,3 +145,22 @@ def test_full_disk_on_rank_0_stops_every_rank_within_seconds(data, tmp_path):
     rank1 = re.search(r"rank\s*: 1 \(local_rank: 1\)\s*exitcode\s*: (-?\d+)", err)
     assert rank1 and rank1.group(1) == "1", "rank 1 must stop by itself (exit 1), not be killed by torchrun (-15)"
     assert torch.load(tmp_path / "ck" / "hyper-10-1" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_hypernetize_under_ddp_trains_like_one_process_on_the_whole_batch(tmp_path):
+    """DDP averages the z's and the hypernetwork's gradients like any parameters: both
+    ranks end identical, and equal to one process that saw each whole batch."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import ddp_hypernetize
+
+    finish(torchrun("tests/ddp_hypernetize.py", str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    torch.manual_seed(0)
+    alone = ddp_hypernetize.hypernetize(ddp_hypernetize.small_cnn(), z_dim=8)
+    assert any(k.startswith("kernel_bank.") for k in alone.state_dict())
+    before = {k: v.clone() for k, v in alone.state_dict().items()}
+    ddp_hypernetize.train(alone, alone, rank=0, world=1)
+    for key, value in alone.state_dict().items():
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+        torch.testing.assert_close(ranks[0][key], value, rtol=1e-5, atol=1e-6, msg=key)
+        assert key.endswith(".bias") or not torch.equal(value, before[key]), key  # every tensor trained
