@@ -43,7 +43,11 @@ BEST_KEYS = {"epoch", "step", "val_error", "test_error"}
 CONFIG_KEYS = {"cifar10": {"depth", "width", "plain", "z_dim", "shortcut", "epochs", "batch_size", "seed"},
                "mnist": {"plain", "z_dim", "epochs", "batch_size", "seed"}}
 RUN_COLUMNS = ["run", "test error", "val error", "best epoch", "epochs", "steps x batch", "stopped", "device", "wall time"]
-SEED_COLUMNS = ["configuration", "epochs", "paper test error", "n", "seeds", "test error", "val error", "test error range"]
+SEED_COLUMNS = ["configuration", "epochs", "paper test error", "n", "seeds", "test error", "val error", "test error range",
+                "95% interval of the mean test error"]
+# Student's t, 97.5% quantile, by degrees of freedom (n - 1); beyond 30 the value at 30 (slightly wide).
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 # Flags newer than some archived runs: a run that lacks one ran with this value.
 NEWER_FLAGS = {"cifar10": {"precise_bn": 0, "init": "scale-in-z"}, "mnist": {"precise_bn": 0, "protocol": "paper", "init": "scale-in-z"}}
 LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds"}  # words; the other columns are numbers
@@ -299,9 +303,17 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}%"
 
 
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    """The two-sided 95% t-interval of the mean of VALUES (at least two)."""
+    mean, n = statistics.mean(values), len(values)
+    half = T_975[min(n - 1, len(T_975)) - 1] * statistics.stdev(values) / n**0.5
+    return mean - half, mean + half
+
+
 def seed_rows(table: PaperTable, runs: list[Run]) -> list[list[str]]:
     """One row per configuration with several finished runs: n, their seeds, mean ± sd of the
-    test and validation errors (at each run's best validation epoch), and the range."""
+    test and validation errors (at each run's best validation epoch), the range, and the
+    95% t-interval of the mean test error (the runs taken as independent draws)."""
     finished = [run for run in runs if stop_status(run) != "unfinished"]
     rows = []
     for group in (g for g in seed_groups(finished) if len(g) > 1):  # a seed rerun elsewhere counts as a run of its own
@@ -311,7 +323,7 @@ def seed_rows(table: PaperTable, runs: list[Run]) -> list[list[str]]:
         epochs = group[0].config["epochs"]
         rows.append([table.describe(group[0]), "paper schedule" if epochs is None else f"{epochs}", paper, str(len(group)),
                      ", ".join(str(seed) for seed in sorted(r.config["seed"] for r in group)), mean_sd(tests), mean_sd(vals),
-                     f"{percent(min(tests))} - {percent(max(tests))}"])
+                     f"{percent(min(tests))} - {percent(max(tests))}", " - ".join(map(percent, mean_interval(tests)))])
     return rows
 
 

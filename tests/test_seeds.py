@@ -34,6 +34,8 @@ def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2:5] == ["0.76%", "2", "3, 7"]
     assert cells[5] == f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}%"
+    half = 12.706 * statistics.stdev(tests) / 2**0.5  # t(0.975, 1 degree of freedom)
+    assert cells[8] == f"{statistics.mean(tests) - half:.2f}% - {statistics.mean(tests) + half:.2f}%"
 
 
 def test_a_failing_seed_is_one_line(tmp_path, monkeypatch, capsys):
@@ -44,3 +46,11 @@ def test_a_failing_seed_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err == ["error: seed(s) 0 failed: see their seeds.log"]
     assert "no MNIST at" in (tmp_path / "ck" / "mnist-hyper-seed0" / "seeds.log").read_text()
+
+
+def test_mean_interval_is_the_t_interval():
+    low, high = compare.mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])  # mean 3, sd sqrt(2.5), t(0.975, 4) = 2.776
+    half = 2.776 * 2.5**0.5 / 5**0.5
+    assert abs(low - (3 - half)) < 1e-9 and abs(high - (3 + half)) < 1e-9
+    low, high = compare.mean_interval([2.0] * 40)  # no spread: no width, and more than 31 runs is fine
+    assert low == high == 2.0
