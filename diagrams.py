@@ -185,7 +185,7 @@ def draw_curves(runs: list[compare.Run], title: str) -> Figure:
         hyper = group[0].hyper
         colour = RUN_COLOURS[hyper][used[hyper] % len(RUN_COLOURS[hyper])]
         used[hyper] += 1
-        label = group[0].name if len(group) == 1 else f"{group[0].name} and {len(group) - 1} more seeds: mean, min-max"
+        label = group[0].name if len(group) == 1 else f"{group[0].name} and {len(group) - 1} more runs (seeds): mean, min-max"
         draw_group(loss_ax, "train_loss", group, colour, "-o", label)
         draw_group(error_ax, "val_error", group, colour, "--", None)
         draw_group(error_ax, "test_error", group, colour, "-o", None)
