@@ -176,12 +176,12 @@ def mnist_schedule(args: argparse.Namespace, steps_per_epoch: int) -> Schedule:
 
 
 def mnist_run_name(args: argparse.Namespace) -> str:
-    """mnist-hyper, mnist-plain-notebook, mnist-hyper-scale-in-hypernet, ...: protocol and init when not the default."""
+    """mnist-hyper, mnist-plain-notebook, mnist-hyper-init-scale-in-hypernet, ...: protocol and init when not the default."""
     name = f"mnist-{'plain' if args.plain else 'hyper'}"
     if args.protocol != "paper":
         name += f"-{args.protocol}"
     if args.init != ("notebook" if args.protocol == "notebook" else "scale-in-z"):
-        name += f"-{args.init}"
+        name += f"-init-{args.init}"  # not "-notebook": that names the protocol
     return name
 
 

@@ -56,9 +56,9 @@ def cifar_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[obj
 
 
 def cifar_run_name(args: argparse.Namespace) -> str:
-    """hyper-40-1, wrn-40-2, ..., and the init where it is not the default (hyper-40-1-scale-in-hypernet)."""
+    """hyper-40-1, wrn-40-2, ..., and the init where it is not the default (hyper-40-1-init-scale-in-hypernet)."""
     name = model_name(args.depth, args.width, not args.plain)
-    return name if args.plain or args.init == INITS[0] else f"{name}-{args.init}"
+    return name if args.plain or args.init == INITS[0] else f"{name}-init-{args.init}"
 
 
 def build_model(config: dict) -> PrimaryNetwork:

@@ -68,11 +68,12 @@ def test_notebook_defaults_and_run_names():
     args = notebook_args()
     assert (args.epochs, args.patience, args.init, args.run_name) == (50, None, "notebook", "mnist-hyper-notebook")
     args = notebook_args("--epochs", "7", "--patience", "3", "--init", "scale-in-z", "--plain")
-    assert (args.epochs, args.patience, args.run_name) == (7, 3, "mnist-plain-notebook-scale-in-z")
+    assert (args.epochs, args.patience, args.run_name) == (7, 3, "mnist-plain-notebook-init-scale-in-z")
     paper, _ = parse_args(mnist.MNIST, [])
     assert (paper.epochs, paper.patience, paper.init, paper.run_name) == (100, 20, "scale-in-z", "mnist-hyper")
     other, _ = parse_args(mnist.MNIST, ["--init", "scale-in-hypernet"])
-    assert other.run_name == "mnist-hyper-scale-in-hypernet"
+    assert other.run_name == "mnist-hyper-init-scale-in-hypernet"
+    assert parse_args(mnist.MNIST, ["--init", "notebook"])[0].run_name == "mnist-hyper-init-notebook"  # not the protocol's name
 
 
 def test_notebook_schedule_decays_per_step_to_its_floor():

@@ -337,10 +337,10 @@ def test_runs_of_different_z_dim_stay_apart(z64_first, tmp_path, capsys):
 
 def test_a_run_with_another_init_is_not_a_paper_row(tmp_path):
     archived_hyper_40_1(tmp_path / "runs" / "hyper-40-1", 64, 11.0)
-    archived_hyper_40_1(tmp_path / "runs" / "hyper-40-1-scale-in-hypernet", 64, 9.0, init="scale-in-hypernet",
-                        run_name="hyper-40-1-scale-in-hypernet")
+    archived_hyper_40_1(tmp_path / "runs" / "hyper-40-1-init-scale-in-hypernet", 64, 9.0, init="scale-in-hypernet",
+                        run_name="hyper-40-1-init-scale-in-hypernet")
     rows = table_rows(write_report([tmp_path / "runs"], tmp_path / "results.md"))
     (paper_row,) = rows["hyper-40-1"]
     assert paper_row[4:6] == ["`hyper-40-1`", "11.00%"]
     (other,) = rows["hyper-40-1, z_dim 64, shortcut pad, init scale-in-hypernet"]
-    assert other[2:4] == ["`hyper-40-1-scale-in-hypernet`", "9.00%"]
+    assert other[2:4] == ["`hyper-40-1-init-scale-in-hypernet`", "9.00%"]

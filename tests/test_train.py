@@ -75,7 +75,7 @@ def test_plain_run_uses_sgd(tmp_path, cifar_dir):
 
 def test_init_flag_names_the_run_and_builds_unit_scale_z():
     args, _ = parse_args(train.CIFAR10, ["--init", "scale-in-hypernet", "--depth", "10"])
-    assert args.run_name == "hyper-10-1-scale-in-hypernet"
+    assert args.run_name == "hyper-10-1-init-scale-in-hypernet"
     assert parse_args(train.CIFAR10, ["--init", "scale-in-hypernet", "--plain"])[0].run_name == "wrn-40-1"
     assert parse_args(train.CIFAR10, [])[0].run_name == "hyper-40-1"
     torch.manual_seed(0)
