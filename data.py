@@ -240,7 +240,10 @@ def stretch_mnist(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     offsets = to_device(torch.randint(0, NOTEBOOK_STRETCH + 1, (2, b), generator=gen), x.device)
     rows = rows.gather(1, (offsets[0, :, None] + torch.arange(h, device=x.device))[..., None].expand(-1, -1, h))  # (B, H, H)
     cols = cols.gather(1, (offsets[1, :, None] + torch.arange(w, device=x.device))[..., None].expand(-1, -1, w))  # (B, W, W)
-    return (rows @ x[:, 0].float() @ cols.transpose(1, 2)).unsqueeze(1)  # (B, 1, H, W)
+    out = rows @ x[:, 0].float() @ cols.transpose(1, 2)  # (B, H, W)
+    # (B, 1, H, W) with random_crop's strides (channel stride 1): the strides unsqueeze(1)
+    # gives sent this net's convs down a slower CPU path.
+    return out.unsqueeze(-1).permute(0, 3, 1, 2)
 
 
 class Normalize:

@@ -44,6 +44,7 @@ def test_stretch_keeps_a_flat_image_flat_and_is_deterministic():
     a = data.stretch_mnist(images, torch.Generator().manual_seed(1))
     b = data.stretch_mnist(images, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, images.float())
+    assert a.stride() == data.augment_mnist(images, torch.Generator()).stride()  # one memory layout for both protocols
     assert a.min() >= 0 and a.max() <= 255
 
 
