@@ -50,6 +50,7 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 # Flags newer than some archived runs: a run that lacks one ran with this value.
 NEWER_FLAGS = {"cifar10": {"precise_bn": 0, "init": "scale-in-z"}, "mnist": {"precise_bn": 0, "protocol": "paper", "init": "scale-in-z"}}
+PAPER_SETUP = {"cifar10": ["init"], "mnist": ["protocol", "init"]}  # NEWER_FLAGS whose other values leave the paper's setup
 LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds"}  # words; the other columns are numbers
 
 
@@ -181,6 +182,12 @@ def setting(run: Run, flag: str):
     """RUN's value of a flag in NEWER_FLAGS, the value it ran with if it predates the flag."""
     value = run.config.get(flag)
     return NEWER_FLAGS[run.experiment][flag] if value is None else value
+
+
+def departures(run: Run) -> dict:
+    """RUN's PAPER_SETUP flags that differ from the paper's setup (empty: the paper's protocol and init)."""
+    newer = NEWER_FLAGS[run.experiment]
+    return {k: setting(run, k) for k in PAPER_SETUP[run.experiment] if setting(run, k) != newer[k]}
 
 
 def find_runs(roots: list[Path]) -> list[Run]:
@@ -352,7 +359,7 @@ def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list
 
 def cifar_key(run: Run) -> tuple[int, int, bool] | None:
     c = run.config
-    default_init = not run.hyper or setting(run, "init") == "scale-in-z"
+    default_init = not run.hyper or not departures(run)  # a plain net has no generated kernels to initialise
     paper_setup = (c["z_dim"], c["shortcut"]) == (CIFAR_Z_DIM, CIFAR_SHORTCUT) and default_init
     return (c["depth"], c["width"], run.hyper) if paper_setup else None
 
@@ -366,12 +373,11 @@ def cifar_cells(key: tuple[int, int, bool], paper: tuple[float, float]) -> list[
 def cifar_describe(run: Run) -> str:
     c = run.config
     words = f"{model_name(c['depth'], c['width'], run.hyper)}, z_dim {c['z_dim']}, shortcut {c['shortcut']}"
-    return words + (f", init {setting(run, 'init')}" if run.hyper and setting(run, "init") != "scale-in-z" else "")
+    return words + (f", init {setting(run, 'init')}" if run.hyper and departures(run) else "")
 
 
 def mnist_key(run: Run) -> bool | None:
-    paper_setup = run.config["z_dim"] == mnist.Z_DIM and setting(run, "protocol") == "paper"
-    return run.hyper if paper_setup and setting(run, "init") == "scale-in-z" else None
+    return run.hyper if run.config["z_dim"] == mnist.Z_DIM and not departures(run) else None
 
 
 def mnist_cells(hyper: bool, paper: tuple[float, int]) -> list[str]:
@@ -383,7 +389,7 @@ def mnist_cells(hyper: bool, paper: tuple[float, int]) -> list[str]:
 def mnist_describe(run: Run) -> str:
     """E.g. "hyper, z_dim 4", and the protocol and init where they are not the paper's."""
     words = f"{'hyper' if run.hyper else 'normal'}, z_dim {run.config['z_dim']}"
-    if (setting(run, "protocol"), setting(run, "init")) != ("paper", "scale-in-z"):
+    if departures(run):
         words += f", {setting(run, 'protocol')} protocol, init {setting(run, 'init')}"
     return words
 

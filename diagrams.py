@@ -44,21 +44,14 @@ COLOURS = {"z": "#cfe2f3", "hypernet": "#f9cb9c", "tile": "#d9ead3", "tile_edge"
            "rest": "#d9d9d9", "edge": "#444444"}
 RUN_COLOURS = {True: ["tab:blue", "tab:purple", "tab:cyan", "tab:green"],  # hyper runs
                False: ["tab:orange", "tab:red", "tab:brown", "tab:olive"]}  # plain runs
-
-
-def mnist_setup(run: compare.Run) -> tuple[str, str]:
-    """An MNIST run's (protocol, init), with the values runs older than those flags ran with."""
-    return compare.setting(run, "protocol"), compare.setting(run, "init")
-
-
 # One figure of learning curves per (file, title, which runs).
 CURVES = [("curves_cifar.png", "CIFAR-10", lambda run: run.experiment == "cifar10"),
           ("curves_mnist.png", "MNIST, the paper's protocol",
-           lambda run: run.experiment == "mnist" and mnist_setup(run) == ("paper", "scale-in-z")),
+           lambda run: run.experiment == "mnist" and not compare.departures(run)),
           ("curves_mnist_notebook.png", "MNIST, the author's notebook protocol",
-           lambda run: run.experiment == "mnist" and mnist_setup(run)[0] == "notebook"),
+           lambda run: run.experiment == "mnist" and compare.setting(run, "protocol") == "notebook"),
           ("curves_mnist_init.png", "MNIST, the paper's protocol with another --init",
-           lambda run: run.experiment == "mnist" and mnist_setup(run)[0] == "paper" and mnist_setup(run)[1] != "scale-in-z")]
+           lambda run: run.experiment == "mnist" and list(compare.departures(run)) == ["init"])]
 SHOWN_LAYER = {"cifar10": "stage 1, block 1, first conv", "mnist": "layer 2"}  # the first generated kernel
 
 

@@ -51,6 +51,7 @@ Z_DIM = 4  # the paper's N_z for MNIST
 NOTEBOOK_EPOCHS = 50  # the author's notebook trains 50 epochs and keeps the best validation epoch's test error
 INITS = ("scale-in-z", "scale-in-hypernet", "notebook")  # --init choices (see MnistNet)
 PROTOCOLS = ("paper", "notebook")  # --protocol choices
+PROTOCOL_INIT = {"paper": "scale-in-z", "notebook": "notebook"}  # each protocol's default --init
 
 
 def truncated_normal_(t: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -162,7 +163,7 @@ def mnist_defaults(args: argparse.Namespace, explicit: set[str]) -> None:
     if notebook and "patience" not in explicit:
         args.patience = None
     if args.init is None:
-        args.init = "notebook" if notebook else "scale-in-z"
+        args.init = PROTOCOL_INIT[args.protocol]
 
 
 def mnist_schedule(args: argparse.Namespace, steps_per_epoch: int) -> Schedule:
@@ -180,15 +181,16 @@ def mnist_run_name(args: argparse.Namespace) -> str:
     name = f"mnist-{'plain' if args.plain else 'hyper'}"
     if args.protocol != "paper":
         name += f"-{args.protocol}"
-    if args.init != ("notebook" if args.protocol == "notebook" else "scale-in-z"):
+    if args.init != PROTOCOL_INIT[args.protocol]:
         name += f"-init-{args.init}"  # not "-notebook": that names the protocol
     return name
 
 
 def build_mnist(config: dict) -> MnistNet:
     """The net a run's configuration describes (runs older than --init/--protocol are paper runs)."""
-    return MnistNet(not config["plain"], config["z_dim"], init=config.get("init") or "scale-in-z",
-                    slice_outputs=config.get("protocol", "paper") == "notebook")
+    protocol = config.get("protocol", "paper")
+    return MnistNet(not config["plain"], config["z_dim"], init=config.get("init") or PROTOCOL_INIT[protocol],
+                    slice_outputs=protocol == "notebook")
 
 
 def mnist_paper_result(args: argparse.Namespace) -> str:
