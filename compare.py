@@ -49,8 +49,8 @@ SEED_COLUMNS = ["configuration", "epochs", "paper test error", "n", "seeds", "te
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 # Flags newer than some archived runs: a run that lacks one ran with this value.
-NEWER_FLAGS = {"cifar10": {"precise_bn": 0, "init": "scale-in-z"}, "mnist": {"precise_bn": 0, "protocol": "paper", "init": "scale-in-z"}}
-PAPER_SETUP = {"cifar10": ["init"], "mnist": ["protocol", "init"]}  # NEWER_FLAGS whose other values leave the paper's setup
+# The paper's setup among the flags newer than the first runs: other values make a run not the paper's.
+PAPER_SETUP = {"cifar10": {"init": "scale-in-z"}, "mnist": {"protocol": "paper", "init": "scale-in-z"}}
 LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds"}  # words; the other columns are numbers
 
 
@@ -174,20 +174,25 @@ def run_identity(run: Run) -> str:
     resume cannot change them). Runs of one default name (hyper-40-1) that differ in, e.g.,
     --z-dim are different runs."""
     flags = {k: run.config[k] for k in CONFIG_KEYS[run.experiment]}
-    flags.update({k: setting(run, k) for k in NEWER_FLAGS[run.experiment]})
+    flags.update({k: setting(run, k) for k in newer_flags(run)})
     return json.dumps([run.experiment, run.name, flags], sort_keys=True)
 
 
+def newer_flags(run: Run) -> list[str]:
+    """The flags of RUN's experiment that are newer than its first checkpoints, sorted."""
+    return sorted(EXPERIMENTS[run.experiment].earlier_settings)
+
+
 def setting(run: Run, flag: str):
-    """RUN's value of a flag in NEWER_FLAGS, the value it ran with if it predates the flag."""
+    """RUN's value of one of its `newer_flags`, the value it ran with if it predates the flag."""
     value = run.config.get(flag)
-    return NEWER_FLAGS[run.experiment][flag] if value is None else value
+    return EXPERIMENTS[run.experiment].earlier_settings[flag] if value is None else value
 
 
 def departures(run: Run) -> dict:
     """RUN's PAPER_SETUP flags that differ from the paper's setup (empty: the paper's protocol and init)."""
-    newer = NEWER_FLAGS[run.experiment]
-    return {k: setting(run, k) for k in PAPER_SETUP[run.experiment] if setting(run, k) != newer[k]}
+    paper = PAPER_SETUP[run.experiment]
+    return {k: setting(run, k) for k in paper if setting(run, k) != paper[k]}
 
 
 def find_runs(roots: list[Path]) -> list[Run]:
@@ -294,7 +299,7 @@ class PaperTable:
 def seed_group(run: Run) -> tuple:
     """What a run's result depends on besides its seed: runs with equal groups are seeds of one configuration."""
     keys = sorted(CONFIG_KEYS[run.experiment] - {"seed"})
-    return (run.experiment, *(run.config.get(k) for k in keys), *(setting(run, k) for k in sorted(NEWER_FLAGS[run.experiment])))
+    return (run.experiment, *(run.config.get(k) for k in keys), *(setting(run, k) for k in newer_flags(run)))
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import torch
@@ -82,6 +82,9 @@ class Experiment:
     paper_result: Callable[[argparse.Namespace], str]  # the paper's figure, for the final line
     # Fills the defaults that depend on other flags (e.g. a protocol's epochs), given the flags set explicitly.
     resolve_defaults: Callable[[argparse.Namespace, set[str]], None] | None = None
+    # Flags added after the first checkpoints, each with the value a checkpoint that predates it ran with
+    # (not today's default, which may differ): resuming and compare.py read such checkpoints by it.
+    earlier_settings: dict[str, object] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -217,6 +217,7 @@ MNIST = Experiment(
     run_name=mnist_run_name,
     paper_result=mnist_paper_result,
     resolve_defaults=mnist_defaults,
+    earlier_settings={"precise_bn": 0, "protocol": "paper", "init": "scale-in-z"},
 )
 
 

@@ -51,10 +51,11 @@ def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argpar
     saved_experiment = experiment_of(ckpt["config"])
     if saved_experiment != experiment.name:
         raise UserError(f"{path} is a {saved_experiment} run, not {experiment.name}: resume it with its own script")
-    check_resume_config(ckpt["config"], args, explicit)
+    config = {**experiment.earlier_settings, **ckpt["config"]}  # what a checkpoint older than a flag ran with
+    check_resume_config(config, args, explicit)
     if ckpt["format"] != CHECKPOINT_FORMAT and distributed.is_main_process():
         print(f"note: {path} has the older format {ckpt['format']}; it resumes as one taken at its epoch's end")
-    saved = {**vars(build_parser(experiment).parse_args([])), **ckpt["config"]}  # flags newer than the checkpoint
+    saved = {**vars(build_parser(experiment).parse_args([])), **config}  # any other newer flag: its default
     saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES})
     return argparse.Namespace(**saved), ckpt
 

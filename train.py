@@ -108,6 +108,7 @@ CIFAR10 = Experiment(
     schedule=cifar_schedule,
     run_name=cifar_run_name,
     paper_result=cifar_paper_result,
+    earlier_settings={"precise_bn": 0, "init": "scale-in-z"},
 )
 
 

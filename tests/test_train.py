@@ -1,5 +1,6 @@
 """train.py: the CLI end to end, exact resume, crash safety, bad input, the data pipeline."""
 
+import dataclasses
 import os
 import pickle
 import signal
@@ -14,6 +15,7 @@ import torch
 import checkpointing
 import data
 import engine
+import runner
 import train
 from experiment import parse_args
 from conftest import write_fake_cifar
@@ -348,3 +350,20 @@ def test_schedule_rescales_paper_boundaries():
     args = parse_args(train.CIFAR10, ["--plain"])[0]
     sched, total, epochs = train.schedule_for(args, steps_per_epoch=351)
     assert epochs == 399 and sched["optimizer"] == "sgd"  # 140k paper steps at 351 steps/epoch
+
+
+def test_checkpoint_older_than_a_flag_resumes_with_the_value_it_ran_with(tmp_path, cifar_dir, capsys):
+    args = run_args(tmp_path, cifar_dir, "--epochs", "2", "--run-name", "r")  # --init would change the default name
+    assert train.main([*args, "--stop-after", "1"]) == 0
+    last = tmp_path / "ck" / "r" / "last.pt"
+    old = torch.load(last, weights_only=False)
+    del old["config"]["init"]  # as saved before --init existed
+    torch.save(old, last)
+    capsys.readouterr()
+    assert "--init" in error_line(train.main([*args, "--init", "scale-in-hypernet", "-r"]), capsys)
+    # Not today's default but the experiment's earlier setting fills the missing flag.
+    older = dataclasses.replace(train.CIFAR10, earlier_settings={"init": "scale-in-hypernet"})
+    resumed, _ = runner.resolve_args(older, [*args, "-r"])
+    assert resumed.init == "scale-in-hypernet"
+    assert train.main([*args, "--init", "scale-in-z", "-r"]) == 0  # what it ran with: no conflict
+    assert torch.load(last, weights_only=False)["epoch"] == 2
