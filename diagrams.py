@@ -8,7 +8,7 @@
     curves_cifar.png   training loss and validation/test error per epoch, hyper and plain runs
     curves_mnist.png   the same for the MNIST runs with the paper's protocol and init
     curves_mnist_notebook.png, curves_mnist_init.png
-                       MNIST with the author's notebook protocol; with another --init
+                       MNIST with the author's notebook protocol; hyper with each --init
     kernels_RUN.png    one generated layer of a hyper run, at initialisation and after training
 
 Runs are found and read by compare.py (a checkpoint folder or an archived one, alike).
@@ -44,14 +44,15 @@ COLOURS = {"z": "#cfe2f3", "hypernet": "#f9cb9c", "tile": "#d9ead3", "tile_edge"
            "rest": "#d9d9d9", "edge": "#444444"}
 RUN_COLOURS = {True: ["tab:blue", "tab:purple", "tab:cyan", "tab:green"],  # hyper runs
                False: ["tab:orange", "tab:red", "tab:brown", "tab:olive"]}  # plain runs
-# One figure of learning curves per (file, title, which runs).
-CURVES = [("curves_cifar.png", "CIFAR-10", lambda run: run.experiment == "cifar10"),
+# One figure of learning curves per (file, title, which runs, the flag it compares or None).
+# A figure that compares a flag is drawn only when its runs differ in that flag.
+CURVES = [("curves_cifar.png", "CIFAR-10", lambda run: run.experiment == "cifar10", None),
           ("curves_mnist.png", "MNIST, the paper's protocol",
-           lambda run: run.experiment == "mnist" and not compare.departures(run)),
+           lambda run: run.experiment == "mnist" and not compare.departures(run), None),
           ("curves_mnist_notebook.png", "MNIST, the author's notebook protocol",
-           lambda run: run.experiment == "mnist" and compare.setting(run, "protocol") == "notebook"),
-          ("curves_mnist_init.png", "MNIST, the paper's protocol with another --init",
-           lambda run: run.experiment == "mnist" and list(compare.departures(run)) == ["init"])]
+           lambda run: run.experiment == "mnist" and compare.setting(run, "protocol") == "notebook", None),
+          ("curves_mnist_init.png", "MNIST hyper, the paper's protocol",
+           lambda run: run.experiment == "mnist" and run.hyper and set(compare.departures(run)) <= {"init"}, "init")]
 SHOWN_LAYER = {"cifar10": "stage 1, block 1, first conv", "mnist": "layer 2"}  # the first generated kernel
 
 
@@ -314,12 +315,14 @@ def draw_all(args: argparse.Namespace) -> None:
     runs = compare.find_runs([Path(d) for d in args.runs or ["checkpoints"]])
     out = writable_dir(Path(args.out), "--out folder")
     save(draw_architecture(), out / "architecture.png")
-    for filename, name, chosen in CURVES:
+    for filename, name, chosen, flag in CURVES:
         with_metrics = [run for run in runs if chosen(run) and run.metrics]
-        if not with_metrics:
-            print(f"note: no runs of {name} with metrics.jsonl: {filename} not drawn")
+        if not with_metrics or (flag and len({compare.setting(run, flag) for run in with_metrics}) < 2):
+            differing = f" of more than one --{flag}" if flag else ""
+            print(f"note: no runs of {name} with metrics.jsonl{differing}: {filename} not drawn")
             continue
-        save(draw_curves(with_metrics, f"{name}: learning curves"), out / filename)
+        title = f"{name}: learning curves" + (f", each --{flag}" if flag else "")
+        save(draw_curves(with_metrics, title), out / filename)
     for run in (run for run in runs if run.hyper):
         try:
             kernels = layer_kernels(run)

@@ -182,3 +182,7 @@ def test_notebook_run_end_to_end_and_kept_out_of_table7(tmp_path, mnist_dir, cap
     assert diagrams.main(["--runs", str(tmp_path / "ck"), "--out", str(figures)]) == 0
     drawn = {p.name for p in figures.iterdir()}
     assert {"curves_mnist.png", "curves_mnist_notebook.png"} <= drawn and "curves_mnist_init.png" not in drawn
+    # A second --init with the paper's protocol makes the ablation figure.
+    assert mnist.main([*SMALL, *folders, "--epochs", "1", "--init", "scale-in-hypernet"]) == 0
+    assert diagrams.main(["--runs", str(tmp_path / "ck"), "--out", str(figures)]) == 0
+    assert (figures / "curves_mnist_init.png").exists()

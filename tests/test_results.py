@@ -257,7 +257,8 @@ def test_diagrams_draws_every_figure(runs, tmp_path, capsys):
     assert sorted(line for line in lines if not line.startswith("note: ")) == [str(out / name) for name in names]
     assert [line for line in lines if line.startswith("note: ")] == [  # these runs are all of the paper's protocol
         "note: no runs of MNIST, the author's notebook protocol with metrics.jsonl: curves_mnist_notebook.png not drawn",
-        "note: no runs of MNIST, the paper's protocol with another --init with metrics.jsonl: curves_mnist_init.png not drawn"]
+        "note: no runs of MNIST hyper, the paper's protocol with metrics.jsonl of more than one --init: "
+        "curves_mnist_init.png not drawn"]
     for name in names:
         assert_picture(out / name)
 
