@@ -430,6 +430,20 @@ def report(runs: list[Run], roots: list[Path], command: str) -> str:
 # ----------------------------------------------------------------------------- archive
 
 
+def check_same_run(run: Run, folder: Path) -> None:
+    """Refuse to replace an archived run in FOLDER by another run of the same name (an
+    update of the same run, e.g. after a resume, is fine; so is an unreadable folder)."""
+    if not is_run_dir(folder):
+        return
+    try:
+        archived = read_run(folder)
+    except UserError:
+        return
+    if run_identity(archived) != run_identity(run):
+        raise UserError(f"{folder} holds another run named {run.name} (another configuration or seed); "
+                        f"nothing was archived: rerun this one with its own --run-name")
+
+
 def archive(runs: list[Run], dest: Path) -> list[Path]:
     """Write each run's small files to DEST/<run name>/: run.json, metrics.jsonl and, for a
     hyper run, kernel_bank.pt (its z's and hypernetwork). Runs read from there are left alone.
@@ -438,12 +452,15 @@ def archive(runs: list[Run], dest: Path) -> list[Path]:
         The folders written.
 
     Raises:
-        UserError: If two runs have the same name, or DEST is not writable.
+        UserError: If two runs have the same name, a run's folder in DEST holds another run
+            (another configuration or seed) of that name, or DEST is not writable.
     """
     todo = [run for run in runs if run.directory.resolve() != (dest / run.name).resolve()]
     twice = [name for name, n in Counter(run.name for run in todo).items() if n > 1]
     if twice:
         raise UserError(f"two runs are named {twice[0]}: archive them one --runs folder at a time")
+    for run in todo:
+        check_same_run(run, dest / run.name)
     written = []
     for run in todo:
         folder = dest / run.name

@@ -175,6 +175,22 @@ def test_archive_on_a_full_disk_is_one_line_and_keeps_the_older_copy(runs, tmp_p
     assert {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before  # every file whole, no temporary left
 
 
+def test_archive_never_replaces_another_run_of_the_same_name(runs, tmp_path, capsys):
+    archive = tmp_path / "archive"
+    write_report([runs.checkpoints], tmp_path / "a.md", "--archive", str(archive))
+    write_report([runs.checkpoints], tmp_path / "a.md", "--archive", str(archive))  # the same runs again: an update
+    summary = archive / "mnist-hyper" / "run.json"
+    other = json.loads(summary.read_text())
+    other["config"]["seed"] = 7  # another run that was also named mnist-hyper
+    summary.write_text(json.dumps(other))
+    before = {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    code = compare.main(["--runs", str(runs.checkpoints), "--out", str(tmp_path / "b.md"), "--archive", str(archive)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and line.startswith("error: ") and "holds another run named mnist-hyper" in line
+    assert {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before  # nothing written
+
+
 def test_unreadable_runs_are_skipped_with_one_warning_each(runs, tmp_path, capsys):
     root = tmp_path / "runs"
     shutil.copytree(runs.checkpoints / "mnist-hyper", root / "good")
