@@ -11,7 +11,7 @@ import export
 import mnist
 import data
 import train
-from conftest import write_fake_mnist
+from conftest import error_line, write_fake_mnist
 
 SMALL = ["--val-size", "20", "--batch-size", "50", "--no-download", "--no-progress", "--device", "cpu"]
 
@@ -19,12 +19,6 @@ SMALL = ["--val-size", "20", "--batch-size", "50", "--no-download", "--no-progre
 def run_args(tmp_path, data_dir, *extra):
     return [*SMALL, "--data-dir", str(data_dir), "--checkpoint-dir", str(tmp_path / "ck"),
             "--log-dir", str(tmp_path / "runs"), *extra]
-
-
-def error_line(code, capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 # ----------------------------------------------------------------------------- the model

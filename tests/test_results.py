@@ -20,6 +20,7 @@ import runner
 import train
 from checkpointing import load_checkpoint
 from cli import UserError
+from conftest import error_line
 from primary_net import PrimaryNetwork
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -211,12 +212,6 @@ def test_unreadable_runs_are_skipped_with_one_warning_each(runs, tmp_path, capsy
     assert "lacks best, epoch" in " ".join(warnings)
     (row,) = table_rows(text)["hyper"]
     assert row[5] == "`mnist-hyper`" and row[6] == f"{best(root / 'good')['test_error']:.2f}%"
-
-
-def error_line(code: int, capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def test_user_errors_are_one_line(runs, tmp_path, capsys):

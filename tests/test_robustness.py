@@ -16,7 +16,7 @@ import torch
 import checkpointing
 import compare
 import train
-from conftest import write_fake_cifar
+from conftest import error_line, write_fake_cifar
 from experiment import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,12 +43,6 @@ def assert_same_weights(a: dict, b: dict) -> None:
     for pid, state in a["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][pid][name]), (pid, name)
-
-
-def one_error_line(code: int, capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 # ----------------------------------------------------------------------------- torn files
@@ -113,7 +107,7 @@ def test_full_disk_is_one_line_and_keeps_what_was_saved(failure, tmp_path, cifar
     if failure == "zip writer":  # torch does not say why: the free space does
         monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: Usage(100, 100, 0))
     run = tmp_path / "ck" / "hyper-10-1"
-    line = one_error_line(train.main(args), capsys)
+    line = error_line(train.main(args), capsys)
     assert "the disk is full" in line and f"cannot write {run}{os.sep}" in line and ".pt" in line
     monkeypatch.undo()
     assert load(run / "last.pt")["epoch"] == 1 and load(run / "best.pt")["epoch"] == 1
@@ -153,7 +147,7 @@ def test_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path, cifar_dir
     newer["format"] = "hyperresnet-train-v9"
     torch.save(newer, last)
     capsys.readouterr()
-    line = one_error_line(train.main([*args, "-r"]), capsys)
+    line = error_line(train.main([*args, "-r"]), capsys)
     assert "hyperresnet-train-v9" in line and "this code reads" in line
 
 
@@ -237,7 +231,7 @@ def test_second_process_on_the_same_run_is_refused(tmp_path, signal_data, capsys
     try:
         wait_for_first_epoch(proc, last)
         before = last.read_bytes()
-        line = one_error_line(train.main([*run_args(tmp_path, signal_data, "--epochs", "3"), "-r"]), capsys)
+        line = error_line(train.main([*run_args(tmp_path, signal_data, "--epochs", "3"), "-r"]), capsys)
         assert "another process is training the run" in line
         assert proc.poll() is None  # the first one goes on, untouched
     finally:
@@ -264,4 +258,4 @@ def test_bench_on_a_missing_device_is_one_line(capsys, monkeypatch):
     import bench
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert one_error_line(bench.main(["--device", "cuda"]), capsys) == "error: --device cuda was given but CUDA is not available"
+    assert error_line(bench.main(["--device", "cuda"]), capsys) == "error: --device cuda was given but CUDA is not available"

@@ -18,7 +18,7 @@ import engine
 import runner
 import train
 from experiment import parse_args
-from conftest import write_fake_cifar
+from conftest import error_line, write_fake_cifar
 
 REPO = Path(__file__).resolve().parent.parent
 # 200 fake images: 160 train + 40 val, 40 test; batch 32 -> 5 steps an epoch.
@@ -178,14 +178,6 @@ def test_bad_flags_are_argparse_errors(flags, message, capsys):
         parse_args(train.CIFAR10, flags)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
-
-
-def error_line(code: int, capsys) -> str:
-    """The single stderr line of a failed in-process run."""
-    assert code == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def test_missing_data_names_data_dir(tmp_path, capsys):
