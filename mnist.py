@@ -52,6 +52,7 @@ NOTEBOOK_EPOCHS = 50  # the author's notebook trains 50 epochs and keeps the bes
 INITS = ("scale-in-z", "scale-in-hypernet", "notebook")  # --init choices (see MnistNet)
 PROTOCOLS = ("paper", "notebook")  # --protocol choices
 PROTOCOL_INIT = {"paper": "scale-in-z", "notebook": "notebook"}  # each protocol's default --init
+EARLIER_SETTINGS = {"precise_bn": 0, "protocol": "paper", "init": "scale-in-z"}  # what runs older than these flags ran with
 
 
 def truncated_normal_(t: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -187,10 +188,10 @@ def mnist_run_name(args: argparse.Namespace) -> str:
 
 
 def build_mnist(config: dict) -> MnistNet:
-    """The net a run's configuration describes (runs older than --init/--protocol are paper runs)."""
-    protocol = config.get("protocol", "paper")
-    return MnistNet(not config["plain"], config["z_dim"], init=config.get("init") or PROTOCOL_INIT[protocol],
-                    slice_outputs=protocol == "notebook")
+    """The net a run's configuration describes (a run older than a flag: `EARLIER_SETTINGS`)."""
+    config = {**EARLIER_SETTINGS, **config}
+    return MnistNet(not config["plain"], config["z_dim"], init=config["init"] or PROTOCOL_INIT[config["protocol"]],
+                    slice_outputs=config["protocol"] == "notebook")
 
 
 def mnist_paper_result(args: argparse.Namespace) -> str:
@@ -217,7 +218,7 @@ MNIST = Experiment(
     run_name=mnist_run_name,
     paper_result=mnist_paper_result,
     resolve_defaults=mnist_defaults,
-    earlier_settings={"precise_bn": 0, "protocol": "paper", "init": "scale-in-z"},
+    earlier_settings=EARLIER_SETTINGS,
 )
 
 

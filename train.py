@@ -23,6 +23,7 @@ from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_na
 from runner import fit, main as run_main
 
 INITS = ("scale-in-z", "scale-in-hypernet")  # --init: where a HyperResNet's initial kernel scale lives (the first: default)
+EARLIER_SETTINGS = {"precise_bn": 0, "init": "scale-in-z"}  # what runs older than these flags ran with
 # Paper App. A.3.2, batch 128. Boundaries in steps; lr multipliers of the base lr.
 SCHEDULES = {
     "hyper": dict(optimizer="adam", lr=0.002, total=672_000, boundaries=[168_000, 336_000, 504_000], factors=[1, 0.5, 0.1, 0.025]),
@@ -63,7 +64,8 @@ def cifar_run_name(args: argparse.Namespace) -> str:
 
 def build_model(config: dict) -> PrimaryNetwork:
     """The network a run's configuration (its arguments, as saved in checkpoints) describes."""
-    scale_in = "hypernet" if config.get("init") == "scale-in-hypernet" else "z"  # runs older than --init: z
+    init = config.get("init") or EARLIER_SETTINGS["init"]
+    scale_in = "hypernet" if init == "scale-in-hypernet" else "z"
     return PrimaryNetwork(config["depth"], config["width"], hyper=not config["plain"], z_dim=config["z_dim"],
                           shortcut=config["shortcut"], scale_in=scale_in)
 
@@ -108,7 +110,7 @@ CIFAR10 = Experiment(
     schedule=cifar_schedule,
     run_name=cifar_run_name,
     paper_result=cifar_paper_result,
-    earlier_settings={"precise_bn": 0, "init": "scale-in-z"},
+    earlier_settings=EARLIER_SETTINGS,
 )
 
 

@@ -140,6 +140,15 @@ def test_mnist_kernel_starts_at_kaiming_scale_with_either_scale_init():
         assert math.isclose(stds.mean().item(), math.sqrt(2 / (16 * 49)), rel_tol=0.15), init
 
 
+def test_a_run_older_than_init_builds_the_init_it_ran_with(monkeypatch):
+    monkeypatch.setitem(mnist.PROTOCOL_INIT, "paper", "scale-in-hypernet")  # were today's default to change
+    torch.manual_seed(0)
+    old = mnist.build_mnist({"plain": False, "z_dim": 4})  # saved before --init and --protocol
+    assert old.kernel_bank.z.abs().max() < 0.3  # z carries the kernel's scale (std 0.05): scale-in-z
+    new = mnist.build_mnist({"plain": False, "z_dim": 4, "protocol": "paper", "init": "scale-in-hypernet"})
+    assert new.kernel_bank.z.abs().max() > 0.3  # z ~ N(0, 1)
+
+
 def test_output_slicing_transposes_the_generated_kernel():
     torch.manual_seed(0)
     by_input = mnist.MnistNet(hyper=True)
