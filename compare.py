@@ -32,6 +32,7 @@ import train
 from checkpointing import atomic_save, atomic_write_text, experiment_of, load_checkpoint
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
 from experiment import build_parser as build_experiment_parser
+from experiment import kernel_init
 from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
 
 EXPERIMENTS = {e.name: e for e in (train.CIFAR10, mnist.MNIST)}
@@ -183,16 +184,22 @@ def newer_flags(run: Run) -> list[str]:
     return sorted(EXPERIMENTS[run.experiment].earlier_settings)
 
 
+def as_run_sees_it(run: Run, flag: str, value):
+    """VALUE of FLAG as it acts on RUN: a plain run's --init is its `kernel_init`."""
+    return kernel_init(value, run.hyper) if flag == "init" else value
+
+
 def setting(run: Run, flag: str):
-    """RUN's value of one of its `newer_flags`, the value it ran with if it predates the flag."""
+    """RUN's value of one of its `newer_flags` (the value it ran with if it predates the flag),
+    as it acts on RUN: plain runs of either `SCALE_INITS` are one configuration."""
     value = run.config.get(flag)
-    return EXPERIMENTS[run.experiment].earlier_settings[flag] if value is None else value
+    return as_run_sees_it(run, flag, EXPERIMENTS[run.experiment].earlier_settings[flag] if value is None else value)
 
 
 def departures(run: Run) -> dict:
     """RUN's PAPER_SETUP flags that differ from the paper's setup (empty: the paper's protocol and init)."""
     paper = PAPER_SETUP[run.experiment]
-    return {k: setting(run, k) for k in paper if setting(run, k) != paper[k]}
+    return {k: setting(run, k) for k in paper if setting(run, k) != as_run_sees_it(run, k, paper[k])}
 
 
 def find_runs(roots: list[Path]) -> list[Run]:

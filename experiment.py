@@ -61,6 +61,15 @@ class FlagDefaults:
     precise_bn: int = 0  # training images for precise BatchNorm statistics before each evaluation
 
 
+SCALE_INITS = ("scale-in-z", "scale-in-hypernet")  # --init values that only place a hypernetwork's initial kernel scale
+
+
+def kernel_init(init: str, hyper: bool) -> str:
+    """INIT as the kernels see it: the `SCALE_INITS` differ only in where a hypernetwork
+    keeps the kernels' initial scale, so a plain net starts the same under both ("kaiming")."""
+    return "kaiming" if not hyper and init in SCALE_INITS else init
+
+
 ArgumentAdder = Callable[[dict[str, argparse._ArgumentGroup], Callable[[object], dict]], None]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # uint8 batch -> batch on the 0-255 scale
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from cli import positive_int
 from data import augment_mnist, load_mnist, stretch_mnist
-from experiment import Experiment, FlagDefaults, Schedule
+from experiment import Experiment, FlagDefaults, Schedule, kernel_init
 from hypernetwork_modules import HyperNetwork, KernelBank
 from runner import main as run_main
 
@@ -182,7 +182,8 @@ def mnist_run_name(args: argparse.Namespace) -> str:
     name = f"mnist-{'plain' if args.plain else 'hyper'}"
     if args.protocol != "paper":
         name += f"-{args.protocol}"
-    if args.init != PROTOCOL_INIT[args.protocol]:
+    hyper = not args.plain
+    if kernel_init(args.init, hyper) != kernel_init(PROTOCOL_INIT[args.protocol], hyper):
         name += f"-init-{args.init}"  # not "-notebook": that names the protocol
     return name
 

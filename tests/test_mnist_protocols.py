@@ -74,6 +74,8 @@ def test_notebook_defaults_and_run_names():
     assert (paper.epochs, paper.patience, paper.init, paper.run_name) == (100, 20, "scale-in-z", "mnist-hyper")
     other, _ = parse_args(mnist.MNIST, ["--init", "scale-in-hypernet"])
     assert other.run_name == "mnist-hyper-init-scale-in-hypernet"
+    plain, _ = parse_args(mnist.MNIST, ["--plain", "--init", "scale-in-hypernet"])
+    assert plain.run_name == "mnist-plain"  # no hypernetwork to place the scale in: the default plain net
     assert parse_args(mnist.MNIST, ["--init", "notebook"])[0].run_name == "mnist-hyper-init-notebook"  # not the protocol's name
 
 

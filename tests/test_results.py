@@ -192,6 +192,15 @@ def test_archive_never_replaces_another_run_of_the_same_name(runs, tmp_path, cap
     assert {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before  # nothing written
 
 
+def test_plain_runs_of_either_scale_init_are_one_configuration(runs):
+    for name, hyper in (("mnist-plain", False), ("mnist-hyper", True), ("wrn-10-1", False), ("hyper-10-1", True)):
+        run = compare.read_run(runs.checkpoints / name)
+        other = dataclasses.replace(run, config={**run.config, "init": "scale-in-hypernet", "seed": 1})
+        assert compare.departures(run) == {}
+        assert compare.departures(other) == ({"init": "scale-in-hypernet"} if hyper else {}), name
+        assert len(compare.seed_groups([run, other])) == (2 if hyper else 1), name
+
+
 def test_unreadable_runs_are_skipped_with_one_warning_each(runs, tmp_path, capsys):
     root = tmp_path / "runs"
     shutil.copytree(runs.checkpoints / "mnist-hyper", root / "good")
