@@ -50,8 +50,9 @@ SEED_COLUMNS = ["configuration", "epochs", "paper test error", "n", "seeds", "te
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 # Flags newer than some archived runs: a run that lacks one ran with this value.
-# The paper's setup among the flags newer than the first runs: other values make a run not the paper's.
-PAPER_SETUP = {"cifar10": {"init": "scale-in-z"}, "mnist": {"protocol": "paper", "init": "scale-in-z"}}
+# The paper's rows hold runs of the paper's protocol and our default init (the paper gives none);
+# another value of these flags puts a run in its own row.
+PAPER_SETUP = {"cifar10": {"init": train.INITS[0]}, "mnist": {"protocol": "paper", "init": mnist.PROTOCOL_INIT["paper"]}}
 LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds"}  # words; the other columns are numbers
 
 
