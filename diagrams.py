@@ -9,7 +9,8 @@
     curves_mnist.png   the same for the MNIST runs with the paper's protocol and init
     curves_mnist_notebook.png, curves_mnist_init.png
                        MNIST with the author's notebook protocol; hyper with each --init
-    kernels_RUN.png    one generated layer of a hyper run, at initialisation and after training
+    kernels_RUN.png    one generated layer at initialisation and after training, for each
+                       hyper configuration (its lowest seed)
 
 Runs are found and read by compare.py (a checkpoint folder or an archived one, alike).
 """
@@ -323,7 +324,8 @@ def draw_all(args: argparse.Namespace) -> None:
             continue
         title = f"{name}: learning curves" + (f", each --{flag}" if flag else "")
         save(draw_curves(with_metrics, title), out / filename)
-    for run in (run for run in runs if run.hyper):
+    for group in compare.seed_groups([run for run in runs if run.hyper]):
+        run = min(group, key=lambda r: r.config["seed"])  # one picture per configuration: its lowest seed
         try:
             kernels = layer_kernels(run)
         except UserError as e:

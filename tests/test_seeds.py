@@ -5,6 +5,7 @@ import statistics
 from pathlib import Path
 
 import compare
+import diagrams
 import seeds
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +37,10 @@ def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
     assert cells[5] == f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}%"
     half = 12.706 * statistics.stdev(tests) / 2**0.5  # t(0.975, 1 degree of freedom)
     assert cells[8] == f"{statistics.mean(tests) - half:.2f}% - {statistics.mean(tests) + half:.2f}%"
+
+    figures = tmp_path / "figures"  # the seeds drawn as one configuration: one kernel picture, the lowest seed's
+    assert diagrams.main(["--runs", str(ck), "--out", str(figures)]) == 0
+    assert sorted(p.name for p in figures.glob("kernels_*")) == ["kernels_mnist-hyper-seed3.png"]
 
 
 def test_a_failing_seed_is_one_line(tmp_path, monkeypatch, capsys):
