@@ -71,10 +71,10 @@ def test_notebook_defaults_and_run_names():
     args = notebook_args("--epochs", "7", "--patience", "3", "--init", "scale-in-z", "--plain")
     assert (args.epochs, args.patience, args.run_name) == (7, 3, "mnist-plain-notebook-init-scale-in-z")
     paper, _ = parse_args(mnist.MNIST, [])
-    assert (paper.epochs, paper.patience, paper.init, paper.run_name) == (100, 20, "scale-in-z", "mnist-hyper")
-    other, _ = parse_args(mnist.MNIST, ["--init", "scale-in-hypernet"])
-    assert other.run_name == "mnist-hyper-init-scale-in-hypernet"
-    plain, _ = parse_args(mnist.MNIST, ["--plain", "--init", "scale-in-hypernet"])
+    assert (paper.epochs, paper.patience, paper.init, paper.run_name) == (100, 20, "scale-in-hypernet", "mnist-hyper")
+    other, _ = parse_args(mnist.MNIST, ["--init", "scale-in-z"])
+    assert other.run_name == "mnist-hyper-init-scale-in-z"
+    plain, _ = parse_args(mnist.MNIST, ["--plain", "--init", "scale-in-z"])
     assert plain.run_name == "mnist-plain"  # no hypernetwork to place the scale in: the default plain net
     assert parse_args(mnist.MNIST, ["--init", "notebook"])[0].run_name == "mnist-hyper-init-notebook"  # not the protocol's name
 
@@ -143,7 +143,7 @@ def test_mnist_kernel_starts_at_kaiming_scale_with_either_scale_init():
 
 
 def test_a_run_older_than_init_builds_the_init_it_ran_with(monkeypatch):
-    monkeypatch.setitem(mnist.PROTOCOL_INIT, "paper", "scale-in-hypernet")  # were today's default to change
+    monkeypatch.setitem(mnist.PROTOCOL_INIT, "paper", "scale-in-hypernet")  # today's default, whatever it is
     torch.manual_seed(0)
     old = mnist.build_mnist({"plain": False, "z_dim": 4})  # saved before --init and --protocol
     assert old.kernel_bank.z.abs().max() < 0.3  # z carries the kernel's scale (std 0.05): scale-in-z
@@ -194,6 +194,6 @@ def test_notebook_run_end_to_end_and_kept_out_of_table7(tmp_path, mnist_dir, cap
     drawn = {p.name for p in figures.iterdir()}
     assert {"curves_mnist.png", "curves_mnist_notebook.png"} <= drawn and "curves_mnist_init.png" not in drawn
     # A second --init with the paper's protocol makes the ablation figure.
-    assert mnist.main([*SMALL, *folders, "--epochs", "1", "--init", "scale-in-hypernet"]) == 0
+    assert mnist.main([*SMALL, *folders, "--epochs", "1", "--init", "scale-in-z"]) == 0
     assert diagrams.main(["--runs", str(tmp_path / "ck"), "--out", str(figures)]) == 0
     assert (figures / "curves_mnist_init.png").exists()
