@@ -61,6 +61,9 @@ class FlagDefaults:
     precise_bn: int = 0  # training images for precise BatchNorm statistics before each evaluation
 
 
+# The shared flags newer than the first checkpoints, with the value such a checkpoint ran with;
+# each experiment adds its own in `Experiment.earlier_settings`.
+EARLIER_SHARED_SETTINGS = {"precise_bn": 0}
 SCALE_INITS = ("scale-in-z", "scale-in-hypernet")  # --init values that only place a hypernetwork's initial kernel scale
 
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from cli import positive_int
 from data import augment_mnist, load_mnist, stretch_mnist
-from experiment import Experiment, FlagDefaults, Schedule, kernel_init
+from experiment import EARLIER_SHARED_SETTINGS, Experiment, FlagDefaults, Schedule, kernel_init
 from hypernetwork_modules import HyperNetwork, KernelBank
 from runner import main as run_main
 
@@ -54,7 +54,7 @@ PROTOCOLS = ("paper", "notebook")  # --protocol choices
 # Each protocol's default --init. The paper's: scale-in-hypernet, chosen by mean validation error
 # over five seeds against scale-in-z and notebook (README, "The --init ablation").
 PROTOCOL_INIT = {"paper": "scale-in-hypernet", "notebook": "notebook"}
-EARLIER_SETTINGS = {"precise_bn": 0, "protocol": "paper", "init": "scale-in-z"}  # what runs older than these flags ran with
+EARLIER_SETTINGS = {**EARLIER_SHARED_SETTINGS, "protocol": "paper", "init": "scale-in-z"}  # what older runs ran with
 
 
 def truncated_normal_(t: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -192,9 +192,8 @@ def mnist_run_name(args: argparse.Namespace) -> str:
 
 def build_mnist(config: dict) -> MnistNet:
     """The net a run's configuration describes (a run older than a flag: `EARLIER_SETTINGS`)."""
-    config = {**EARLIER_SETTINGS, **config}
-    return MnistNet(not config["plain"], config["z_dim"], init=config["init"] or PROTOCOL_INIT[config["protocol"]],
-                    slice_outputs=config["protocol"] == "notebook")
+    init, protocol = (config.get(k) or EARLIER_SETTINGS[k] for k in ("init", "protocol"))
+    return MnistNet(not config["plain"], config["z_dim"], init=init, slice_outputs=protocol == "notebook")
 
 
 def mnist_paper_result(args: argparse.Namespace) -> str:

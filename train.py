@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 from cli import positive_int
 from data import augment_cifar, load_cifar10
-from experiment import SCALE_INITS, Experiment, FlagDefaults, Schedule
+from experiment import EARLIER_SHARED_SETTINGS, SCALE_INITS, Experiment, FlagDefaults, Schedule
 from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_name
 from runner import fit, main as run_main
 
 INITS = SCALE_INITS  # --init: where a HyperResNet's initial kernel scale lives (the first: default)
-EARLIER_SETTINGS = {"precise_bn": 0, "init": "scale-in-z"}  # what runs older than these flags ran with
+EARLIER_SETTINGS = {**EARLIER_SHARED_SETTINGS, "init": "scale-in-z"}  # what runs older than these flags ran with
 # Paper App. A.3.2, batch 128. Boundaries in steps; lr multipliers of the base lr.
 SCHEDULES = {
     "hyper": dict(optimizer="adam", lr=0.002, total=672_000, boundaries=[168_000, 336_000, 504_000], factors=[1, 0.5, 0.1, 0.025]),
