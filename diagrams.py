@@ -169,10 +169,11 @@ def draw_group(ax: Axes, key: str, group: list[compare.Run], colour: str, style:
         ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=colour, alpha=0.18, lw=0)
 
 
-def draw_curves(runs: list[compare.Run], title: str) -> Figure:
+def draw_curves(runs: list[compare.Run], title: str, flag: str | None = None) -> Figure:
     """Training loss | validation (dashed) and test (solid) error against epochs, a star at
     each run's reported result (its best validation epoch), the paper's test error dotted.
-    Seeds of one configuration: their mean and min-max band. Hyper in blues, plain in oranges."""
+    Seeds of one configuration: their mean and min-max band. Hyper in blues, plain in oranges.
+    With FLAG, the figure compares that setting and each legend entry starts with its value."""
     fig = Figure(figsize=(13, 4.8), layout="constrained")
     loss_ax, error_ax = fig.subplots(1, 2)
     used = Counter()
@@ -180,7 +181,10 @@ def draw_curves(runs: list[compare.Run], title: str) -> Figure:
         hyper = group[0].hyper
         colour = RUN_COLOURS[hyper][used[hyper] % len(RUN_COLOURS[hyper])]
         used[hyper] += 1
-        label = group[0].name if len(group) == 1 else f"{group[0].name} and {len(group) - 1} more runs (seeds): mean, min-max"
+        if flag:  # the legend names the compared setting, not the runs
+            label = f"--{flag} {compare.setting(group[0], flag)}" + (f", {len(group)} runs (seeds): mean, min-max" if len(group) > 1 else "")
+        else:
+            label = group[0].name if len(group) == 1 else f"{group[0].name} and {len(group) - 1} more runs (seeds): mean, min-max"
         draw_group(loss_ax, "train_loss", group, colour, "-o", label)
         draw_group(error_ax, "val_error", group, colour, "--", None)
         draw_group(error_ax, "test_error", group, colour, "-o", None)
@@ -323,7 +327,7 @@ def draw_all(args: argparse.Namespace) -> None:
             print(f"note: no runs of {name} with metrics.jsonl{differing}: {filename} not drawn")
             continue
         title = f"{name}: learning curves" + (f", each --{flag}" if flag else "")
-        save(draw_curves(with_metrics, title), out / filename)
+        save(draw_curves(with_metrics, title, flag), out / filename)
     for group in compare.seed_groups([run for run in runs if run.hyper]):
         run = min(group, key=lambda r: r.config["seed"])  # one picture per configuration: its lowest seed
         try:

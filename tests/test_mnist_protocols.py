@@ -197,3 +197,8 @@ def test_notebook_run_end_to_end_and_kept_out_of_table7(tmp_path, mnist_dir, cap
     assert mnist.main([*SMALL, *folders, "--epochs", "1", "--init", "scale-in-z"]) == 0
     assert diagrams.main(["--runs", str(tmp_path / "ck"), "--out", str(figures)]) == 0
     assert (figures / "curves_mnist_init.png").exists()
+    _, _, chosen, flag = next(entry for entry in diagrams.CURVES if entry[0] == "curves_mnist_init.png")
+    ablation = [run for run in compare.find_runs([tmp_path / "ck"]) if chosen(run)]
+    legend = diagrams.draw_curves(ablation, "t", flag).axes[0].get_legend()
+    labels = sorted(text.get_text() for text in legend.get_texts())
+    assert labels == ["--init scale-in-hypernet", "--init scale-in-z"]  # each arm named by its init, not only its run
