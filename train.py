@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from cli import positive_int
 from data import augment_cifar, load_cifar10
-from experiment import EARLIER_SHARED_SETTINGS, SCALE_INITS, Experiment, FlagDefaults, Schedule
+from experiment import EARLIER_SHARED_SETTINGS, SCALE_INITS, Experiment, FlagDefaults, Schedule, kernel_init
 from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_name
 from runner import fit, main as run_main
 
@@ -58,8 +58,9 @@ def cifar_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[obj
 
 def cifar_run_name(args: argparse.Namespace) -> str:
     """hyper-40-1, wrn-40-2, ..., and the init where it is not the default (hyper-40-1-init-scale-in-hypernet)."""
-    name = model_name(args.depth, args.width, not args.plain)
-    return name if args.plain or args.init == INITS[0] else f"{name}-init-{args.init}"
+    hyper = not args.plain
+    name = model_name(args.depth, args.width, hyper)
+    return name if kernel_init(args.init, hyper) == kernel_init(INITS[0], hyper) else f"{name}-init-{args.init}"
 
 
 def build_model(config: dict) -> PrimaryNetwork:
