@@ -9,6 +9,8 @@
     curves_mnist.png   the same for the MNIST runs with the paper's protocol and init
     curves_mnist_notebook.png, curves_mnist_init.png
                        MNIST with the author's notebook protocol; hyper with each --init
+    bn_lag.png         per run with --precise-bn: validation error with training's running
+                       BatchNorm statistics against precise ones, beside the training error
     kernels_RUN.png    one generated layer at initialisation and after training, for each
                        hyper configuration (its lowest seed)
 
@@ -213,6 +215,35 @@ def draw_curves(runs: list[compare.Run], title: str, flag: str | None = None) ->
     return fig
 
 
+def bn_lag_runs(runs: list[compare.Run]) -> list[compare.Run]:
+    """The runs that logged both validation errors (`--precise-bn`): one per configuration
+    (its lowest seed), hyper first."""
+    logged = [min(group, key=lambda r: r.config["seed"]) for group in compare.seed_groups(runs)
+              if group[0].metrics and all("val_error_running" in m for m in group[0].metrics)]
+    return sorted(logged, key=lambda r: (not r.hyper, r.name))
+
+
+def draw_bn_lag(runs: list[compare.Run], title: str) -> Figure:
+    """One panel per run: its training error (batch statistics) and its validation error with
+    training's running BatchNorm statistics and with precise ones (`--precise-bn`)."""
+    fig = Figure(figsize=(4.4 * len(runs) + 0.6, 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(runs), sharey=True))
+    for ax, run in zip(axes, runs):
+        epochs = [m["epoch"] for m in run.metrics]
+        for key, style, label in (("train_error", "-", "training (batch statistics, augmented)"),
+                                  ("val_error_running", ":", "validation, running statistics"),
+                                  ("val_error", "--", f"validation, precise ({compare.setting(run, 'precise_bn'):,} images)")):
+            ax.plot(epochs, [m[key] for m in run.metrics], style, marker="o", ms=3, label=label,
+                    color=RUN_COLOURS[run.hyper][0] if key != "val_error_running" else "black")
+        ax.set(title=run.name, xlabel="epoch", xlim=(0, max(epochs) + 1), ylim=(0, None))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("error (%)")
+    axes[0].legend(fontsize=9)
+    fig.suptitle(title, fontsize=13, weight="bold")
+    return fig
+
+
 # ----------------------------------------------------------------------------- generated kernels
 
 
@@ -328,6 +359,10 @@ def draw_all(args: argparse.Namespace) -> None:
             continue
         title = f"{name}: learning curves" + (f", each --{flag}" if flag else "")
         save(draw_curves(with_metrics, title, flag), out / filename)
+    lagging = bn_lag_runs(runs)
+    if lagging:
+        save(draw_bn_lag(lagging, "Validation error with running and with precise BatchNorm statistics"),
+             out / "bn_lag.png")
     for group in compare.seed_groups([run for run in runs if run.hyper]):
         run = min(group, key=lambda r: r.config["seed"])  # one picture per configuration: its lowest seed
         try:

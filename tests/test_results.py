@@ -272,7 +272,7 @@ def assert_picture(path: Path) -> None:
 def test_diagrams_draws_every_figure(runs, tmp_path, capsys):
     out = tmp_path / "figures"
     assert diagrams.main(["--runs", str(runs.checkpoints), "--out", str(out)]) == 0
-    names = ["architecture.png", "curves_cifar.png", "curves_mnist.png", "kernels_hyper-10-1.png",
+    names = ["architecture.png", "bn_lag.png", "curves_cifar.png", "curves_mnist.png", "kernels_hyper-10-1.png",
              "kernels_mnist-hyper.png"]
     assert sorted(p.name for p in out.iterdir()) == names
     lines = capsys.readouterr().out.splitlines()
@@ -283,6 +283,10 @@ def test_diagrams_draws_every_figure(runs, tmp_path, capsys):
         "curves_mnist_init.png not drawn"]
     for name in names:
         assert_picture(out / name)
+    lagging = diagrams.bn_lag_runs(compare.find_runs([runs.checkpoints]))  # the CIFAR runs: MNIST's nets have no BatchNorm
+    assert [run.name for run in lagging] == ["hyper-10-1", "wrn-10-1"]
+    panels = diagrams.draw_bn_lag(lagging, "t").axes
+    assert [ax.get_title() for ax in panels] == ["hyper-10-1", "wrn-10-1"] and len(panels[0].get_lines()) == 3
 
 
 def test_diagrams_without_runs_draws_the_architecture_only(tmp_path, capsys):
