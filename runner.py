@@ -347,13 +347,15 @@ def run_epochs(run: Run, writer) -> str | None:
 
 def report_end(run: Run, reason: str | None) -> None:
     """The run's last line: its result, or how to continue it."""
-    p, name, script = run.progress, run.experiment.run_name(run.args), run.experiment.script
+    p, script, last = run.progress, run.experiment.script, run.run_dir / "last.pt"
+    name = run.experiment.run_name(run.args)  # the configuration's name; the run's own when --run-name gave another
+    name = name if run.run_dir.name == name else f"{run.run_dir.name} ({name})"
     if reason == "stop-after":
-        run.log(f"stopped after epoch {p.epoch} (--stop-after); continue with: python {script} -r {run.run_dir / 'last.pt'}")
+        run.log(f"stopped after epoch {p.epoch} (--stop-after); continue with: python {script} -r {last}")
     elif reason not in (None, "early"):
         where = f"step {p.step} (epoch {p.epoch + 1}, step {p.partial.position} of {run.steps_per_epoch})" \
             if p.partial.position else f"the end of epoch {p.epoch}"
-        run.log(f"{reason}: saved {run.run_dir / 'last.pt'} at {where}; continue with: python {script} -r", flush=True)
+        run.log(f"{reason}: saved {last} at {where}; continue with: python {script} -r {last}", flush=True)
     else:
         best = p.best
         run.log(f"final: {name} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "

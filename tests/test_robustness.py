@@ -216,6 +216,7 @@ def test_signal_mid_epoch_saves_that_step_and_resume_is_exact(signals, tmp_path,
     position = saved["partial"]["position"]
     assert saved["epoch"] == 1 and 1 <= position < 30 and saved["step"] == 30 + position  # mid-epoch, not a boundary
     assert f"{signals[0]}: saved {last} at step {saved['step']} (epoch 2, step {position} of 30)" in out
+    assert f"continue with: python train.py -r {last}" in out  # the path: a bare -r resumes the default-named run
     assert epochs_in_metrics(last.parent) == [1]
 
     resumed = subprocess.run([sys.executable, "train.py", *run_args(tmp_path, signal_data, "--epochs", "3"), "-r"],

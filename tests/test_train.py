@@ -60,7 +60,7 @@ def test_cli_end_to_end(tmp_path, cifar_dir):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and '"val_error"' in lines[0] and '"test_error"' in lines[0]
     final = result.stdout.strip().splitlines()[-1]
-    assert final.startswith("final: hyper-10-1 test error") and "parameters" in final
+    assert final.startswith("final: e2e (hyper-10-1) test error") and "parameters" in final  # the run, and what it is
     ckpt = load(run / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["step"] == 10 and ckpt["config"]["depth"] == 10
     assert set(ckpt["rng"]) >= {"torch", "numpy", "python", "data_order", "augment"}
