@@ -215,11 +215,15 @@ def draw_curves(runs: list[compare.Run], title: str, flag: str | None = None) ->
     return fig
 
 
+def lowest_seeds(runs: list[compare.Run]) -> list[compare.Run]:
+    """One run per configuration, its lowest seed: the run a per-configuration figure shows."""
+    return [min(group, key=lambda r: r.config["seed"]) for group in compare.seed_groups(runs)]
+
+
 def bn_lag_runs(runs: list[compare.Run]) -> list[compare.Run]:
     """The runs that logged both validation errors (`--precise-bn`): one per configuration
     (its lowest seed), hyper first."""
-    logged = [min(group, key=lambda r: r.config["seed"]) for group in compare.seed_groups(runs)
-              if group[0].metrics and all("val_error_running" in m for m in group[0].metrics)]
+    logged = [run for run in lowest_seeds(runs) if run.metrics and all("val_error_running" in m for m in run.metrics)]
     return sorted(logged, key=lambda r: (not r.hyper, r.name))
 
 
@@ -363,8 +367,7 @@ def draw_all(args: argparse.Namespace) -> None:
     if lagging:
         save(draw_bn_lag(lagging, "Validation error with running and with precise BatchNorm statistics"),
              out / "bn_lag.png")
-    for group in compare.seed_groups([run for run in runs if run.hyper]):
-        run = min(group, key=lambda r: r.config["seed"])  # one picture per configuration: its lowest seed
+    for run in lowest_seeds([run for run in runs if run.hyper]):  # one picture per configuration
         try:
             kernels = layer_kernels(run)
         except UserError as e:
