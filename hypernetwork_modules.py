@@ -4,7 +4,7 @@ The path from a learned embedding to a convolution kernel, top to bottom:
 
     z (num_tiles, z_dim)                      one learned vector per 16x16 tile
       -> HyperNetwork, ONE batched call       two linear layers, no nonlinearity
-      -> tiles (num_tiles, out, in, f, f)     16x16x3x3 basic kernels
+      -> tiles (num_tiles, in, out, f, f)     16x16x3x3 basic kernels, as the paper's slices K_i
       -> reshape/permute per layer            (C_out/16) x (C_in/16) grid of tiles
       -> kernels [(C_out, C_in, f, f), ...]   used by F.conv2d in resnet_blocks.py
 
@@ -50,7 +50,7 @@ def _without_autocast(device_type: str) -> contextlib.AbstractContextManager:
 
 
 class HyperNetwork(nn.Module):
-    """The paper's static hypernetwork: z -> one (out_size, in_size, f, f) basic kernel.
+    """The paper's static hypernetwork: z -> one basic kernel, as in_size slices of (out_size, f, f).
 
     For each input slice i in 0..in_size-1 (the paper's N_in slices):
         a_i = W_i z + B_i                    W_i: (d, z_dim), B_i: (d,)     d = z_dim
@@ -119,19 +119,19 @@ class HyperNetwork(nn.Module):
             return gram.sum() + 2 * (c @ m) @ z.sum(0) + z.shape[0] * c.dot(c)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Generate basic kernels.
+        """Generate basic kernels as the paper's slices, input channel first.
 
         Args:
             z: Embeddings of shape (..., z_dim); any leading batch shape.
 
         Returns:
-            Kernels of shape (..., out_size, in_size, f_size, f_size): a transposed view
-            of the contiguous (..., in_size, out_size, f_size, f_size) result.
+            Contiguous (..., in_size, out_size, f_size, f_size): ``[..., i, :, :, :]`` is the
+            slice K_i, i.e. the conv kernel is ``.transpose(-4, -3)`` of it. `KernelBank`
+            places the slices in its layers' kernels directly, without that transpose.
         """
         m, c = self.composed()
         k = F.linear(z, m, c)  # (..., in*out*f*f): K_i for every i, i major
-        k = k.unflatten(-1, (self.in_size, self.out_size, self.f_size, self.f_size))  # (..., in, out, f, f)
-        return k.transpose(-4, -3)  # (..., out, in, f, f)
+        return k.unflatten(-1, (self.in_size, self.out_size, self.f_size, self.f_size))  # (..., in, out, f, f)
 
 
 def tile_grid(shape: Sequence[int], tile_out: int, tile_in: int) -> tuple[int, int]:
@@ -221,7 +221,7 @@ class KernelBank(nn.Module):
         """
         # Work in the hypernetwork's own contiguous (in, out) order, so that the backward
         # pass (the gradients' concatenation, the GEMMs) stays contiguous too.
-        tiles = self.hypernet(self.z).transpose(1, 2)  # (num_tiles, in, out, f, f), contiguous
+        tiles = self.hypernet(self.z)  # (num_tiles, in, out, f, f)
         kernels = []
         for t, (rows, cols), shape in zip(tiles.split(self.tiles_per_layer), self.grids, self.shapes):
             t = t.unflatten(0, (rows, cols))  # (rows, cols, in, out, f, f)

@@ -121,8 +121,8 @@ class PrimaryNetwork(nn.Module):
         Args:
             x: Images of shape (N, 3, 32, 32).
             kernels: Block kernels from `kernels()`; generated here when None. Passing
-                them lets a caller reuse one generation (e.g. for the L2 penalty or for
-                a whole evaluation pass).
+                them lets a caller reuse one generation (a training step, a whole
+                evaluation pass).
 
         Returns:
             Logits of shape (N, num_classes).

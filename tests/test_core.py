@@ -30,7 +30,7 @@ def paper_hypernet(hn: HyperNetwork, z: torch.Tensor) -> torch.Tensor:
         a_i = w_in[i * d : (i + 1) * d] @ z + b_in[i * d : (i + 1) * d]
         k_i = w_out @ a_i + b_out  # (out*f*f,)
         slices.append(k_i.view(hn.out_size, f, f))
-    return torch.stack(slices, dim=1)  # K[:, i] = K_i
+    return torch.stack(slices)  # (in, out, f, f): [i] = K_i
 
 
 def randomize_(module: nn.Module, seed: int) -> None:
@@ -83,7 +83,7 @@ def test_tiles_land_in_the_right_place():
     assert bank.grids == [(2, 3)]
     for r in range(2):
         for c in range(3):
-            tile = bank.hypernet(bank.z[r * 3 + c])
+            tile = bank.hypernet(bank.z[r * 3 + c]).transpose(0, 1)  # slices K_i -> the conv's (out, in, f, f)
             torch.testing.assert_close(kernel[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16], tile, rtol=1e-12, atol=1e-12)
 
 
