@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import io
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,12 +35,15 @@ import torch
 
 import train
 from checkpointing import atomic_write_text
+from compare import read_run
 from cli import ArgumentParser, HelpFormatter, positive_int, run_cli
 from data import Normalize, write_synthetic_cifar
-from devices import Precision, grad_scaler, pick_device
-from engine import build_optimizer, evaluate, precise_bn, train_step
+from devices import Precision, pick_device
+from distributed import SINGLE_PROCESS
+from engine import Place, TrainState, evaluate, precise_bn, train_step
 from hypernetwork_modules import KernelBank
 from primary_net import PrimaryNetwork
+from provenance import device_model
 
 CIFAR_TRAIN_IMAGES = 45_000  # train.py's training split (50,000 less --val-size 5000)
 # Targets of issue 5 (CPU, 2 threads): hyper/plain step-time ratio by batch size.
@@ -116,17 +118,16 @@ class StepRunner:
     def __init__(self, width: int, hyper: bool, batch: int, device: torch.device, args: argparse.Namespace):
         torch.manual_seed(0)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        self.model = PrimaryNetwork(40, width, hyper=hyper).to(device, memory_format=memory_format)
-        self.forward = torch.compile(self.model) if args.compile else self.model
-        self.optimizer = build_optimizer(self.model, "adam" if hyper else "sgd", 1e-4)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        model = PrimaryNetwork(40, width, hyper=hyper).to(device, memory_format=memory_format)
+        self.precision = Precision("fp32" if args.amp == "off" else args.amp)
+        self.state = TrainState.create(model, "adam" if hyper else "sgd", 1e-4, lambda step: 1.0,
+                                       Place(device, SINGLE_PROCESS, self.precision, memory_format))
+        self.state.forward = torch.compile(model) if args.compile else model
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
         self.y = torch.randint(0, 10, (batch,), device=device)
-        self.precision = Precision("fp32" if args.amp == "off" else args.amp)
-        self.scaler = grad_scaler(device, self.precision)
 
     def __call__(self) -> None:
-        train_step(self.model, self.forward, self.optimizer, self.scheduler, self.x, self.y, 5e-4, self.precision, self.scaler)
+        train_step(self.state, self.x, self.y, 5e-4, self.precision)
 
 
 def step_bench(width: int, batch: int, device: torch.device, args: argparse.Namespace, repeats: int) -> dict:
@@ -165,8 +166,8 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
             if train.main(argv) != 0:
                 raise RuntimeError("train.py failed inside the pipeline benchmark")
         blocks += [block_seconds(), block_seconds()]
-        lines = (root / "ck" / "hyper-40-1" / "metrics.jsonl").read_text().splitlines()
-    train_rate = max(json.loads(line)["images_per_s"] for line in lines)
+        metrics = read_run(root / "ck" / "hyper-40-1").metrics
+    train_rate = max(m["images_per_s"] for m in metrics)
     bare_rate = batch / min(blocks)
     return {"train_py_images_per_s": train_rate, "bare_step_images_per_s": bare_rate, "ratio": train_rate / bare_rate}
 
@@ -183,8 +184,8 @@ def precise_bn_bench(device: torch.device, args: argparse.Namespace, repeats: in
     n = min(args.precise_bn, args.val_size)
 
     def overhead():
-        evaluate(step.model, images, labels, normalize, 1000, memory_format, step.precision)  # the running-stats error
-        precise_bn(step.model, images[:n], normalize, min(args.batch_size, n), memory_format, step.precision)
+        evaluate(step.state.model, images, labels, normalize, 1000, memory_format, step.precision)  # the running-stats error
+        precise_bn(step.state.model, images[:n], normalize, min(args.batch_size, n), memory_format, step.precision)
 
     step_times, overhead_times = interleaved_times([step, overhead], repeats, device)
     steps = CIFAR_TRAIN_IMAGES // args.batch_size
@@ -213,20 +214,9 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def machine() -> str:
-    """The processor, as Linux names it (else the platform's word for it)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[str]]:
     """Every section's numbers, and the table rows that report them."""
-    results: dict = {"device": device.type, "machine": machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    results: dict = {"device": device.type, "machine": device_model(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                      "repeats": args.repeats, "compile": args.compile, "channels_last": args.channels_last, "amp": args.amp}
     rows = ["| measurement | ours | reference | ratio | target | met |", "|---|---:|---:|---:|---:|:-:|"]
     for width in args.widths:
@@ -262,7 +252,7 @@ def bench(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    header = (f"bench on {device.type} ({machine()}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
+    header = (f"bench on {device.type} ({device_model(device)}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
               f"medians of {args.repeats} repeats ({3 * args.repeats} for batch {args.small_batch})")
     print(header + "\n", flush=True)
     results, rows = measure(args, device)

@@ -31,22 +31,16 @@ from cli import UserError, first_line
 from devices import cuda_rng_state, cuda_state_for
 
 FORMAT_NAME = "hyperresnet-train-v"
-FORMAT_VERSION = 2  # 2: may be taken in the middle of an epoch ("partial"), holds the metrics
+FORMAT_VERSION = 3  # 3: records where it ran ("provenance")
 CHECKPOINT_FORMAT = f"{FORMAT_NAME}{FORMAT_VERSION}"
-READABLE_FORMATS = {f"{FORMAT_NAME}1", CHECKPOINT_FORMAT}  # v1 reads as a v2 taken at an epoch's end
-CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "step", "best_val_error", "best", "rng", "config",
-                   "train_indices", "val_indices", "elapsed_seconds"}
-LEGACY_EXPERIMENT = "cifar10"  # checkpoints written before config["experiment"] existed are CIFAR-10 runs
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "step", "best_val_error", "best", "rng_per_rank", "config",
+                   "train_indices", "val_indices", "num_parameters", "elapsed_seconds", "partial", "metrics", "scaler",
+                   "placement", "provenance"}
 
 # Flags that may differ between a checkpoint and the command that resumes it.
 # None of them changes the model or the schedule: a run can move between machines.
 RESUMABLE_CHANGES = {"resume", "device", "progress", "log_dir", "checkpoint_dir", "compile", "eval_batch_size", "data_dir",
                      "download", "stop_after", "patience", "sync_bn", "amp", "channels_last", "precise_bn"}
-
-
-def experiment_of(config: dict) -> str:
-    """The experiment a checkpoint's configuration belongs to."""
-    return config.get("experiment", LEGACY_EXPERIMENT)
 
 
 # ----------------------------------------------------------------------------- random states
@@ -185,10 +179,12 @@ def load_checkpoint(path: Path) -> dict:
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if not isinstance(fmt, str) or not fmt.startswith(FORMAT_NAME):
         raise UserError(f"{path} is not a checkpoint written by this train.py")
-    if fmt not in READABLE_FORMATS:
-        raise UserError(f"{path} has checkpoint format {fmt!r}; this code reads "
-                        f"{', '.join(sorted(READABLE_FORMATS))}: use the version of the code that wrote it")
+    if fmt != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} has checkpoint format {fmt!r}, this code reads {CHECKPOINT_FORMAT!r}: resume or "
+                        "export it with the commit that wrote it (git log -- checkpointing.py)")
     missing = sorted(CHECKPOINT_KEYS - set(ckpt))
+    if not missing and not (isinstance(ckpt["config"], dict) and "experiment" in ckpt["config"]):
+        missing = ["config.experiment"]
     if missing:
         raise UserError(f"{path} is incomplete: it lacks {', '.join(missing)}")
     return ckpt

@@ -4,10 +4,11 @@
     python compare.py --runs checkpoints results/runs  # several folders of runs
     python compare.py --archive results/runs           # also keep each run's small files there
 
-A run is a folder holding train.py's ``last.pt`` (and ``metrics.jsonl``), or the small
-files ``--archive`` writes for it: ``run.json``, ``metrics.jsonl`` and, for a hyper run,
-``kernel_bank.pt`` (its z's and hypernetwork). Both read the same, so the tables (and
-diagrams.py's figures) can be rebuilt from committed archives without the checkpoints.
+A run is a folder holding train.py's ``last.pt``, or the small files ``--archive``
+writes for it: ``run.json`` (configuration, result, provenance: no machine's paths),
+``metrics.jsonl`` and, for a hyper run, ``kernel_bank.pt`` (its z's and hypernetwork).
+Both read the same, so the tables (and diagrams.py's figures) can be rebuilt from
+committed archives without the checkpoints.
 
 Top to bottom: reading runs, the two tables (paper Table 2 for CIFAR-10, Table 7 for
 MNIST) with our parameter counts computed from the live models, the archive, the CLI.
@@ -28,32 +29,35 @@ from pathlib import Path
 import torch
 
 import mnist
+import provenance
 import train
-from checkpointing import atomic_save, atomic_write_text, experiment_of, load_checkpoint
-from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
-from experiment import build_parser as build_experiment_parser
+from checkpointing import atomic_save, atomic_write_text, load_checkpoint, write_error
+from cli import ArgumentParser, HelpFormatter, UserError, first_line, format_time, run_cli
 from experiment import kernel_init
 from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
 
-EXPERIMENTS = {e.name: e for e in (train.CIFAR10, mnist.MNIST)}
+EXPERIMENTS = {e.name: e for e in (train.CIFAR10, mnist.MNIST)}  # the experiments, by name
 CIFAR_Z_DIM, CIFAR_SHORTCUT = 64, "pad"  # the configuration behind the paper's Table 2 (N_z = 64)
 DEFAULT_RUNS = ("checkpoints", "results/runs")  # new runs, then the archived ones: a fresh clone shows the archive
+ARCHIVE_FORMAT = "hyperresnet-run-v2"  # run.json: today's configuration keys, provenance, no machine paths
+MACHINE_KEYS = ("data_dir", "checkpoint_dir", "log_dir", "resume")  # flags naming the machine's files: not archived
 BANK_PREFIX = "kernel_bank."  # model-state keys of the z's and the hypernetwork
-SUMMARY_KEYS = ("config", "best", "epoch", "step", "elapsed_seconds", "num_parameters")
+SUMMARY_KEYS = ("format", "config", "best", "epoch", "step", "elapsed_seconds", "num_parameters", "device", "provenance")
 BEST_KEYS = {"epoch", "step", "val_error", "test_error"}
-CONFIG_KEYS = {"cifar10": {"depth", "width", "plain", "z_dim", "shortcut", "epochs", "batch_size", "seed"},
-               "mnist": {"plain", "z_dim", "epochs", "batch_size", "seed"}}
-RUN_COLUMNS = ["run", "test error", "val error", "best epoch", "epochs", "steps x batch", "stopped", "device", "wall time"]
+# The flags a run's result depends on: all but the seed make its configuration (`seed_group`).
+CONFIG_KEYS = {"cifar10": {"depth", "width", "plain", "z_dim", "shortcut", "init", "precise_bn", "epochs", "batch_size", "seed"},
+               "mnist": {"plain", "z_dim", "protocol", "init", "precise_bn", "epochs", "batch_size", "seed"}}
+RUN_COLUMNS = ["run", "test error", "val error", "best epoch", "epochs", "steps x batch", "stopped", "device", "wall time",
+               "where it ran"]
 SEED_COLUMNS = ["configuration", "epochs", "paper test error", "n", "seeds", "test error", "val error", "test error range",
                 "95% interval of the mean test error"]
 # Student's t, 97.5% quantile, by degrees of freedom (n - 1); beyond 30 the value at 30 (slightly wide).
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-# Flags newer than some archived runs: a run that lacks one ran with this value.
 # The paper's rows hold runs of the paper's protocol and our default init (the paper gives none);
 # another value of these flags puts a run in its own row.
 PAPER_SETUP = {"cifar10": {"init": train.INITS[0]}, "mnist": {"protocol": "paper", "init": mnist.PROTOCOL_INIT["paper"]}}
-LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds"}  # words; the other columns are numbers
+LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds", "where it ran"}  # words; the other columns are numbers
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -71,16 +75,17 @@ class Run:
     elapsed_seconds: float
     num_parameters: int
     device: str  # e.g. "cpu", or "cuda x4" under torchrun
+    provenance: list[dict]  # where it ran: one entry per place (provenance.py)
     metrics: list[dict]  # metrics.jsonl, one record per epoch done
     kernel_bank: dict[str, torch.Tensor]  # the model-state entries of the kernel bank; empty for plain runs
 
     @property
     def experiment(self) -> str:
-        return experiment_of(self.config)
+        return self.config["experiment"]
 
     @property
     def name(self) -> str:
-        return self.config.get("run_name") or self.directory.name
+        return self.config["run_name"]
 
     @property
     def hyper(self) -> bool:
@@ -101,39 +106,40 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def read_metrics(path: Path, epochs: int) -> list[dict]:
-    """The records of metrics.jsonl for epochs 1..EPOCHS (a killed epoch may have left one more)."""
-    if not path.is_file():
-        return []
+def read_metrics(path: Path) -> list[dict]:
+    """The records of an archived metrics.jsonl (written whole by `archive`: a torn line is an error)."""
     try:
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [r for r in records if r["epoch"] <= epochs]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records):
+            raise ValueError("a line is not an epoch's record")
+    except (OSError, ValueError) as e:
         raise UserError(f"{path} is not a metrics file ({first_line(e)})") from None
+    return records
 
 
 def check_summary(summary: dict, source: Path) -> None:
     """Raise a UserError naming SOURCE unless SUMMARY has every field the tables use."""
+    if summary.get("format") != ARCHIVE_FORMAT:
+        raise UserError(f"{source} has archive format {summary.get('format')!r}, this code reads {ARCHIVE_FORMAT!r}: "
+                        "read it with the commit that archived it (git log -- compare.py)")
     missing = [k for k in SUMMARY_KEYS if k not in summary]
     if not missing:
         config, best = summary["config"], summary["best"]
         if not isinstance(config, dict) or not isinstance(best, dict):
             raise UserError(f"{source} is not a run summary: its config and best are not dicts")
-        experiment = experiment_of(config)
+        experiment = config.get("experiment")
         if experiment not in CONFIG_KEYS:
             raise UserError(f"{source} is a run of an unknown experiment {experiment!r}")
-        missing = [f"config.{k}" for k in sorted(CONFIG_KEYS[experiment] - set(config))]
+        missing = [f"config.{k}" for k in sorted((CONFIG_KEYS[experiment] | {"run_name"}) - set(config))]
         missing += [f"best.{k}" for k in sorted(BEST_KEYS - set(best))]
     if missing:
         raise UserError(f"{source} is incomplete: it lacks {', '.join(missing)}")
 
 
-def devices(metrics: list[dict], config: dict) -> str:
-    """Where the run trained, from its metrics ("cpu", "cuda x4", "cpu, then cuda")."""
-    seen = [m["device"] + (f" x{m['processes']}" if m.get("processes", 1) > 1 else "") for m in metrics if "device" in m]
-    if not seen:
-        return config.get("device") if config.get("device") not in (None, "auto") else "unknown"
-    return ", then ".join(dict.fromkeys(seen))
+def devices(metrics: list[dict]) -> str:
+    """Where the run trained, from its metrics ("cpu", "cuda x4", "cpu, then cuda"; "none" before its first epoch)."""
+    seen = [m["device"] + (f" x{m['processes']}" if m["processes"] > 1 else "") for m in metrics]
+    return ", then ".join(dict.fromkeys(seen)) or "none"
 
 
 def read_run(directory: Path) -> Run:
@@ -145,17 +151,20 @@ def read_run(directory: Path) -> Run:
     if (directory / "last.pt").is_file():
         source = directory / "last.pt"
         ckpt = load_checkpoint(source)
-        summary = {k: ckpt[k] for k in SUMMARY_KEYS if k in ckpt}
+        metrics = ckpt["metrics"]
+        summary = {**{k: ckpt[k] for k in SUMMARY_KEYS if k in ckpt}, "format": ARCHIVE_FORMAT, "device": devices(metrics)}
         bank = {k: v for k, v in ckpt["model"].items() if k.startswith(BANK_PREFIX)}
+        check_summary(summary, source)
     else:
         source = directory / "run.json"
         summary = read_json(source)
+        check_summary(summary, source)
+        metrics = read_metrics(directory / "metrics.jsonl")
         bank = read_kernel_bank(directory / "kernel_bank.pt")
-    check_summary(summary, source)
-    metrics = read_metrics(directory / "metrics.jsonl", summary["epoch"])
     return Run(directory=directory, config=summary["config"], best=summary["best"], epoch=summary["epoch"],
                step=summary["step"], elapsed_seconds=summary["elapsed_seconds"], num_parameters=summary["num_parameters"],
-               device=summary.get("device") or devices(metrics, summary["config"]), metrics=metrics, kernel_bank=bank)
+               device=summary["device"], provenance=summary["provenance"], metrics=metrics[: summary["epoch"]],
+               kernel_bank=bank)
 
 
 def read_kernel_bank(path: Path) -> dict[str, torch.Tensor]:
@@ -175,14 +184,8 @@ def run_identity(run: Run) -> str:
     """What makes two run folders the same run: its name and the flags that define it (a
     resume cannot change them). Runs of one default name (hyper-40-1) that differ in, e.g.,
     --z-dim are different runs."""
-    flags = {k: run.config[k] for k in CONFIG_KEYS[run.experiment]}
-    flags.update({k: setting(run, k) for k in newer_flags(run)})
+    flags = {k: setting(run, k) for k in CONFIG_KEYS[run.experiment]}
     return json.dumps([run.experiment, run.name, flags], sort_keys=True)
-
-
-def newer_flags(run: Run) -> list[str]:
-    """The flags of RUN's experiment that are newer than its first checkpoints, sorted."""
-    return sorted(EXPERIMENTS[run.experiment].earlier_settings)
 
 
 def as_run_sees_it(run: Run, flag: str, value):
@@ -191,16 +194,19 @@ def as_run_sees_it(run: Run, flag: str, value):
 
 
 def setting(run: Run, flag: str):
-    """RUN's value of one of its `newer_flags` (the value it ran with if it predates the flag),
-    as it acts on RUN: plain runs of either `SCALE_INITS` are one configuration."""
-    value = run.config.get(flag)
-    return as_run_sees_it(run, flag, EXPERIMENTS[run.experiment].earlier_settings[flag] if value is None else value)
+    """RUN's value of FLAG as it acts on RUN: plain runs of either `SCALE_INITS` are one configuration."""
+    return as_run_sees_it(run, flag, run.config[flag])
 
 
 def departures(run: Run) -> dict:
     """RUN's PAPER_SETUP flags that differ from the paper's setup (empty: the paper's protocol and init)."""
     paper = PAPER_SETUP[run.experiment]
     return {k: setting(run, k) for k in paper if setting(run, k) != as_run_sees_it(run, k, paper[k])}
+
+
+def run_roots(given: list[str] | None) -> list[Path]:
+    """The folders of runs to read: those given, else those of `DEFAULT_RUNS` that exist."""
+    return [Path(d) for d in given] if given else [p for p in map(Path, DEFAULT_RUNS) if p.is_dir()]
 
 
 def find_runs(roots: list[Path]) -> list[Run]:
@@ -243,18 +249,10 @@ def percent(value: float) -> str:
     return f"{value:.2f}%"
 
 
-def wall_time(seconds: float) -> str:
-    """H:MM:SS (hours may exceed 24)."""
-    minutes, s = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
-
-
 def planned_epochs(run: Run) -> int:
     """The run's length in epochs: --epochs, or the paper's step count at the run's steps per epoch."""
     steps_per_epoch = max(1, run.step // max(1, run.epoch))
-    experiment = EXPERIMENTS[run.experiment]
-    config = {**vars(build_experiment_parser(experiment).parse_args([])), **run.config}  # flags newer than the run
-    return experiment.schedule(argparse.Namespace(**config), steps_per_epoch).epochs
+    return EXPERIMENTS[run.experiment].schedule(argparse.Namespace(**run.config), steps_per_epoch).epochs
 
 
 def stop_status(run: Run) -> str:
@@ -274,7 +272,7 @@ def run_cells(run: Run | None) -> list[str]:
     schedule = " (paper schedule)" if run.config["epochs"] is None else ""
     return [f"`{run.name}`", percent(run.best["test_error"]), percent(run.best["val_error"]), str(run.best["epoch"]),
             f"{run.epoch} of {planned_epochs(run):,}{schedule}", f"{run.step:,} x {run.config['batch_size']}",
-            stop_status(run), run.device, wall_time(run.elapsed_seconds)]
+            stop_status(run), run.device, format_time(run.elapsed_seconds), provenance.describe(run.provenance)]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -306,8 +304,7 @@ class PaperTable:
 
 def seed_group(run: Run) -> tuple:
     """What a run's result depends on besides its seed: runs with equal groups are seeds of one configuration."""
-    keys = sorted(CONFIG_KEYS[run.experiment] - {"seed"})
-    return (run.experiment, *(run.config.get(k) for k in keys), *(setting(run, k) for k in newer_flags(run)))
+    return (run.experiment, *(setting(run, k) for k in sorted(CONFIG_KEYS[run.experiment] - {"seed"})))
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
@@ -472,13 +469,13 @@ def archive(runs: list[Run], dest: Path) -> list[Path]:
     written = []
     for run in todo:
         folder = dest / run.name
-        summary = {"config": run.config, "best": run.best, "epoch": run.epoch, "step": run.step,
-                   "elapsed_seconds": run.elapsed_seconds, "device": run.device, "num_parameters": run.num_parameters,
-                   "experiment": run.experiment}
+        summary = {"format": ARCHIVE_FORMAT, "config": {k: v for k, v in run.config.items() if k not in MACHINE_KEYS},
+                   "best": run.best, "epoch": run.epoch, "step": run.step, "elapsed_seconds": run.elapsed_seconds,
+                   "device": run.device, "num_parameters": run.num_parameters, "provenance": run.provenance}
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot archive to {folder} ({e.strerror or e})") from None
+            raise write_error(folder, e) from None
         # Each file whole or not at all (atomic_*: a full disk is one line, an older copy stays intact).
         atomic_write_text(json.dumps(summary, indent=1) + "\n", folder / "run.json")
         atomic_write_text("".join(json.dumps(m) + "\n" for m in run.metrics), folder / "metrics.jsonl")
@@ -511,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def compare(args: argparse.Namespace) -> None:
     """Print the report, write it to --out, and archive the runs if asked."""
-    roots = [Path(d) for d in args.runs] if args.runs else [p for p in map(Path, DEFAULT_RUNS) if p.is_dir()]
+    roots = run_roots(args.runs)
     command = shlex.join(["python", "compare.py", "--runs", *map(str, roots), "--out", args.out]
                          + (["--archive", args.archive] if args.archive else []))
     out = Path(args.out)
@@ -520,9 +517,9 @@ def compare(args: argparse.Namespace) -> None:
     print(text, end="")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
     except OSError as e:
-        raise UserError(f"cannot write {out} ({e.strerror or e})") from None
+        raise write_error(out, e) from None
+    atomic_write_text(text, out)
     print(f"wrote {out}", file=sys.stderr)
     if args.archive:
         folders = archive(runs, Path(args.archive))

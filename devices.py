@@ -118,14 +118,6 @@ def cuda_rng_state(device: torch.device) -> torch.Tensor | None:
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
-def cuda_state_for(saved: torch.Tensor | list | None, device: torch.device) -> torch.Tensor | None:
-    """The saved CUDA generator state that applies to DEVICE. Older checkpoints saved one
-    state per visible GPU: take this device's if it exists, else the first (a run moved
-    to fewer GPUs), so a resume never indexes past the list."""
-    if saved is None or device.type != "cuda":
-        return None
-    if isinstance(saved, (list, tuple)):
-        if not saved:
-            return None
-        return saved[device.index] if device.index is not None and device.index < len(saved) else saved[0]
-    return saved
+def cuda_state_for(saved: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """The saved CUDA generator state, when it applies to DEVICE (a CUDA one)."""
+    return saved if saved is not None and device.type == "cuda" else None

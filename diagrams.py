@@ -1,7 +1,7 @@
 """Figures drawn by code, every number taken from the live models or the runs' files.
 
-    python diagrams.py                         # runs under checkpoints/, PNGs to diagrams/
-    python diagrams.py --runs results/runs     # from archived runs (compare.py --archive)
+    python diagrams.py                         # runs in checkpoints/ and results/runs/, PNGs to diagrams/
+    python diagrams.py --runs results/runs     # from the archived runs alone (compare.py --archive)
 
     architecture.png   z's -> one shared hypernetwork -> 16x16x3x3 tiles -> each stage's
                        kernels, with the tile grids and parameter counts of Hyper-40-1 and 40-2
@@ -36,7 +36,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 import compare
-from checkpointing import writable_dir
+from checkpointing import writable_dir, write_error
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
 from hypernetwork_modules import HyperNetwork, KernelBank
 from primary_net import PrimaryNetwork, model_name, num_parameters
@@ -330,7 +330,7 @@ def save(fig: Figure, path: Path) -> Path:
     try:
         fig.savefig(path, dpi=110)
     except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror or e})") from None
+        raise write_error(path, e) from None
     print(path)
     return path
 
@@ -345,14 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--runs", nargs="+", action="extend", metavar="DIR",
                    help="folders of runs, as for compare.py: each subfolder with last.pt or run.json "
-                        "(compare.py --archive) is a run (default: checkpoints)")
+                        "(compare.py --archive) is a run (default: checkpoints and results/runs, those that exist)")
     p.add_argument("--out", default="diagrams", metavar="DIR", help="the folder for the PNGs")
     return p
 
 
 def draw_all(args: argparse.Namespace) -> None:
     """Every figure the runs allow, into --out."""
-    runs = compare.find_runs([Path(d) for d in args.runs or ["checkpoints"]])
+    runs = compare.find_runs(compare.run_roots(args.runs))
     out = writable_dir(Path(args.out), "--out folder")
     save(draw_architecture(), out / "architecture.png")
     for filename, name, chosen, flag in CURVES:

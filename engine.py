@@ -2,7 +2,7 @@
 
     train_one_epoch(run, epoch)    shuffled global batches -> this process's share ->
                                    augment -> normalise -> train_step, with a progress bar
-    train_step(...)                generate kernels once; cross-entropy + wd/2 * sum K^2;
+    train_step(state, x, y, ...)   generate kernels once; cross-entropy + wd/2 * sum K^2;
                                    backward; optimizer and lr schedule step
     evaluate(...)                  top-1 error with kernels generated once per pass
 
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from cli import UserError, format_time
 from data import Normalize
-from devices import FP32, Precision, autocast
+from devices import FP32, Precision, autocast, grad_scaler
 from distributed import SINGLE_PROCESS, Distributed, all_sum, broadcast_buffers
 from experiment import Augment, Experiment, KernelModel, Schedule
 from preemption import StopRequest
@@ -70,40 +70,80 @@ class Progress:
     metrics: list[dict] = field(default_factory=list)  # one record per completed epoch (metrics.jsonl)
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where and how a run computes (chosen by `runner.set_up`; may change on resume)."""
+
+    device: torch.device
+    dist: Distributed
+    precision: Precision = FP32  # float32, or bf16/fp16 autocast
+    memory_format: torch.memory_format = torch.contiguous_format
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The flags the loops read, typed and fixed for the whole run."""
+
+    batch_size: int  # global, split over the processes: --batch-size, or less for a tiny training set
+    steps_per_epoch: int  # whole batches only: a short last batch is dropped
+    weight_decay: float  # the L2 penalty wd/2 * sum K^2 on the kernels in use
+    precise_bn: int  # training images for precise BatchNorm statistics before each evaluation (0: none)
+    eval_batch_size: int
+    progress: bool  # show a progress bar
+
+
+@dataclass
+class TrainState:
+    """What a training step changes: the model, its optimizer, lr schedule and loss scale."""
+
+    model: KernelModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+    forward: Callable | None = None  # the model, or it wrapped in DDP and/or torch.compile (None: the model)
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = self.model
+
+    @classmethod
+    def create(cls, model: KernelModel, optimizer: str, lr: float, multiplier: Callable[[int], float],
+               place: Place) -> TrainState:
+        """MODEL with a fresh OPTIMIZER ("adam" or "sgd") at base LR times MULTIPLIER(step)."""
+        opt = build_optimizer(model, optimizer, lr)
+        return cls(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, multiplier), grad_scaler(place.device, place.precision))
+
+
 @dataclass
 class Run:
     """A training run in progress (see `runner.set_up`)."""
 
     experiment: Experiment
-    args: argparse.Namespace
-    device: torch.device
-    dist: Distributed
-    precision: Precision  # float32, or bf16/fp16 autocast
-    memory_format: torch.memory_format
+    args: argparse.Namespace  # the configuration as given (saved in checkpoints); the loops read `settings`
+    place: Place
+    settings: Settings
+    schedule: Schedule
+    data: Data
+    state: TrainState
+    augment: Augment  # the training augmentation, from the experiment and the run's flags
+    generators: dict[str, torch.Generator]  # "data_order" (same on every process), "augment" (per process)
     run_dir: Path  # checkpoints and metrics.jsonl
     log_dir: Path  # TensorBoard
-    generators: dict[str, torch.Generator]  # "data_order" (same on every process), "augment" (per process)
-    data: Data
-    model: KernelModel
-    forward: Callable  # the model, or it wrapped in DDP and/or torch.compile
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    schedule: Schedule
-    batch_size: int  # global: split over the processes
-    steps_per_epoch: int
-    num_parameters: int
+    lock: IO | None = None  # rank 0 holds the run folder's lock while it trains
+    provenance: list[dict] = field(default_factory=list)  # where it ran: one entry per place (provenance.py)
     progress: Progress = field(default_factory=Progress)
-    session_start: tuple[float, int] = (0.0, 0)  # (time, step) when this process started or resumed
-    cpu_note_due: bool = False  # say once how long the paper schedule would take on this CPU
     order_state: torch.Tensor | None = None  # the data-order generator's state before this epoch's shuffle
     stop: StopRequest = field(default_factory=StopRequest)  # SIGTERM/SIGINT: stop after the step in flight
-    lock: IO | None = None  # rank 0 holds the run folder's lock while it trains
-    scaler: torch.amp.GradScaler | None = None  # fp16 only
-    augment: Augment | None = None  # the training augmentation, from the experiment and the run's flags
+    session_start: tuple[float, int] = (0.0, 0)  # (time, step) when this process started or resumed
+    cpu_note_due: bool = False  # say once how long the paper schedule would take on this CPU
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.state.model.parameters() if p.requires_grad)
 
     def log(self, *args, **kwargs) -> None:
         """print, on rank 0 only."""
-        if self.dist.main:
+        if self.place.dist.main:
             print(*args, **kwargs)
 
     def eta(self) -> float:
@@ -130,23 +170,23 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float) -> torch.optim
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
 
 
-def train_step(model: KernelModel, forward, optimizer: torch.optim.Optimizer, scheduler, x: torch.Tensor,
-               y: torch.Tensor, weight_decay: float, precision: Precision = FP32,
-               scaler: torch.amp.GradScaler | None = None, clip_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, weight_decay: float = 0.0,
+               precision: Precision = FP32, clip_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step: generate kernels once; cross-entropy plus L2 on the kernels in use.
 
     Args:
-        model: The network (owner of the kernels).
-        forward: ``model``, or it wrapped in DDP and/or torch.compile.
+        state: The model, optimizer, lr schedule and (fp16) loss scaler; the step changes them.
         x: Normalised images (B, C, H, W); y: labels (B,).
-        precision: float32, or the autocast dtype; SCALER scales an fp16 loss.
+        weight_decay: wd in the penalty wd/2 * sum K^2 over the kernels in use.
+        precision: float32, or the autocast dtype.
         clip_norm: If given, the gradients' global L2 norm is clipped to it before the step.
 
     Returns:
         The detached cross-entropy loss and logits.
     """
+    model, optimizer, scaler = state.model, state.optimizer, state.scaler
     with autocast(x.device.type, precision):
-        logits = forward(x, model.kernels())
+        logits = state.forward(x, model.kernels())
         loss = F.cross_entropy(logits.float(), y)
         penalty = 0.5 * weight_decay * model.kernel_sq_norm() if weight_decay else 0.0
     optimizer.zero_grad(set_to_none=True)
@@ -161,7 +201,7 @@ def train_step(model: KernelModel, forward, optimizer: torch.optim.Optimizer, sc
         clip_gradients(optimizer, clip_norm)
         scaler.step(optimizer)  # skipped when the scaled gradients overflowed
         scaler.update()
-    scheduler.step()
+    state.scheduler.step()
     return loss.detach(), logits.detach()
 
 
@@ -175,33 +215,34 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
     """One pass over the shuffled training split (or the rest of it, after a resume in the
     middle); every process takes its share of each global batch. Returns None when a
     signal stopped it early: then ``run.progress.partial`` says where it stands."""
-    data, dist, steps, sums = run.data, run.dist, run.steps_per_epoch, run.progress.partial
-    local_batch = run.batch_size // dist.world
-    run.model.train()
+    data, place, settings, sums = run.data, run.place, run.settings, run.progress.partial
+    dist, batch, steps = place.dist, settings.batch_size, settings.steps_per_epoch
+    local_batch = batch // dist.world
+    run.state.model.train()
     run.order_state = run.generators["data_order"].get_state()  # a resumed epoch draws the same order again
-    order = torch.randperm(len(data.train_x), generator=run.generators["data_order"]).to(run.device)
+    order = torch.randperm(len(data.train_x), generator=run.generators["data_order"]).to(place.device)
     # This process's sums; the part done before a resume (summed over processes) counts on rank 0.
-    loss_sum = torch.tensor(sums.loss if dist.main else 0.0, device=run.device)
-    correct = torch.tensor(sums.correct if dist.main else 0, dtype=torch.long, device=run.device)
+    loss_sum = torch.tensor(sums.loss if dist.main else 0.0, device=place.device)
+    correct = torch.tensor(sums.correct if dist.main else 0, dtype=torch.long, device=place.device)
     start = time.time()
     bar = tqdm(range(sums.position, steps), desc=f"epoch {epoch + 1}/{run.schedule.epochs}", initial=sums.position,
-               total=steps, disable=not run.args.progress or not dist.main, leave=False, dynamic_ncols=True, file=sys.stderr)
+               total=steps, disable=not settings.progress or not dist.main, leave=False, dynamic_ncols=True, file=sys.stderr)
     for i in bar:
-        idx = order[i * run.batch_size : (i + 1) * run.batch_size]  # the global batch
+        idx = order[i * batch : (i + 1) * batch]  # the global batch
         idx = idx[dist.rank * local_batch : (dist.rank + 1) * local_batch]  # this process's share
-        x = data.normalize(run.augment(data.train_x[idx], run.generators["augment"]), run.memory_format)
+        x = data.normalize(run.augment(data.train_x[idx], run.generators["augment"]), place.memory_format)
         y = data.train_y[idx]
-        loss, logits = train_step(run.model, run.forward, run.optimizer, run.scheduler, x, y, run.args.weight_decay,
-                                  run.precision, run.scaler, run.schedule.clip_norm)
+        loss, logits = train_step(run.state, x, y, settings.weight_decay, place.precision, run.schedule.clip_norm)
         run.progress.step += 1
         loss_sum += loss
         correct += (logits.argmax(1) == y).sum()
         in_step = i % 10 == 9 or i == steps - 1  # every process reaches these steps: collectives are safe here
         if in_step:
             running_loss = all_sum(loss_sum, dist).item() / dist.world / (i + 1)  # the same on every process
-            accuracy = 100 * all_sum(correct, dist).item() / ((i + 1) * run.batch_size)
+            check_finite(run, running_loss)
+            accuracy = 100 * all_sum(correct, dist).item() / ((i + 1) * batch)
             show_progress(run, bar, running_loss, accuracy, (i + 1 - sums.position) / (time.time() - start))
-        if i < steps - 1 and run.stop.agreed(dist, run.device, in_step):
+        if i < steps - 1 and run.stop.agreed(dist, place.device, in_step):
             bar.close()
             run.progress.partial = EpochSums(i + 1, all_sum(loss_sum, dist).item(), all_sum(correct, dist).item(),
                                              sums.seconds + time.time() - start)
@@ -210,22 +251,27 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
     seconds = sums.seconds + time.time() - start
     run.progress.partial = EpochSums()
     train_loss = all_sum(loss_sum, dist).item() / dist.world / steps
-    train_error = 100 - 100 * all_sum(correct, dist).item() / (steps * run.batch_size)
-    return EpochStats(train_loss, train_error, seconds, steps * run.batch_size / seconds, start, sums.seconds)
+    train_error = 100 - 100 * all_sum(correct, dist).item() / (steps * batch)
+    return EpochStats(train_loss, train_error, seconds, steps * batch / seconds, start, sums.seconds)
+
+
+def check_finite(run: Run, loss: float) -> None:
+    """Stop the run when the mean training loss so far is not finite (one step's NaN or inf
+    makes the sum so): the last saved checkpoint is kept."""
+    if not math.isfinite(loss):
+        raise UserError(f"training loss became {loss} at step {run.progress.step}; stopped. "
+                        f"The last good checkpoint is kept: {run.run_dir / 'last.pt'}")
 
 
 def show_progress(run: Run, bar: tqdm, loss: float, accuracy: float, steps_per_s: float) -> None:
-    """Stop on a non-finite loss; otherwise update the bar (and, once, the CPU note)."""
-    step = run.progress.step
-    if not math.isfinite(loss):
-        raise UserError(f"training loss became {loss} at step {step}; stopped. "
-                        f"The last good checkpoint is kept: {run.run_dir / 'last.pt'}")
+    """Update the bar (and, once, say how long the paper schedule takes on this CPU)."""
     eta = run.eta()
-    if run.cpu_note_due and run.dist.main:
+    if run.cpu_note_due and run.place.dist.main:
         tqdm.write(f"note: the paper schedule is {run.schedule.total_steps:,} steps: about {format_time(eta)} more "
                    "on this CPU. Use --epochs N for a short budget.", file=sys.stderr)
         run.cpu_note_due = False
-    bar.set_postfix_str(f"loss {loss:.3f} acc {accuracy:.1f}% {steps_per_s * run.batch_size:.0f} img/s run ETA {format_time(eta)}")
+    bar.set_postfix_str(f"loss {loss:.3f} acc {accuracy:.1f}% {steps_per_s * run.settings.batch_size:.0f} img/s "
+                        f"run ETA {format_time(eta)}")
 
 
 @torch.no_grad()
@@ -286,15 +332,15 @@ def evaluate_run(run: Run) -> dict[str, float]:
     statistics are first recomputed on the first N training images, and the validation
     error with the running statistics is kept beside (``val_error_running``). Under
     torchrun, rank 0's statistics are used everywhere."""
-    broadcast_buffers(run.model, run.dist)
-    d, n = run.data, run.args.precise_bn
-    args = (d.normalize, run.args.eval_batch_size, run.memory_format, run.precision, run.dist)
+    model, d, place, n = run.state.model, run.data, run.place, run.settings.precise_bn
+    broadcast_buffers(model, place.dist)
+    args = (d.normalize, run.settings.eval_batch_size, place.memory_format, place.precision, place.dist)
     errors = {}
-    if n and batchnorms(run.model):  # without BatchNorm there is nothing to recompute, nor a second error to log
+    if n and batchnorms(model):  # without BatchNorm there is nothing to recompute, nor a second error to log
         start = time.time()
-        running = evaluate(run.model, d.val_x, d.val_y, *args)
-        precise_bn(run.model, d.train_x[:n], d.normalize, min(run.args.batch_size, n), run.memory_format, run.precision)
+        running = evaluate(model, d.val_x, d.val_y, *args)
+        precise_bn(model, d.train_x[:n], d.normalize, min(run.settings.batch_size, n), place.memory_format, place.precision)
         errors = {"val_error_running": running, "precise_bn_seconds": time.time() - start}
-    errors["val_error"] = evaluate(run.model, d.val_x, d.val_y, *args)
-    errors["test_error"] = evaluate(run.model, d.test_x, d.test_y, *args)
+    errors["val_error"] = evaluate(model, d.val_x, d.val_y, *args)
+    errors["test_error"] = evaluate(model, d.test_x, d.test_y, *args)
     return errors

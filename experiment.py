@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import torch
@@ -61,9 +61,6 @@ class FlagDefaults:
     precise_bn: int = 0  # training images for precise BatchNorm statistics before each evaluation
 
 
-# The shared flags newer than the first checkpoints, with the value such a checkpoint ran with;
-# each experiment adds its own in `Experiment.earlier_settings`.
-EARLIER_SHARED_SETTINGS = {"precise_bn": 0}
 SCALE_INITS = ("scale-in-z", "scale-in-hypernet")  # --init values that only place a hypernetwork's initial kernel scale
 
 
@@ -94,9 +91,6 @@ class Experiment:
     paper_result: Callable[[argparse.Namespace], str]  # the paper's figure, for the final line
     # Fills the defaults that depend on other flags (e.g. a protocol's epochs), given the flags set explicitly.
     resolve_defaults: Callable[[argparse.Namespace, set[str]], None] | None = None
-    # Flags added after the first checkpoints, each with the value a checkpoint that predates it ran with
-    # (not today's default, which may differ): resuming and compare.py read such checkpoints by it.
-    earlier_settings: dict[str, object] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import train
-from checkpointing import atomic_save, experiment_of, load_checkpoint
+from checkpointing import atomic_save, load_checkpoint
 from cli import ArgumentParser, UserError, run_cli
 from primary_net import PrimaryNetwork, num_parameters, to_plain
 
@@ -52,7 +52,7 @@ def weights_bytes(model: torch.nn.Module) -> int:
 def export(checkpoint: Path, out: Path | None = None) -> Path:
     """Write the plain version of CHECKPOINT's model; returns the output path."""
     ckpt = load_checkpoint(checkpoint)
-    experiment = experiment_of(ckpt["config"])
+    experiment = ckpt["config"]["experiment"]
     if experiment != train.CIFAR10.name:
         raise UserError(f"{checkpoint} is a {experiment} run; export.py exports CIFAR-10 HyperResNets")
     model = model_from_checkpoint(ckpt)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from cli import positive_int
 from data import augment_mnist, load_mnist, stretch_mnist
-from experiment import EARLIER_SHARED_SETTINGS, Experiment, FlagDefaults, Schedule, kernel_init
+from experiment import Experiment, FlagDefaults, Schedule, kernel_init
 from hypernetwork_modules import HyperNetwork, KernelBank
 from runner import main as run_main
 
@@ -54,7 +54,6 @@ PROTOCOLS = ("paper", "notebook")  # --protocol choices
 # Each protocol's default --init. The paper's: scale-in-hypernet, chosen by mean validation error
 # over five seeds against scale-in-z and notebook (README, "The --init ablation").
 PROTOCOL_INIT = {"paper": "scale-in-hypernet", "notebook": "notebook"}
-EARLIER_SETTINGS = {**EARLIER_SHARED_SETTINGS, "protocol": "paper", "init": "scale-in-z"}  # what older runs ran with
 
 
 def truncated_normal_(t: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -191,9 +190,8 @@ def mnist_run_name(args: argparse.Namespace) -> str:
 
 
 def build_mnist(config: dict) -> MnistNet:
-    """The net a run's configuration describes (a run older than a flag: `EARLIER_SETTINGS`)."""
-    init, protocol = (config.get(k) or EARLIER_SETTINGS[k] for k in ("init", "protocol"))
-    return MnistNet(not config["plain"], config["z_dim"], init=init, slice_outputs=protocol == "notebook")
+    """The net a run's configuration (its flags, as saved in checkpoints) describes."""
+    return MnistNet(not config["plain"], config["z_dim"], init=config["init"], slice_outputs=config["protocol"] == "notebook")
 
 
 def mnist_paper_result(args: argparse.Namespace) -> str:
@@ -220,7 +218,6 @@ MNIST = Experiment(
     run_name=mnist_run_name,
     paper_result=mnist_paper_result,
     resolve_defaults=mnist_defaults,
-    earlier_settings=EARLIER_SETTINGS,
 )
 
 

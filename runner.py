@@ -28,15 +28,17 @@ import numpy as np
 import torch
 
 import distributed
+import provenance
 from checkpointing import (CHECKPOINT_FORMAT, RESUMABLE_CHANGES, acquire_run_lock, append_line, atomic_save,
-                           atomic_write_text, check_resume_config, experiment_of, load_checkpoint, release_run_lock,
+                           atomic_write_text, check_resume_config, load_checkpoint, release_run_lock,
                            remove_stale_temporaries, rng_state, set_rng_state, writable_dir)
 from cli import UserError, first_line, format_time
 from data import Normalize, split_indices
-from devices import capability, choose_channels_last, choose_precision, configure_backends, grad_scaler, pick_device
+from devices import capability, choose_channels_last, choose_precision, configure_backends, pick_device
 from distributed import Distributed, all_gather, augment_seed, broadcast_object
-from engine import Data, EpochStats, EpochSums, Progress, Run, build_optimizer, evaluate_run, train_one_epoch
-from experiment import Experiment, build_parser, parse_args
+from engine import (Data, EpochStats, EpochSums, Place, Progress, Run, Settings, TrainState, evaluate_run,
+                    train_one_epoch)
+from experiment import Experiment, parse_args
 
 
 def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
@@ -48,19 +50,18 @@ def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argpar
         return args, None
     path = Path(args.resume) if args.resume else Path(args.checkpoint_dir) / args.run_name / "last.pt"
     ckpt = load_checkpoint(path)
-    saved_experiment = experiment_of(ckpt["config"])
-    if saved_experiment != experiment.name:
-        raise UserError(f"{path} is a {saved_experiment} run, not {experiment.name}: resume it with its own script")
-    config = {**experiment.earlier_settings, **ckpt["config"]}  # what a checkpoint older than a flag ran with
-    check_resume_config(config, args, explicit)
-    if ckpt["format"] != CHECKPOINT_FORMAT and distributed.is_main_process():
-        print(f"note: {path} has the older format {ckpt['format']}; it resumes as one taken at its epoch's end")
-    saved = {**vars(build_parser(experiment).parse_args([])), **config}  # any other newer flag: its default
+    saved = dict(ckpt["config"])
+    if saved["experiment"] != experiment.name:
+        raise UserError(f"{path} is a {saved['experiment']} run, not {experiment.name}: resume it with its own script")
+    missing = sorted(set(vars(args)) - set(saved))
+    if missing:
+        raise UserError(f"{path} is incomplete: its configuration lacks {', '.join('--' + k.replace('_', '-') for k in missing)}")
+    check_resume_config(saved, args, explicit)
     saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES})
     return argparse.Namespace(**saved), ckpt
 
 
-def place(args: argparse.Namespace) -> tuple[torch.device, Distributed]:
+def place_process(args: argparse.Namespace) -> tuple[torch.device, Distributed]:
     """The device, chosen before the process group (nccl needs it), and this process's place in torchrun."""
     device = pick_device(args.device, distributed.local_rank())
     if device.type == "cuda":
@@ -112,108 +113,90 @@ def load_data(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
 
 def set_up(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None) -> Run:
     """Everything a run needs, freshly initialised (a checkpoint is restored afterwards)."""
-    device, dist = place(args)
+    device, dist = place_process(args)
     precision = choose_precision(args.amp, device.type, capability(device))
     channels_last = choose_channels_last(args.channels_last, device.type, precision)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    place = Place(device, dist, precision, torch.channels_last if channels_last else torch.contiguous_format)
     configure_backends(device)
     run_dir, log_dir, lock = prepare_dirs(args, ckpt is not None, dist)
     try:
-        return build_run(experiment, args, ckpt, (device, dist, precision, memory_format, run_dir, log_dir, lock))
+        return build_run(experiment, args, ckpt, place, (run_dir, log_dir, lock))
     except BaseException:
         release_run_lock(lock)
         raise
 
 
-def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None, placed: tuple) -> Run:
+def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None, place: Place, folders: tuple) -> Run:
     """Seeds, data, model and optimizer, for the place `set_up` chose."""
-    device, dist, precision, memory_format, run_dir, log_dir, lock = placed
+    device, dist = place.device, place.dist
     generators = seed_everything(args.seed, dist)
     data = load_data(experiment, args, ckpt, device)
     batch_size = min(args.batch_size, len(data.train_x) - len(data.train_x) % dist.world)  # global
-    steps_per_epoch = len(data.train_x) // batch_size
-    schedule = experiment.schedule(args, steps_per_epoch)
+    settings = Settings(batch_size, len(data.train_x) // batch_size, args.weight_decay, args.precise_bn,
+                        args.eval_batch_size, args.progress)
+    schedule = experiment.schedule(args, settings.steps_per_epoch)
 
-    model = experiment.build_model(vars(args)).to(device, memory_format=memory_format)
+    model = experiment.build_model(vars(args)).to(device, memory_format=place.memory_format)
     if args.sync_bn and dist.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, args.optimizer or schedule.optimizer, args.lr if args.lr is not None else schedule.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return Run(experiment, args, device, dist, precision, memory_format, run_dir, log_dir, generators, data, model, model,
-               optimizer, scheduler, schedule, batch_size, steps_per_epoch, n_params,
-               cpu_note_due=device.type == "cpu" and args.epochs is None, lock=lock, scaler=grad_scaler(device, precision),
-               augment=experiment.augment(vars(args)))
+    state = TrainState.create(model, args.optimizer or schedule.optimizer, args.lr if args.lr is not None else schedule.lr,
+                              schedule.multiplier, place)
+    run_dir, log_dir, lock = folders
+    return Run(experiment=experiment, args=args, place=place, settings=settings, schedule=schedule, data=data,
+               state=state, augment=experiment.augment(vars(args)), generators=generators, run_dir=run_dir,
+               log_dir=log_dir, lock=lock, provenance=[{"from_step": 0, **provenance.collect(device, dist.world)}],
+               cpu_note_due=device.type == "cpu" and args.epochs is None)
 
 
 def restore(run: Run, ckpt: dict) -> None:
     """Every process restores the same model, optimizer and schedule, and its own random streams."""
-    per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
-    dist = run.dist
+    per_rank, state, dist = ckpt["rng_per_rank"], run.state, run.place.dist
     try:
-        run.model.load_state_dict(ckpt["model"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.scheduler.load_state_dict(ckpt["scheduler"])
-        if run.scaler is not None and ckpt.get("scaler"):  # an fp16 run goes on with its loss scale
-            run.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0], run.generators, run.device)
+        state.model.load_state_dict(ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        state.scheduler.load_state_dict(ckpt["scheduler"])
+        if state.scaler is not None and ckpt["scaler"]:  # an fp16 run goes on with its loss scale
+            state.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0], run.generators, run.place.device)
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{run.args.resume or 'the checkpoint'} does not fit its own configuration ({first_line(e)})") from None
     if len(per_rank) != dist.world:
         run.log(f"note: the checkpoint was written by {len(per_rank)} process(es), this job has {dist.world}: "
                 "augmentation streams restart from the seed (the run goes on, but not bit-exactly)")
         run.generators["augment"].manual_seed(augment_seed(run.args.seed, dist.rank) + 7919 * ckpt["epoch"])
-    partial = EpochSums(**ckpt["partial"]) if ckpt.get("partial") else EpochSums()  # format v1: none
     run.progress = Progress(ckpt["epoch"], ckpt["step"], ckpt["best_val_error"], ckpt["best"], ckpt["elapsed_seconds"],
-                            partial, list(ckpt.get("metrics") or []))
+                            EpochSums(**ckpt["partial"]), list(ckpt["metrics"]))
+    here = {**run.provenance[-1], "from_step": ckpt["step"]}
+    saved = list(ckpt["provenance"])
+    run.provenance = saved if saved and provenance.same_place(saved[-1], here) else [*saved, here]
 
 
-def read_metrics_lines(path: Path, epochs: int) -> list[dict]:
-    """The records of metrics.jsonl up to epoch EPOCHS; a torn or foreign line ends the file."""
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) or record["epoch"] > epochs:
-                break
-        except ValueError:  # a line cut short by a kill
-            break
-        records.append(record)
-    return records
-
-
-def reset_metrics(run: Run, resuming: bool) -> None:
-    """Make metrics.jsonl hold exactly the epochs the checkpoint holds: none for a new run,
-    the checkpoint's own records when resuming (older checkpoints: the file's lines up
-    to the checkpoint's epoch, a torn last line dropped)."""
-    path = run.run_dir / "metrics.jsonl"
-    if not run.dist.main:
-        return
-    if resuming and not run.progress.metrics and path.exists() and run.progress.epoch:
-        run.progress.metrics = read_metrics_lines(path, run.progress.epoch)
-    if not resuming:
-        run.progress.metrics = []
-    atomic_write_text("".join(json.dumps(r) + "\n" for r in run.progress.metrics), path)
+def reset_metrics(run: Run) -> None:
+    """Make metrics.jsonl hold exactly the epochs the checkpoint holds (none for a new run)."""
+    if run.place.dist.main:
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in run.progress.metrics), run.run_dir / "metrics.jsonl")
 
 
 def wrap(run: Run) -> None:
     """DDP under torchrun (gradients of the hypernetwork and z's averaged too), then torch.compile if asked."""
-    forward = run.model
-    if run.dist.world > 1:
+    model, place = run.state.model, run.place
+    forward = model
+    if place.dist.world > 1:
         forward = torch.nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    run.forward = torch.compile(forward) if run.args.compile else forward
+            model, device_ids=[place.device.index] if place.device.type == "cuda" else None)
+    run.state.forward = torch.compile(forward) if run.args.compile else forward
 
 
 def announce(run: Run, resumed: bool) -> None:
     """The run's one-line description."""
-    a, d, s = run.args, run.data, run.schedule
+    a, d, s, place = run.args, run.data, run.schedule, run.place
     run.log(f"{run.experiment.run_name(a)}: {run.num_parameters:,} parameters | {len(d.train_x)} train / "
-            f"{len(d.val_x)} val / {len(d.test_x)} test images | device {run.device.type}, {run.precision.describe()}"
-            f"{', channels_last' if run.memory_format == torch.channels_last else ''}"
-            f"{f' x {run.dist.world} processes' if run.dist.world > 1 else ''} | "
+            f"{len(d.val_x)} val / {len(d.test_x)} test images | device {place.device.type}, {place.precision.describe()}"
+            f"{', channels_last' if place.memory_format == torch.channels_last else ''}"
+            f"{f' x {place.dist.world} processes' if place.dist.world > 1 else ''} | "
             f"{a.optimizer or s.optimizer} lr {a.lr if a.lr is not None else s.lr:g}, {s.epochs} epochs x "
-            f"{run.steps_per_epoch} steps of {run.batch_size}" + (f" | resumed at epoch {run.progress.epoch}" if resumed else ""))
+            f"{run.settings.steps_per_epoch} steps of {run.settings.batch_size}"
+            + (f" | resumed at epoch {run.progress.epoch}" if resumed else ""))
 
 
 def epoch_record(run: Run, stats: EpochStats, errors: dict[str, float]) -> dict:
@@ -223,9 +206,9 @@ def epoch_record(run: Run, stats: EpochStats, errors: dict[str, float]) -> dict:
     p.elapsed_seconds += time.time() - stats.started + stats.resumed_seconds
     val_error, test_error = errors["val_error"], errors["test_error"]
     record = {"epoch": p.epoch, "step": p.step, "train_loss": stats.train_loss, "train_error": stats.train_error,
-              **errors, "lr": run.optimizer.param_groups[0]["lr"],
+              **errors, "lr": run.state.optimizer.param_groups[0]["lr"],
               "images_per_s": stats.images_per_s, "epoch_seconds": stats.seconds,
-              "elapsed_seconds": p.elapsed_seconds, "device": run.device.type, "processes": run.dist.world}
+              "elapsed_seconds": p.elapsed_seconds, "device": run.place.device.type, "processes": run.place.dist.world}
     if val_error < p.best_val_error:
         p.best_val_error = val_error
         p.best = {"epoch": p.epoch, "step": p.step, "val_error": val_error, "test_error": test_error}
@@ -236,33 +219,34 @@ def epoch_record(run: Run, stats: EpochStats, errors: dict[str, float]) -> dict:
 def checkpoint(run: Run) -> dict:
     """Everything `restore` needs to continue the run exactly, at an epoch's end or in the
     middle of one (then with the data order of the epoch in flight, to draw it again)."""
-    p = run.progress
-    rng = rng_state(run.generators, run.device)
+    p, state = run.progress, run.state
+    rng = rng_state(run.generators, run.place.device)
     if p.partial.position:
         rng["data_order"] = run.order_state
-    rng_per_rank = all_gather(rng, run.dist)
     return {
-        "format": CHECKPOINT_FORMAT, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(), "epoch": p.epoch, "step": p.step, "best_val_error": p.best_val_error,
-        "best": p.best, "rng": rng_per_rank[0], "rng_per_rank": rng_per_rank,
+        "format": CHECKPOINT_FORMAT, "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(), "epoch": p.epoch, "step": p.step, "best_val_error": p.best_val_error,
+        "best": p.best, "rng_per_rank": all_gather(rng, run.place.dist),
         "config": {**vars(run.args), "experiment": run.experiment.name}, "train_indices": run.data.train_indices,
         "val_indices": run.data.val_indices, "num_parameters": run.num_parameters,
-        "elapsed_seconds": p.elapsed_seconds, "processes": run.dist.world,
+        "elapsed_seconds": p.elapsed_seconds, "processes": run.place.dist.world,
         "partial": dataclasses.asdict(p.partial), "metrics": p.metrics,
-        "scaler": run.scaler.state_dict() if run.scaler is not None else None, "placement": placement(run),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None, "placement": placement(run),
+        "provenance": run.provenance,
     }
 
 
 def placement(run: Run) -> dict:
     """Where and how the run computes now (not part of its configuration: it may change on resume)."""
-    return {"device": run.device.type, "precision": run.precision.name, "processes": run.dist.world,
-            "channels_last": run.memory_format == torch.channels_last}
+    place = run.place
+    return {"device": place.device.type, "precision": place.precision.name, "processes": place.dist.world,
+            "channels_last": place.memory_format == torch.channels_last}
 
 
-def note_moves(run: Run, saved: dict | None) -> None:
+def note_moves(run: Run, saved: dict) -> None:
     """One line when a resumed run computes elsewhere or otherwise than before."""
     now = placement(run)
-    changed = [f"{k} {saved[k]} -> {now[k]}" for k in now if saved and k in saved and saved[k] != now[k]]
+    changed = [f"{k} {saved[k]} -> {now[k]}" for k in now if saved[k] != now[k]]
     if changed:
         run.log(f"note: the run moved: {', '.join(changed)}")
 
@@ -270,12 +254,12 @@ def note_moves(run: Run, saved: dict | None) -> None:
 def on_main_process(run: Run, write: Callable[[], None]) -> None:
     """WRITE on rank 0; a user error there (a full disk) stops every process, not only rank 0."""
     error = None
-    if run.dist.main:
+    if run.place.dist.main:
         try:
             write()
         except UserError as e:
             error = str(e)
-    error = broadcast_object(error, run.dist)
+    error = broadcast_object(error, run.place.dist)
     if error is not None:
         raise UserError(error)
 
@@ -338,7 +322,7 @@ def run_epochs(run: Run, writer) -> str | None:
             record = epoch_record(run, stats, evaluate_run(run))
             save_epoch(run, record, writer)
             log_epoch(run, record)
-            if run.stop.agreed(run.dist, run.device, True):  # signalled while evaluating or saving: last.pt is this epoch
+            if run.stop.agreed(run.place.dist, run.place.device, True):  # signalled while evaluating or saving: last.pt is this epoch
                 return signal.Signals(run.stop.decided).name
             if run.args.stop_after is not None and run.args.stop_after <= record["epoch"] < run.schedule.epochs:
                 return "stop-after"
@@ -353,7 +337,7 @@ def report_end(run: Run, reason: str | None) -> None:
     if reason == "stop-after":
         run.log(f"stopped after epoch {p.epoch} (--stop-after); continue with: python {script} -r {last}")
     elif reason not in (None, "early"):
-        where = f"step {p.step} (epoch {p.epoch + 1}, step {p.partial.position} of {run.steps_per_epoch})" \
+        where = f"step {p.step} (epoch {p.epoch + 1}, step {p.partial.position} of {run.settings.steps_per_epoch})" \
             if p.partial.position else f"the end of epoch {p.epoch}"
         run.log(f"{reason}: saved {last} at {where}; continue with: python {script} -r {last}", flush=True)
     else:
@@ -374,12 +358,12 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
     try:
         if ckpt is not None:
             restore(run, ckpt)
-            note_moves(run, ckpt.get("placement"))
-        reset_metrics(run, resuming=ckpt is not None)
+            note_moves(run, ckpt["placement"])
+        reset_metrics(run)
         wrap(run)
         from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
 
-        writer = SummaryWriter(str(run.log_dir), purge_step=run.progress.step if ckpt else None) if run.dist.main else None
+        writer = SummaryWriter(str(run.log_dir), purge_step=run.progress.step if ckpt else None) if run.place.dist.main else None
         announce(run, resumed=ckpt is not None)
         run.session_start = (time.time(), run.progress.step)
         try:
@@ -387,7 +371,7 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
         finally:
             if writer:
                 writer.close()
-        distributed.barrier(run.dist)  # no process leaves the group while another still saves
+        distributed.barrier(run.place.dist)  # no process leaves the group while another still saves
         report_end(run, reason)
     finally:
         release_run_lock(run.lock)

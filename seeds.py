@@ -23,12 +23,12 @@ from pathlib import Path
 from cli import ArgumentParser, HelpFormatter, UserError, format_time, positive_int, run_cli
 from experiment import Experiment, parse_args
 
-def experiments() -> dict[str, Experiment]:
-    """The experiments by the script that runs them (imported here, not at start-up)."""
-    import mnist
-    import train
 
-    return {e.script: e for e in (train.CIFAR10, mnist.MNIST)}
+def experiments() -> dict[str, Experiment]:
+    """The experiments by the script that runs them (compare.py's list, imported here, not at start-up)."""
+    from compare import EXPERIMENTS
+
+    return {e.script: e for e in EXPERIMENTS.values()}
 
 
 def seed_command(script: str, seed: int, flags: list[str]) -> tuple[list[str], Path]:

@@ -18,12 +18,11 @@ from collections.abc import Callable
 
 from cli import positive_int
 from data import augment_cifar, load_cifar10
-from experiment import EARLIER_SHARED_SETTINGS, SCALE_INITS, Experiment, FlagDefaults, Schedule, kernel_init
+from experiment import SCALE_INITS, Experiment, FlagDefaults, Schedule, kernel_init
 from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_name
-from runner import fit, main as run_main
+from runner import main as run_main
 
 INITS = SCALE_INITS  # --init: where a HyperResNet's initial kernel scale lives (the first: default)
-EARLIER_SETTINGS = {**EARLIER_SHARED_SETTINGS, "init": "scale-in-z"}  # what runs older than these flags ran with
 # Paper App. A.3.2, batch 128. Boundaries in steps; lr multipliers of the base lr.
 SCHEDULES = {
     "hyper": dict(optimizer="adam", lr=0.002, total=672_000, boundaries=[168_000, 336_000, 504_000], factors=[1, 0.5, 0.1, 0.025]),
@@ -65,8 +64,7 @@ def cifar_run_name(args: argparse.Namespace) -> str:
 
 def build_model(config: dict) -> PrimaryNetwork:
     """The network a run's configuration (its arguments, as saved in checkpoints) describes."""
-    init = config.get("init") or EARLIER_SETTINGS["init"]
-    scale_in = "hypernet" if init == "scale-in-hypernet" else "z"
+    scale_in = "hypernet" if config["init"] == "scale-in-hypernet" else "z"
     return PrimaryNetwork(config["depth"], config["width"], hyper=not config["plain"], z_dim=config["z_dim"],
                           shortcut=config["shortcut"], scale_in=scale_in)
 
@@ -111,13 +109,7 @@ CIFAR10 = Experiment(
     schedule=cifar_schedule,
     run_name=cifar_run_name,
     paper_result=cifar_paper_result,
-    earlier_settings=EARLIER_SETTINGS,
 )
-
-
-def train(argv: list[str] | None = None) -> dict:
-    """Run (or resume) one CIFAR-10 run; returns its final summary."""
-    return fit(CIFAR10, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

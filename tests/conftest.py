@@ -1,11 +1,17 @@
 """Shared fixtures: a tiny CIFAR-10 and a tiny MNIST, in their official file formats."""
 
+import json
 from pathlib import Path
 
 import pytest
 
+import compare
+import provenance
+import train
+
 from data import write_synthetic_cifar as write_fake_cifar
 from data import write_synthetic_mnist as write_fake_mnist
+from experiment import parse_args
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +29,15 @@ def error_line(code: int, capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith("error: "), (code, err)
     return err[0]
+
+
+def write_archived_run(folder: Path, best: dict, epoch: int, step: int, metrics: list[dict] = (), **flags) -> None:
+    """A CIFAR-10 run as `compare.py --archive` writes it: train.py's default flags with FLAGS
+    changed, named after FOLDER, trained for EPOCH epochs (STEP steps) with result BEST."""
+    config = {**vars(parse_args(train.CIFAR10, [])[0]), "experiment": "cifar10", "run_name": folder.name, **flags}
+    summary = {"format": compare.ARCHIVE_FORMAT, "config": {k: v for k, v in config.items() if k not in compare.MACHINE_KEYS},
+               "best": best, "epoch": epoch, "step": step, "elapsed_seconds": 60.0, "device": "cpu",
+               "num_parameters": 1, "provenance": [{"from_step": 0, **provenance.unknown()}]}
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps(summary))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))

@@ -17,13 +17,13 @@ import train  # noqa: E402
 def main() -> int:
     out, argv = Path(sys.argv[1]), sys.argv[2:]
     models = []
-    build_optimizer = runner.build_optimizer
+    create = runner.TrainState.create
 
-    def recording(model, name, lr):  # fit builds the optimizer once, from the model it trains
+    def recording(model, *args):  # fit builds the training state once, from the model it trains
         models.append(model)
-        return build_optimizer(model, name, lr)
+        return create(model, *args)
 
-    runner.build_optimizer = recording
+    runner.TrainState.create = recording
     code = train.main(argv)
     torch.save(models[0].state_dict(), out / f"rank{os.environ['RANK']}.pt")
     return code

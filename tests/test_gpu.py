@@ -86,23 +86,23 @@ def test_augmentation_and_a_training_step_never_wait_for_the_gpu():
     """torch raises on any host-device synchronisation inside this block."""
     from data import Normalize, augment_cifar
     from devices import Precision
-    from engine import build_optimizer, train_step
+    from distributed import SINGLE_PROCESS
+    from engine import Place, TrainState, train_step
     from primary_net import PrimaryNetwork
 
     device = torch.device("cuda", 0)
     images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (256,), device=device)
     normalize, gen = Normalize(images), torch.Generator().manual_seed(0)
-    model = PrimaryNetwork(10, 1).to(device)
-    optimizer = build_optimizer(model, "adam", 1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    state = TrainState.create(PrimaryNetwork(10, 1).to(device), "adam", 1e-3, lambda step: 1.0,
+                              Place(device, SINGLE_PROCESS, Precision("bf16")))
     idx = torch.arange(128, device=device)
-    train_step(model, model, optimizer, scheduler, normalize(augment_cifar(images[idx], gen), torch.contiguous_format),
+    train_step(state, normalize(augment_cifar(images[idx], gen), torch.contiguous_format),
                labels[idx], 5e-4, Precision("bf16"))  # warm-up: first-call allocations may synchronise
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         x = normalize(augment_cifar(images[idx], gen), torch.contiguous_format)
-        train_step(model, model, optimizer, scheduler, x, labels[idx], 5e-4, Precision("bf16"))
+        train_step(state, x, labels[idx], 5e-4, Precision("bf16"))
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -7,7 +7,6 @@ wherever they can, so that a refactor of the loop's internals keeps them meaning
 """
 
 import dataclasses
-import json
 import os
 import stat
 
@@ -20,7 +19,7 @@ import data
 import engine
 import runner
 import train
-from conftest import error_line, write_fake_cifar
+from conftest import error_line, write_archived_run, write_fake_cifar
 from experiment import Experiment
 from hypernetwork_modules import hypernetize
 from primary_net import PrimaryNetwork
@@ -245,17 +244,11 @@ def test_to_plain_copies_and_leaves_the_hypernetized_model_alone():
 
 def test_compare_shows_the_test_error_of_the_best_validation_epoch(tmp_path):
     """Bug: compare.py's run table showing the lowest test error over epochs."""
-    run = tmp_path / "runs" / "guard"
-    run.mkdir(parents=True)
     errors = [(30.0, 31.25), (20.0, 22.5), (25.0, 18.75)]  # (val, test): epoch 2 is best on val, epoch 3 on test
-    metrics = [{"epoch": e, "step": 5 * e, "val_error": v, "test_error": t, "device": "cpu"}
+    metrics = [{"epoch": e, "step": 5 * e, "val_error": v, "test_error": t, "device": "cpu", "processes": 1}
                for e, (v, t) in enumerate(errors, 1)]
-    config = {"experiment": "cifar10", "depth": 10, "width": 1, "plain": True, "z_dim": 64, "shortcut": "pad",
-              "epochs": 3, "batch_size": 32, "seed": 0, "run_name": "guard"}
-    summary = {"config": config, "best": {k: metrics[1][k] for k in ("epoch", "step", "val_error", "test_error")},
-               "epoch": 3, "step": 15, "elapsed_seconds": 9.0, "num_parameters": 79_178}
-    (run / "run.json").write_text(json.dumps(summary))
-    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    best = {k: metrics[1][k] for k in ("epoch", "step", "val_error", "test_error")}
+    write_archived_run(tmp_path / "runs" / "guard", best, 3, 15, metrics, depth=10, plain=True, epochs=3, batch_size=32)
     out = tmp_path / "results.md"
     assert compare.main(["--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
     (row,) = table_rows(out.read_text())["wrn-10-1, z_dim 64, shortcut pad"]

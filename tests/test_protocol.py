@@ -15,6 +15,7 @@ import data
 import engine
 import runner
 import train
+from conftest import write_archived_run
 from primary_net import PrimaryNetwork
 
 # 200 fake images: 160 train + 40 val; batch 32 -> 5 steps an epoch.
@@ -33,10 +34,10 @@ def test_lr_follows_the_paper_schedule_over_a_whole_run(plain, epochs, base, fac
     seen = []
     real_step = engine.train_step
 
-    def recording(model, forward, optimizer, *args, **kwargs):
-        seen.append(optimizer.param_groups[0]["lr"])  # the rate this step trains at
-        assert optimizer.param_groups[0]["weight_decay"] == 0  # the penalty is in the loss, never in the optimizer
-        return real_step(model, forward, optimizer, *args, **kwargs)
+    def recording(state, *args, **kwargs):
+        seen.append(state.optimizer.param_groups[0]["lr"])  # the rate this step trains at
+        assert state.optimizer.param_groups[0]["weight_decay"] == 0  # the penalty is in the loss, never in the optimizer
+        return real_step(state, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_step", recording)
     flags = ["--epochs", str(epochs), *(["--plain"] if plain else [])]
@@ -61,7 +62,7 @@ def test_l2_penalty_is_exactly_half_wd_times_the_kernels_sum_of_squares(hyper):
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     before = [p.detach().clone() for p in model.parameters()]
-    engine.train_step(model, model, optimizer, scheduler, x, y, wd)
+    engine.train_step(engine.TrainState(model, optimizer, scheduler), x, y, wd)
     for p0, p1, g in zip(before, model.parameters(), grads):
         torch.testing.assert_close(p0 - p1, g, rtol=1e-4, atol=1e-6)  # the loss itself is float32
 
@@ -106,20 +107,11 @@ def test_evaluate_restores_train_mode_and_changes_nothing():
         assert torch.equal(value, state[key]), key
 
 
-def archived_run(folder: Path, z_dim: int, test_error: float) -> None:
-    config = {"experiment": "cifar10", "depth": 40, "width": 1, "plain": False, "z_dim": z_dim, "shortcut": "pad",
-              "epochs": 10, "batch_size": 128, "seed": 0, "run_name": folder.name}
-    best = {"epoch": 10, "step": 3510, "val_error": test_error, "test_error": test_error}
-    folder.mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"config": config, "best": best, "epoch": 10, "step": 3510,
-                                                 "elapsed_seconds": 60.0, "num_parameters": 1, "device": "cpu"}))
-
-
 def test_compare_keeps_runs_of_different_z_dim_apart(tmp_path):
     runs = tmp_path / "runs"
-    archived_run(runs / "hyper-z16", 16, 31.0)
-    archived_run(runs / "hyper-z32", 32, 29.0)
-    archived_run(runs / "hyper-z64", 64, 27.0)
+    for z_dim, error in ((16, 31.0), (32, 29.0), (64, 27.0)):
+        best = {"epoch": 10, "step": 3510, "val_error": error, "test_error": error}
+        write_archived_run(runs / f"hyper-z{z_dim}", best, 10, 3510, z_dim=z_dim, epochs=10)
     out = tmp_path / "results.md"
     assert compare.main(["--runs", str(runs), "--out", str(out)]) == 0
     lines = out.read_text().splitlines()

@@ -71,21 +71,6 @@ def test_kill_between_checkpoint_and_metrics_line_loses_no_epoch(tmp_path, cifar
     assert epochs_in_metrics(run) == [1, 2, 3]
 
 
-def test_torn_metrics_line_of_an_older_checkpoint_is_dropped(tmp_path, cifar_dir):
-    """A format-v1 checkpoint holds no metrics: the file's lines are kept up to the torn one."""
-    args = run_args(tmp_path, cifar_dir, "--epochs", "3")
-    assert train.main([*args, "--stop-after", "1"]) == 0
-    run = tmp_path / "ck" / "hyper-10-1"
-    v1 = load(run / "last.pt")
-    v1["format"] = "hyperresnet-train-v1"
-    del v1["partial"], v1["metrics"]
-    torch.save(v1, run / "last.pt")
-    with open(run / "metrics.jsonl", "a") as f:
-        f.write('{"epoch": 2, "ste')
-    assert train.main([*args, "-r"]) == 0
-    assert epochs_in_metrics(run) == [1, 2, 3]
-
-
 # ----------------------------------------------------------------------------- a full disk
 
 
@@ -151,20 +136,19 @@ def test_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path, cifar_dir
     assert "hyperresnet-train-v9" in line and "this code reads" in line
 
 
-def test_checkpoint_of_format_v1_resumes_exactly_with_a_note(tmp_path, cifar_dir, capsys):
-    straight = run_args(tmp_path / "a", cifar_dir, "--epochs", "2")
-    assert train.main(straight) == 0
-    split = run_args(tmp_path / "b", cifar_dir, "--epochs", "2")
-    assert train.main([*split, "--stop-after", "1"]) == 0
-    last = tmp_path / "b" / "ck" / "hyper-10-1" / "last.pt"
-    v1 = load(last)
-    v1["format"] = "hyperresnet-train-v1"
-    del v1["partial"], v1["metrics"]
-    torch.save(v1, last)
+def test_checkpoint_of_the_previous_format_is_refused_naming_it(tmp_path, cifar_dir, capsys):
+    args = run_args(tmp_path, cifar_dir, "--epochs", "2", "--stop-after", "1")
+    assert train.main(args) == 0
+    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    v2 = load(last)
+    v2["format"] = "hyperresnet-train-v2"
+    del v2["provenance"]
+    torch.save(v2, last)
+    before = last.read_bytes()
     capsys.readouterr()
-    assert train.main([*split, "-r"]) == 0
-    assert "older format hyperresnet-train-v1" in capsys.readouterr().out
-    assert_same_weights(load(last), load(tmp_path / "a" / "ck" / "hyper-10-1" / "last.pt"))
+    line = error_line(train.main([*args, "-r"]), capsys)
+    assert "'hyperresnet-train-v2'" in line and "this code reads 'hyperresnet-train-v3'" in line and "git log" in line
+    assert last.read_bytes() == before
 
 
 # ----------------------------------------------------------------------------- signals and a second process

@@ -1,0 +1,59 @@
+"""Where a run ran: recorded in every checkpoint, one entry per place, shown by compare.py."""
+
+import platform
+import subprocess
+
+import torch
+
+import compare
+import provenance
+import train
+from test_train import load, run_args
+
+
+def test_collect_names_torch_python_the_device_and_this_clone():
+    here = provenance.collect(torch.device("cpu"), processes=1)
+    assert here["torch"] == str(torch.__version__) and here["python"] == platform.python_version()
+    assert here["threads"] == torch.get_num_threads() and here["processes"] == 1
+    assert here["device"] == provenance.device_model(torch.device("cpu")) and here["device"] != provenance.UNKNOWN
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=provenance.REPO, capture_output=True, text=True).stdout.strip()
+    assert here["commit"] == (head or provenance.UNKNOWN) and isinstance(here["dirty"], bool) == bool(head)
+
+
+def test_outside_a_git_clone_the_commit_is_unknown(monkeypatch, tmp_path):
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    assert provenance.git_state() == (provenance.UNKNOWN, provenance.UNKNOWN)
+
+
+def test_a_run_records_its_place_once_and_again_when_it_moves(tmp_path, cifar_dir):
+    args = run_args(tmp_path, cifar_dir, "--epochs", "3", "--stop-after", "1")
+    assert train.main(args) == 0
+    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    (first,) = load(last)["provenance"]
+    assert first == {"from_step": 0, **provenance.collect(torch.device("cpu"), 1)}
+
+    assert train.main([*args, "-r", "--stop-after", "2"]) == 0  # the same place: no new entry
+    assert load(last)["provenance"] == [first]
+
+    moved = load(last)
+    moved["provenance"] = [{**first, "torch": "2.3.0", "device": "elsewhere"}]  # as if trained elsewhere so far
+    torch.save(moved, last)
+    assert train.main([*args, "-r", "--stop-after", "3"]) == 0
+    assert load(last)["provenance"] == [moved["provenance"][0], {**first, "from_step": 10}]  # 2 epochs x 5 steps
+
+
+def test_describe_is_short_and_says_unknown_for_runs_that_did_not_record():
+    here = {"from_step": 0, "torch": "2.14.1", "python": "3.11.7", "device": "AMD EPYC 7B13", "threads": 1,
+            "processes": 1, "commit": "05a27ffabcdef", "dirty": True}
+    there = {**here, "from_step": 9, "device": "NVIDIA H100 (sm_90)", "processes": 4, "dirty": False}
+    assert provenance.describe([here]) == "torch 2.14.1, AMD EPYC 7B13 (1 thread), 05a27ff+dirty"
+    assert provenance.describe([here, there]) == ("torch 2.14.1, AMD EPYC 7B13 (1 thread), 05a27ff+dirty, then "
+                                                  "torch 2.14.1, NVIDIA H100 (sm_90) (1 thread x 4 processes), 05a27ff")
+    assert provenance.describe([{"from_step": 0, **provenance.unknown()}]) == "unknown"
+
+
+def test_compare_shows_where_each_run_ran(tmp_path, cifar_dir):
+    assert train.main(run_args(tmp_path, cifar_dir, "--epochs", "1")) == 0
+    (run,) = compare.find_runs([tmp_path / "ck"])
+    assert compare.run_cells(run)[-1] == provenance.describe(load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["provenance"])
+    assert compare.run_cells(run)[-1].startswith(f"torch {torch.__version__}, ")
