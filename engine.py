@@ -113,6 +113,23 @@ class TrainState:
         opt = build_optimizer(model, optimizer, lr)
         return cls(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, multiplier), grad_scaler(place.device, place.precision))
 
+    def load(self, ckpt: dict) -> None:
+        """The model, optimizer, lr schedule and (fp16) loss scale of a checkpoint.
+
+        The optimizer's per-parameter tensors take their parameter's memory layout: a
+        checkpoint holds them contiguous, and a run resumed with channels_last would
+        otherwise send torch's batched (foreach) optimizer down its per-tensor path.
+        """
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for p, state in self.optimizer.state.items():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt["scaler"]:  # an fp16 run goes on with its loss scale
+            self.scaler.load_state_dict(ckpt["scaler"])
+
 
 @dataclass
 class Run:

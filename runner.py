@@ -150,13 +150,9 @@ def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
 
 def restore(run: Run, ckpt: dict) -> None:
     """Every process restores the same model, optimizer and schedule, and its own random streams."""
-    per_rank, state, dist = ckpt["rng_per_rank"], run.state, run.place.dist
+    per_rank, dist = ckpt["rng_per_rank"], run.place.dist
     try:
-        state.model.load_state_dict(ckpt["model"])
-        state.optimizer.load_state_dict(ckpt["optimizer"])
-        state.scheduler.load_state_dict(ckpt["scheduler"])
-        if state.scaler is not None and ckpt["scaler"]:  # an fp16 run goes on with its loss scale
-            state.scaler.load_state_dict(ckpt["scaler"])
+        run.state.load(ckpt)
         set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0], run.generators, run.place.device)
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{run.args.resume or 'the checkpoint'} does not fit its own configuration ({first_line(e)})") from None

@@ -11,6 +11,7 @@ import torch
 import checkpointing
 import devices
 import hypernetwork_modules
+import runner
 import train
 from data import Normalize, augment_cifar
 from devices import FP32, Precision, choose_channels_last, choose_precision, cuda_state_for
@@ -114,3 +115,28 @@ def test_cudnn_autotuner_is_switched_on_for_cuda_only(monkeypatch):
     assert torch.backends.cudnn.benchmark is False
     devices.configure_backends(torch.device("cuda", 0))  # only sets a flag: no GPU needed
     assert torch.backends.cudnn.benchmark is True
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_resuming_with_channels_last_gives_the_optimizer_state_the_parameters_layout(plain, tmp_path, cifar_dir):
+    """A contiguous checkpoint resumed channels_last (as a CPU run moved to a GPU is): every
+    optimizer tensor takes its parameter's strides, so the batched optimizer keeps its fast path."""
+    from test_train import run_args
+
+    args = run_args(tmp_path, cifar_dir, "--epochs", "2", "--stop-after", "1", *(["--plain"] if plain else []))
+    assert train.main([*args, "--no-channels-last"]) == 0
+    resumed, ckpt = runner.resolve_args(train.CIFAR10, [*args, "-r", "--channels-last"])
+    run = runner.set_up(train.CIFAR10, resumed, ckpt)
+    try:
+        runner.restore(run, ckpt)
+    finally:
+        checkpointing.release_run_lock(run.lock)
+    optimizer = run.state.optimizer
+    params = [p for p in run.state.model.parameters() if p.dim() == 4]
+    assert params and all(p.is_contiguous(memory_format=torch.channels_last) for p in params)
+    assert not all(p.is_contiguous() for p in params)  # the layouts do differ (C > 1 somewhere)
+    moments = [(p, v) for p in params for v in optimizer.state[p].values() if torch.is_tensor(v) and v.dim() == 4]
+    assert moments and all(v.stride() == p.stride() for p, v in moments)
+    saved = ckpt["optimizer"]["state"]
+    assert all(torch.equal(v, saved[i][k]) for i, p in enumerate(optimizer.param_groups[0]["params"])
+               for k, v in optimizer.state[p].items())  # the same values, only laid out anew
