@@ -98,9 +98,26 @@ def seed_everything(seed: int, dist: Distributed) -> dict[str, torch.Generator]:
             "augment": torch.Generator().manual_seed(augment_seed(seed, dist.rank))}
 
 
-def load_data(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None, device: torch.device) -> Data:
-    """The whole dataset as uint8 tensors on DEVICE, split as the checkpoint says (or afresh)."""
-    train_x, train_y, test_x, test_y = experiment.load_data(args.data_dir, args.download)
+def read_dataset(experiment: Experiment, args: argparse.Namespace, dist: Distributed) -> tuple:
+    """The experiment's images and labels. Under torchrun rank 0 reads (and, if allowed,
+    downloads) them first while the others wait, then they read what it left: one
+    download into the shared folder, never several writing the same files."""
+    error = None
+    if dist.main:
+        try:
+            splits = experiment.load_data(args.data_dir, args.download)
+        except UserError as e:
+            error = str(e)
+    error = broadcast_object(error, dist)  # the other ranks wait here for rank 0
+    if error is not None:
+        raise UserError(error)
+    return splits if dist.main else experiment.load_data(args.data_dir, False)
+
+
+def load_data(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None, place: Place) -> Data:
+    """The whole dataset as uint8 tensors on the run's device, split as the checkpoint says (or afresh)."""
+    device = place.device
+    train_x, train_y, test_x, test_y = read_dataset(experiment, args, place.dist)
     if ckpt is not None:
         train_idx, val_idx = ckpt["train_indices"], ckpt["val_indices"]
     else:
@@ -130,7 +147,7 @@ def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
     """Seeds, data, model and optimizer, for the place `set_up` chose."""
     device, dist = place.device, place.dist
     generators = seed_everything(args.seed, dist)
-    data = load_data(experiment, args, ckpt, device)
+    data = load_data(experiment, args, ckpt, place)
     batch_size = min(args.batch_size, len(data.train_x) - len(data.train_x) % dist.world)  # global
     settings = Settings(batch_size, len(data.train_x) // batch_size, args.weight_decay, args.precise_bn,
                         args.eval_batch_size, args.progress)

@@ -1,9 +1,11 @@
 """Shared fixtures: a tiny CIFAR-10 and a tiny MNIST, in their official file formats."""
 
+import contextlib
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import compare
 import provenance
@@ -41,3 +43,18 @@ def write_archived_run(folder: Path, best: dict, epoch: int, step: int, metrics:
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps(summary))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+
+@contextlib.contextmanager
+def as_rank(rank: int, world: int, store: Path, monkeypatch):
+    """This process plays rank RANK of a torchrun job of WORLD processes: the environment
+    says so, and its collectives run in a real one-process gloo group (STORE: a fresh file)."""
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

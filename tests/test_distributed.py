@@ -2,6 +2,7 @@
 like one process, and resume exactly after both are killed."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -15,10 +16,11 @@ import pytest
 import torch
 
 import engine
+import runner
 import train
 from data import Normalize, load_cifar10
 from devices import FP32
-from conftest import write_fake_cifar
+from conftest import as_rank, write_fake_cifar
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCHS = "12"
@@ -164,3 +166,20 @@ def test_hypernetize_under_ddp_trains_like_one_process_on_the_whole_batch(tmp_pa
         assert torch.equal(ranks[0][key], ranks[1][key]), key
         torch.testing.assert_close(ranks[0][key], value, rtol=1e-5, atol=1e-6, msg=key)
         assert key.endswith(".bias") or not torch.equal(value, before[key]), key  # every tensor trained
+
+
+def test_only_rank_0_may_download_the_dataset(data, tmp_path, monkeypatch):
+    """Rank 0 reads (downloading if allowed) while the others wait; they then read its
+    files without downloading, so no two processes write one archive."""
+    calls = []
+
+    def recording(data_dir, download):
+        calls.append(download)
+        return load_cifar10(data_dir, download=False)
+
+    experiment = dataclasses.replace(train.CIFAR10, load_data=recording)
+    for rank in (0, 1):
+        argv = [*flags(tmp_path / f"rank{rank}", data, "--epochs", "1"), "--download"]
+        with as_rank(rank, 2, tmp_path / f"store{rank}", monkeypatch):
+            assert runner.main(experiment, argv) == 0
+    assert calls == [True, False]

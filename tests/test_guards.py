@@ -19,7 +19,7 @@ import data
 import engine
 import runner
 import train
-from conftest import error_line, write_archived_run, write_fake_cifar
+from conftest import as_rank, error_line, write_archived_run, write_fake_cifar
 from experiment import Experiment
 from hypernetwork_modules import hypernetize
 from primary_net import PrimaryNetwork
@@ -122,17 +122,9 @@ def test_torchrun_ranks_train_on_disjoint_halves_of_each_global_batch(tmp_path, 
     """Bug: every process training on the same share of the global batch (idx[:local_batch])."""
     shares = []
     for rank in (0, 1):
-        # This process plays rank RANK of 2; its collectives run in a real one-process gloo group.
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("LOCAL_RANK", "0")
-        torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / f'store{rank}'}", rank=0, world_size=1)
         seen = []
-        try:
+        with as_rank(rank, 2, tmp_path / f"store{rank}", monkeypatch):
             assert runner.main(stamped_cifar(seen), tiny_args(tmp_path / f"rank{rank}", tiny_cifar, "--epochs", "1")) == 0
-        finally:
-            if torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
         shares.append(seen)
     assert [len(s) for s in shares] == [5, 5] and all(len(b) == 4 for s in shares for b in s)
     for a, b in zip(*shares):  # step by step: the two halves of one global batch of 8
