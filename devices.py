@@ -16,6 +16,7 @@ some device or torch version lacks is made only where it exists.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import NamedTuple
 
 import torch
@@ -67,11 +68,20 @@ def capability(device: torch.device) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
 
 
-def choose_precision(requested: str, device_type: str, cuda_capability: tuple[int, int] | None) -> Precision:
+def choose_precision(requested: str, device_type: str, cuda_capability: tuple[int, int] | None,
+                     torch_version: str | None = None) -> Precision:
     """--amp REQUESTED on this device: "auto" is bf16 where a CUDA GPU runs it natively
-    (compute capability 8.0 or newer), fp16 on older CUDA GPUs, float32 elsewhere."""
+    (compute capability 8.0 or newer), fp16 on older CUDA GPUs, float32 elsewhere.
+
+    Raises:
+        UserError: For 16-bit autocast on MPS with a torch older than 2.5 (it has none there).
+    """
     if requested == "off":
         return FP32
+    version = tuple(int(part) for part in re.findall(r"\d+", torch_version or torch.__version__)[:2])
+    if requested in DTYPES and device_type == "mps" and version < (2, 5):
+        raise UserError(f"--amp {requested} on MPS needs torch 2.5 or newer (this is torch "
+                        f"{torch_version or torch.__version__}): use --amp off, or a newer torch")
     if requested in DTYPES:
         return Precision(requested)
     if device_type != "cuda":

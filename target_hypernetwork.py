@@ -135,7 +135,7 @@ def template_offset_and_scale(
     """
     offset, scale = [], []
     for t in tensors:
-        t = t.detach().double()
+        t = t.detach().cpu().double()  # on the CPU: MPS has no float64
         std = t.std(unbiased=False).item() if t.numel() > 1 else 0.0
         offset.append(t.mean().item())
         scale.append(std if std > 0 else constant_scale)

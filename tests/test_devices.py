@@ -14,6 +14,7 @@ import hypernetwork_modules
 import runner
 import train
 from data import Normalize, augment_cifar
+from cli import UserError
 from devices import FP32, Precision, choose_channels_last, choose_precision, cuda_state_for
 
 A100, H100, V100, T4 = (8, 0), (9, 0), (7, 0), (7, 5)
@@ -140,3 +141,28 @@ def test_resuming_with_channels_last_gives_the_optimizer_state_the_parameters_la
     saved = ckpt["optimizer"]["state"]
     assert all(torch.equal(v, saved[i][k]) for i, p in enumerate(optimizer.param_groups[0]["params"])
                for k, v in optimizer.state[p].items())  # the same values, only laid out anew
+
+
+def test_target_hypernetwork_reads_its_template_without_float64_on_the_device():
+    """TargetHyperNetwork's initial offsets and scales come from the target's own parameters,
+    which on a Mac live on MPS: they are summarised in float64 on the CPU, not on the device."""
+    from target_hypernetwork import template_offset_and_scale
+
+    torch.manual_seed(0)
+    tensors = [torch.randn(4, 3), torch.ones(5), torch.tensor([2.0])]
+    expected = template_offset_and_scale(tensors, 0.1)
+    got = template_offset_and_scale([t.as_subclass(NoFloat64) for t in tensors], 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+@pytest.mark.parametrize("version,refused", [("2.3.1", True), ("2.4.0+cpu", True), ("2.5.0", False), ("2.14.1+cu130", False)])
+def test_16_bit_autocast_on_mps_needs_torch_2_5(version, refused):
+    """torch 2.3 and 2.4 have no MPS autocast: --amp bf16/fp16 there is one line, not a traceback."""
+    for amp in ("bf16", "fp16"):
+        if refused:
+            with pytest.raises(UserError, match=f"--amp {amp} on MPS needs torch 2.5 or newer"):
+                choose_precision(amp, "mps", None, version)
+        else:
+            assert choose_precision(amp, "mps", None, version).name == amp
+        assert choose_precision(amp, "cuda", (8, 0), version).name == amp  # other devices: as before
+    assert choose_precision("auto", "mps", None, version) == FP32 and choose_precision("off", "mps", None, version) == FP32
