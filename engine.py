@@ -55,6 +55,7 @@ class EpochSums:
     loss: float = 0.0  # sum over those steps of the mean loss over all processes
     correct: int = 0  # correct predictions over all processes
     seconds: float = 0.0  # training time spent on them
+    overflowed: int = 0  # fp16 losses that overflowed, over all processes (their steps skipped; in no sum)
 
 
 @dataclass
@@ -241,6 +242,9 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
     # This process's sums; the part done before a resume (summed over processes) counts on rank 0.
     loss_sum = torch.tensor(sums.loss if dist.main else 0.0, device=place.device)
     correct = torch.tensor(sums.correct if dist.main else 0, dtype=torch.long, device=place.device)
+    overflowed = torch.tensor(sums.overflowed if dist.main else 0, dtype=torch.long, device=place.device)
+    checked = (sums.position, sums.overflowed)  # (steps, overflowed losses) at the last check
+    scaled = run.state.scaler is not None
     start = time.time()
     bar = tqdm(range(sums.position, steps), desc=f"epoch {epoch + 1}/{run.schedule.epochs}", initial=sums.position,
                total=steps, disable=not settings.progress or not dist.main, leave=False, dynamic_ncols=True, file=sys.stderr)
@@ -251,33 +255,50 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
         y = data.train_y[idx]
         loss, logits = train_step(run.state, x, y, settings.weight_decay, place.precision, run.schedule.clip_norm)
         run.progress.step += 1
+        if scaled:  # fp16: an overflowed loss's step is skipped by the scaler, and in no sum
+            finite = torch.isfinite(loss)
+            overflowed += ~finite
+            loss = torch.where(finite, loss, torch.zeros_like(loss))
         loss_sum += loss
         correct += (logits.argmax(1) == y).sum()
         in_step = i % 10 == 9 or i == steps - 1  # every process reaches these steps: collectives are safe here
         if in_step:
-            running_loss = all_sum(loss_sum, dist).item() / dist.world / (i + 1)  # the same on every process
-            check_finite(run, running_loss)
+            total, lost = all_sum(loss_sum, dist).item(), all_sum(overflowed, dist).item() if scaled else 0
+            checked = check_finite(run, total, i + 1, lost, checked)
+            running_loss = mean_loss(total, dist.world, i + 1, lost)  # the same on every process
             accuracy = 100 * all_sum(correct, dist).item() / ((i + 1) * batch)
             show_progress(run, bar, running_loss, accuracy, (i + 1 - sums.position) / (time.time() - start))
         if i < steps - 1 and run.stop.agreed(dist, place.device, in_step):
             bar.close()
             run.progress.partial = EpochSums(i + 1, all_sum(loss_sum, dist).item(), all_sum(correct, dist).item(),
-                                             sums.seconds + time.time() - start)
+                                             sums.seconds + time.time() - start, all_sum(overflowed, dist).item())
             return None
     bar.close()
     seconds = sums.seconds + time.time() - start
     run.progress.partial = EpochSums()
-    train_loss = all_sum(loss_sum, dist).item() / dist.world / steps
+    train_loss = mean_loss(all_sum(loss_sum, dist).item(), dist.world, steps, all_sum(overflowed, dist).item())
     train_error = 100 - 100 * all_sum(correct, dist).item() / (steps * batch)
     return EpochStats(train_loss, train_error, seconds, steps * batch / seconds, start, sums.seconds)
 
 
-def check_finite(run: Run, loss: float) -> None:
-    """Stop the run when the mean training loss so far is not finite (one step's NaN or inf
-    makes the sum so): the last saved checkpoint is kept."""
-    if not math.isfinite(loss):
-        raise UserError(f"training loss became {loss} at step {run.progress.step}; stopped. "
-                        f"The last good checkpoint is kept: {run.run_dir / 'last.pt'}")
+def mean_loss(total: float, world: int, steps: int, overflowed: int) -> float:
+    """The mean loss over STEPS steps of WORLD processes, the OVERFLOWED ones (fp16) left out."""
+    return total / world / steps if not overflowed else total / (world * steps - overflowed)
+
+
+def check_finite(run: Run, loss_sum: float, steps: int, overflowed: int, checked: tuple[int, int]) -> tuple[int, int]:
+    """Stop the run when training no longer makes finite losses: the sum of the losses is
+    not (in float32 one NaN or inf makes it so), or, in fp16, every loss since the last
+    check overflowed (one overflow is the GradScaler's business: it skips that step).
+    The last saved checkpoint is kept. Returns (STEPS, OVERFLOWED) for the next check."""
+    since_steps, since_overflowed = steps - checked[0], overflowed - checked[1]
+    if not math.isfinite(loss_sum):
+        why = f"training loss became {loss_sum}"
+    elif since_overflowed == since_steps * run.place.dist.world > 0:
+        why = f"every fp16 training loss of the last {since_steps} steps overflowed"
+    else:
+        return steps, overflowed
+    raise UserError(f"{why} at step {run.progress.step}; stopped. The last good checkpoint is kept: {run.run_dir / 'last.pt'}")
 
 
 def show_progress(run: Run, bar: tqdm, loss: float, accuracy: float, steps_per_s: float) -> None:

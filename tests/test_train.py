@@ -1,5 +1,6 @@
 """train.py: the CLI end to end, exact resume, crash safety, bad input, the data pipeline."""
 
+import math
 import os
 import pickle
 import signal
@@ -236,6 +237,34 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cifar_dir, caps
     monkeypatch.setattr(engine.F, "cross_entropy", nan_after_first_epoch)
     line = error_line(train.main(args), capsys)
     assert "training loss became nan" in line
+    assert load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["epoch"] == 1
+
+
+def overflow_at(steps, monkeypatch):
+    """Make the cross-entropy of the given training steps (counted from 1) infinite, as an
+    overflowed fp16 forward makes it; evaluation computes none."""
+    real, calls = torch.nn.functional.cross_entropy, []
+
+    def loss(logits, y):
+        calls.append(1)
+        return real(logits, y) * (float("inf") if steps(len(calls)) else 1.0)
+
+    monkeypatch.setattr(engine.F, "cross_entropy", loss)
+
+
+def test_one_overflowed_fp16_step_is_skipped_and_the_run_goes_on(tmp_path, cifar_dir, monkeypatch):
+    """fp16: the GradScaler skips an overflowed step; the run neither stops nor logs an infinite loss."""
+    overflow_at(lambda step: step == 3, monkeypatch)
+    assert train.main(run_args(tmp_path, cifar_dir, "--epochs", "2", "--amp", "fp16")) == 0
+    ckpt = load(tmp_path / "ck" / "hyper-10-1" / "last.pt")
+    assert ckpt["epoch"] == 2 and all(math.isfinite(m["train_loss"]) for m in ckpt["metrics"])
+    assert ckpt["scaler"]["scale"] < 2.0**16  # the scaler saw the overflow and halved its scale
+
+
+def test_fp16_run_whose_every_loss_overflows_stops_in_one_line(tmp_path, cifar_dir, capsys, monkeypatch):
+    overflow_at(lambda step: step > 5, monkeypatch)  # from epoch 2 on (5 steps an epoch)
+    line = error_line(train.main(run_args(tmp_path, cifar_dir, "--epochs", "3", "--amp", "fp16")), capsys)
+    assert "every fp16 training loss of the last 5 steps overflowed" in line and "last good checkpoint" in line
     assert load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["epoch"] == 1
 
 
