@@ -38,7 +38,8 @@ from checkpointing import atomic_write_text
 from compare import read_run
 from cli import ArgumentParser, HelpFormatter, positive_int, run_cli
 from data import Normalize, write_synthetic_cifar
-from devices import Precision, pick_device
+from devices import (AMP_CHOICES, Precision, capability, choose_channels_last, choose_precision, configure_backends,
+                     pick_device)
 from distributed import SINGLE_PROCESS
 from engine import Place, TrainState, evaluate, precise_bn, train_step
 from hypernetwork_modules import KernelBank
@@ -119,7 +120,7 @@ class StepRunner:
         torch.manual_seed(0)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         model = PrimaryNetwork(40, width, hyper=hyper).to(device, memory_format=memory_format)
-        self.precision = Precision("fp32" if args.amp == "off" else args.amp)
+        self.precision = Precision(args.amp)
         self.state = TrainState.create(model, "adam" if hyper else "sgd", 1e-4, lambda step: 1.0,
                                        Place(device, SINGLE_PROCESS, self.precision, memory_format))
         self.state.forward = torch.compile(model) if args.compile else model
@@ -159,7 +160,7 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
                 "--data-dir", str(root / "data"), "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"),
                 "--device", device.type, "--no-download", "--eval-batch-size", "100", "--no-progress"]
         argv += ["--compile"] if args.compile else []
-        argv += ["--amp", args.amp, "--channels-last" if args.channels_last else "--no-channels-last"]
+        argv += ["--amp", "off" if args.amp == "fp32" else args.amp, "--channels-last" if args.channels_last else "--no-channels-last"]
         bare()  # warm-up
         blocks = [block_seconds(), block_seconds()]
         with contextlib.redirect_stdout(io.StringIO()):  # train.py's epoch lines stay out of the bench's output
@@ -203,8 +204,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--widths", type=positive_int, nargs="+", default=[1, 2], help="WRN-40-k widths k to measure")
     p.add_argument("--repeats", type=positive_int, default=7, help="timed repeats per measurement (3x for the small batch)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False, help="channels_last memory format")
-    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast dtype (fp16 with a GradScaler)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: train.py's for the device)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                   help="autocast dtype, fp16 with a GradScaler (default: auto, train.py's for the device)")
     p.add_argument("--skip-pipeline", action="store_true", help="leave out section 3")
     p.add_argument("--precise-bn", type=positive_int, default=train.CIFAR10.defaults.precise_bn, metavar="IMAGES",
                    help="section 4: images of the precise-BN recomputation (train.py's default)")
@@ -233,6 +236,11 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[
             rows.append(f"| train step, batch {batch}: Hyper-40-{width} vs WRN-40-{width} | {1e3 * s['hyper_s']:.1f} ms | "
                         f"{1e3 * s['plain_s']:.1f} ms | {s['ratio']:.3f}x | <= {TARGETS[key]:.2f}x | "
                         f"{'yes' if s['ratio'] <= TARGETS[key] else 'NO'} |")
+    if 1 in args.widths:  # the measured step, times the paper's step count (App. A.3.2, batch 128)
+        step_s = results[f"step_40_1_b{args.batch_size}"]["hyper_s"]
+        results["paper_schedule_hours"] = hours = step_s * train.SCHEDULES["hyper"]["total"] / 3600
+        rows.append(f"| the paper's Hyper-40-1 schedule ({train.SCHEDULES['hyper']['total']:,} steps) at this step, "
+                    f"batch {args.batch_size} | {hours:.1f} h of steps | | | | |")
     if not args.skip_pipeline:
         e = pipeline_bench(device, args)
         results["pipeline"] = e
@@ -252,7 +260,12 @@ def bench(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    header = (f"bench on {device.type} ({device_model(device)}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
+    precision = choose_precision(args.amp, device.type, capability(device))  # as train.py chooses them
+    args.amp, args.channels_last = precision.name, choose_channels_last(args.channels_last, device.type, precision)
+    configure_backends(device)
+    cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
+    header = (f"bench on {device.type} ({device_model(device)}), {torch.get_num_threads()} threads, torch {torch.__version__}"
+              f"{cuda}, {precision.describe()}{', channels_last' if args.channels_last else ''}{', compiled' if args.compile else ''}, "
               f"medians of {args.repeats} repeats ({3 * args.repeats} for batch {args.small_batch})")
     print(header + "\n", flush=True)
     results, rows = measure(args, device)

@@ -88,6 +88,8 @@ def test_bench_runs_with_tiny_sizes(tmp_path, capsys):
     assert report.read_text().strip() == table.strip()
     saved = json.loads(out.read_text())
     assert saved["generation_40_1"]["tiles"] == 242
+    assert (saved["amp"], saved["channels_last"]) == ("fp32", False)  # train.py's choices on a CPU
+    assert saved["paper_schedule_hours"] == saved["step_40_1_b4"]["hyper_s"] * 672_000 / 3600
     for key in ("step_40_1_b4", "step_40_1_b2"):
         assert saved[key]["ratio"] > 0 and saved[key]["hyper_s"] > 0 and saved[key]["plain_s"] > 0
     assert saved["pipeline"]["train_py_images_per_s"] > 0
