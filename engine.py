@@ -353,11 +353,12 @@ def precise_bn(model: KernelModel, images: torch.Tensor, normalize: Normalize, b
     momenta, was_training = [bn.momentum for bn in bns], model.training
     for bn in bns:
         bn.reset_running_stats()
-        bn.momentum = None  # a cumulative average: every batch counts the same
     model.train()
     with autocast(images.device.type, precision):
         kernels = model.kernels()
-        for i in range(0, len(images) - batch_size + 1, batch_size):  # whole batches only, like training's
+        for n, i in enumerate(range(0, len(images) - batch_size + 1, batch_size)):  # whole batches, like training's
+            for bn in bns:  # a cumulative average, every batch counting the same: momentum=None's factor, given
+                bn.momentum = 1.0 / (n + 1)  # here so that BatchNorm does not read its batch count from the device
             model(normalize(images[i : i + batch_size], memory_format), kernels)
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum

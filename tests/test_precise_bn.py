@@ -80,3 +80,31 @@ def test_runs_log_both_errors_and_resume_exactly(tmp_path, cifar_dir):
     assert "val_error_running" not in last
     z = torch.load(tmp_path / "c" / "hyper-10-1" / "last.pt", weights_only=True)
     assert torch.equal(z["model"]["kernel_bank.z"], x["model"]["kernel_bank.z"])  # training itself is unchanged
+
+
+def test_batchnorm_gets_the_cumulative_factor_without_reading_its_counter():
+    """momentum=None would make every BatchNorm read its batch counter back from the device at
+    every batch (a host sync on a GPU); the factor 1/n is given instead, with the same result."""
+    torch.manual_seed(0)
+    net = PrimaryNetwork(10, 1)
+    images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8)
+    normalize = data.Normalize(images)
+    reference = copy.deepcopy(net)
+    bns = engine.batchnorms(reference)
+    for bn in bns:  # the textbook way: momentum None, the factor from the counter
+        bn.reset_running_stats()
+        bn.momentum = None
+    with torch.no_grad():
+        kernels = reference.kernels()
+        for i in range(0, 96, 32):
+            reference(normalize(images[i : i + 32], torch.contiguous_format), kernels)
+    factors = []
+    hooks = [bn.register_forward_pre_hook(lambda m, inputs: factors.append(m.momentum)) for bn in engine.batchnorms(net)]
+    engine.precise_bn(net, images, normalize, 32, torch.contiguous_format)
+    for h in hooks:
+        h.remove()
+    assert factors == [1.0 / n for n in (1, 2, 3) for _ in bns]  # never None
+    for key, value in reference.state_dict().items():
+        if "running" in key or "num_batches" in key:
+            assert torch.equal(net.state_dict()[key], value), key  # bit for bit
+    assert [bn.momentum for bn in engine.batchnorms(net)] == [0.1] * len(bns)  # training's momentum back
