@@ -265,9 +265,11 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
         if in_step:
             total, lost = all_sum(loss_sum, dist).item(), all_sum(overflowed, dist).item() if scaled else 0
             checked = check_finite(run, total, i + 1, lost, checked)
-            running_loss = mean_loss(total, dist.world, i + 1, lost)  # the same on every process
-            accuracy = 100 * all_sum(correct, dist).item() / ((i + 1) * batch)
-            show_progress(run, bar, running_loss, accuracy, (i + 1 - sums.position) / (time.time() - start))
+            note_cpu_time(run)
+            if settings.progress:  # the same on every process: the accuracy's collective is safe
+                accuracy = 100 * all_sum(correct, dist).item() / ((i + 1) * batch)
+                show_progress(run, bar, mean_loss(total, dist.world, i + 1, lost), accuracy,
+                              (i + 1 - sums.position) / (time.time() - start))
         if i < steps - 1 and run.stop.agreed(dist, place.device, in_step):
             bar.close()
             run.progress.partial = EpochSums(i + 1, all_sum(loss_sum, dist).item(), all_sum(correct, dist).item(),
@@ -301,15 +303,18 @@ def check_finite(run: Run, loss_sum: float, steps: int, overflowed: int, checked
     raise UserError(f"{why} at step {run.progress.step}; stopped. The last good checkpoint is kept: {run.run_dir / 'last.pt'}")
 
 
-def show_progress(run: Run, bar: tqdm, loss: float, accuracy: float, steps_per_s: float) -> None:
-    """Update the bar (and, once, say how long the paper schedule takes on this CPU)."""
-    eta = run.eta()
+def note_cpu_time(run: Run) -> None:
+    """Once, on a CPU running the paper's schedule: how long it would take."""
     if run.cpu_note_due and run.place.dist.main:
-        tqdm.write(f"note: the paper schedule is {run.schedule.total_steps:,} steps: about {format_time(eta)} more "
+        tqdm.write(f"note: the paper schedule is {run.schedule.total_steps:,} steps: about {format_time(run.eta())} more "
                    "on this CPU. Use --epochs N for a short budget.", file=sys.stderr)
         run.cpu_note_due = False
+
+
+def show_progress(run: Run, bar: tqdm, loss: float, accuracy: float, steps_per_s: float) -> None:
+    """The bar's numbers: running loss and accuracy, speed, and the run's ETA."""
     bar.set_postfix_str(f"loss {loss:.3f} acc {accuracy:.1f}% {steps_per_s * run.settings.batch_size:.0f} img/s "
-                        f"run ETA {format_time(eta)}")
+                        f"run ETA {format_time(run.eta())}")
 
 
 @torch.no_grad()

@@ -383,3 +383,10 @@ def test_checkpoint_lacking_a_flag_is_refused_in_one_line(tmp_path, cifar_dir, c
     line = error_line(train.main([*args, "-r"]), capsys)
     assert "is incomplete" in line and "--init" in line
     assert last.read_bytes() == before
+
+@pytest.mark.parametrize("progress", ["--progress", "--no-progress"])
+def test_paper_schedule_on_a_cpu_says_once_how_long_it_would_take(progress, tmp_path, cifar_dir, capfd):
+    args = [*run_args(tmp_path, cifar_dir, "--stop-after", "2"), progress]  # no --epochs: the paper's 672k steps
+    assert train.main(args) == 0
+    err = capfd.readouterr().err
+    assert err.count("note: the paper schedule is 672,000 steps: about ") == 1 and "Use --epochs N" in err
