@@ -41,6 +41,10 @@ CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "step", "best_val
 # None of them changes the model or the schedule: a run can move between machines.
 RESUMABLE_CHANGES = {"resume", "device", "progress", "log_dir", "checkpoint_dir", "compile", "eval_batch_size", "data_dir",
                      "download", "stop_after", "patience", "sync_bn", "amp", "channels_last", "precise_bn"}
+# Of those, the ones a resume keeps from the checkpoint unless given again: where the run's
+# data and files are, and how it evaluates. The others (the device and the session's own
+# choices) take the resuming command's values, defaults included.
+REMEMBERED = {"data_dir", "download", "log_dir", "checkpoint_dir", "patience", "precise_bn"}
 
 
 # ----------------------------------------------------------------------------- random states

@@ -29,7 +29,7 @@ import torch
 
 import distributed
 import provenance
-from checkpointing import (CHECKPOINT_FORMAT, RESUMABLE_CHANGES, acquire_run_lock, append_line, atomic_save,
+from checkpointing import (CHECKPOINT_FORMAT, REMEMBERED, RESUMABLE_CHANGES, acquire_run_lock, append_line, atomic_save,
                            atomic_write_text, check_resume_config, load_checkpoint, release_run_lock,
                            remove_stale_temporaries, rng_state, set_rng_state, writable_dir)
 from cli import UserError, first_line, format_time
@@ -44,7 +44,9 @@ from experiment import Experiment, parse_args
 def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
     """The run's configuration and, when resuming, its checkpoint. Resuming takes the
     checkpoint's configuration; flags that contradict it are refused, except the
-    `RESUMABLE_CHANGES` (device, folders, ...), which the command line sets."""
+    `RESUMABLE_CHANGES` (device, folders, ...), which the command line may set: the
+    `REMEMBERED` ones (where the data and files are) only when given, the others always.
+    ``-r PATH`` continues the run in PATH's folder."""
     args, explicit = parse_args(experiment, argv)
     if args.resume is None:
         return args, None
@@ -57,7 +59,9 @@ def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argpar
     if missing:
         raise UserError(f"{path} is incomplete: its configuration lacks {', '.join('--' + k.replace('_', '-') for k in missing)}")
     check_resume_config(saved, args, explicit)
-    saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES})
+    saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES if k in explicit or k not in REMEMBERED})
+    if args.resume and "checkpoint_dir" not in explicit:  # a file named by -r PATH: its folder is the run's
+        saved["checkpoint_dir"], saved["run_name"] = str(path.parent.parent), path.parent.name
     return argparse.Namespace(**saved), ckpt
 
 

@@ -390,3 +390,21 @@ def test_paper_schedule_on_a_cpu_says_once_how_long_it_would_take(progress, tmp_
     assert train.main(args) == 0
     err = capfd.readouterr().err
     assert err.count("note: the paper schedule is 672,000 steps: about ") == 1 and "Use --epochs N" in err
+
+
+def test_the_printed_resume_command_works_as_printed(tmp_path, cifar_dir, capsys, monkeypatch):
+    """A run started with its own --data-dir, --checkpoint-dir and --log-dir, then stopped: the
+    command it prints resumes it from another folder, where its files are, with nothing added."""
+    ck, logs = tmp_path / "elsewhere" / "ck", tmp_path / "elsewhere" / "tb"
+    args = [*SMALL, "--data-dir", str(cifar_dir), "--checkpoint-dir", str(ck), "--log-dir", str(logs), "--epochs", "2",
+            "--precise-bn", "0", "--stop-after", "1"]
+    assert train.main(args) == 0
+    hint = capsys.readouterr().out.strip().splitlines()[-1]
+    command = hint.split("continue with: ")[1].split()
+    assert command[:2] == ["python", "train.py"]
+    monkeypatch.chdir(tmp_path)  # another folder: no ./data, no ./checkpoints
+    assert train.main(command[2:]) == 0
+    ckpt = load(ck / "hyper-10-1" / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["data_dir"] == str(cifar_dir) and ckpt["config"]["precise_bn"] == 0
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+    assert len(list((logs / "hyper-10-1").glob("events.out.tfevents.*"))) == 2  # both sessions logged in one place
