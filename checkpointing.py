@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -172,14 +173,30 @@ def release_run_lock(lock: IO | None) -> None:
         lock.close()
 
 
+def safe_load(path: Path, what: str) -> object:
+    """torch.load PATH with weights_only=True: tensors, numbers, strings, lists and dicts, no code.
+
+    Raises:
+        UserError: If PATH is not such a file: one line saying it is not WHAT, and never
+            torch's advice to load it unsafely instead.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torn, truncated, empty, not a torch file, or holding objects the safe loader refuses
+        if "Unsupported global" in str(e):  # torch's refusal names the object's class
+            reason = "it holds objects other than tensors, numbers and text"
+        elif isinstance(e, pickle.UnpicklingError):  # torch's message would advise loading it unsafely: not quoted
+            reason = "it is not a file torch.save wrote, or it is torn"
+        else:
+            reason = f"it cannot be read ({first_line(e)})"
+        raise UserError(f"{path} is not {what}: {reason}") from None
+
+
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint with weights_only=True (no code runs) and check it is one of ours."""
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not a readable checkpoint ({first_line(e)})") from None
+    ckpt = safe_load(path, "a checkpoint written by train.py or mnist.py")
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if not isinstance(fmt, str) or not fmt.startswith(FORMAT_NAME):
         raise UserError(f"{path} is not a checkpoint written by this train.py")

@@ -31,7 +31,7 @@ import torch
 import mnist
 import provenance
 import train
-from checkpointing import atomic_save, atomic_write_text, load_checkpoint, write_error
+from checkpointing import atomic_save, atomic_write_text, load_checkpoint, safe_load, write_error
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, format_time, run_cli
 from experiment import kernel_init
 from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
@@ -171,10 +171,7 @@ def read_kernel_bank(path: Path) -> dict[str, torch.Tensor]:
     """An archived kernel_bank.pt (weights_only: no code runs), or {} when there is none."""
     if not path.is_file():
         return {}
-    try:
-        bank = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not readable ({first_line(e)})") from None
+    bank = safe_load(path, "a kernel bank written by compare.py")
     if not isinstance(bank, dict) or not all(isinstance(v, torch.Tensor) and k.startswith(BANK_PREFIX) for k, v in bank.items()):
         raise UserError(f"{path} is not a kernel bank written by compare.py")
     return bank

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import train
-from checkpointing import atomic_save, load_checkpoint
+from checkpointing import atomic_save, load_checkpoint, safe_load
 from cli import ArgumentParser, UserError, run_cli
 from primary_net import PrimaryNetwork, num_parameters, to_plain
 
@@ -33,7 +33,7 @@ def model_from_checkpoint(ckpt: dict) -> PrimaryNetwork:
 
 def load_exported(path: str | Path) -> PrimaryNetwork:
     """A plain network from a file written by this script (loaded with weights_only=True)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = safe_load(Path(path), "a file written by export.py")
     if not isinstance(blob, dict) or blob.get("format") != EXPORT_FORMAT:
         raise UserError(f"{path} is not a file written by export.py")
     a = blob["architecture"]

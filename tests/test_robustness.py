@@ -1,5 +1,6 @@
 """What a kill, a preemption, a full disk, a bad number or a second process must not break."""
 
+import argparse
 import errno
 import json
 from collections import namedtuple
@@ -15,6 +16,7 @@ import torch
 
 import checkpointing
 import compare
+import export
 import train
 from conftest import error_line, write_fake_cifar
 from experiment import parse_args
@@ -245,3 +247,20 @@ def test_bench_on_a_missing_device_is_one_line(capsys, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert error_line(bench.main(["--device", "cuda"]), capsys) == "error: --device cuda was given but CUDA is not available"
+
+
+def test_a_file_holding_objects_is_refused_without_advice_to_load_it_unsafely(tmp_path, capsys):
+    """A pickle holding an object (what a crafted file would hold): one line saying what the
+    file is not, and never torch's suggestion to retry with weights_only=False."""
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"format": "hyperresnet-train-v3", "model": argparse.Namespace(a=1)}, crafted)
+    for line in (error_line(train.main(["-r", str(crafted)]), capsys),
+                 error_line(export.main([str(crafted)]), capsys)):
+        assert line.startswith(f"error: {crafted} is not a checkpoint written by train.py or mnist.py: it holds objects")
+        assert "weights_only" not in line and "False" not in line
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    line = error_line(train.main(["-r", str(tmp_path / "garbage.pt")]), capsys)
+    assert "is not a checkpoint written by train.py or mnist.py: it is not a file torch.save wrote" in line
+    (tmp_path / "torn.pt").write_bytes((tmp_path / "crafted.pt").read_bytes()[:100])  # a zip cut short
+    line = error_line(train.main(["-r", str(tmp_path / "torn.pt")]), capsys)
+    assert "is not a checkpoint written by train.py or mnist.py: it cannot be read (" in line and "weights_only" not in line
