@@ -71,7 +71,7 @@ def place_process(args: argparse.Namespace) -> tuple[torch.device, Distributed]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     world = distributed.world_size()  # checked before joining: a refused job never opens a connection
-    if args.sync_bn and world > 1 and device.type != "cuda":
+    if args.sync_bn and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run on the CPU")
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
@@ -209,11 +209,19 @@ def announce(run: Run, resumed: bool) -> None:
     a, d, s, place = run.args, run.data, run.schedule, run.place
     run.log(f"{run.experiment.run_name(a)}: {run.num_parameters:,} parameters | {len(d.train_x)} train / "
             f"{len(d.val_x)} val / {len(d.test_x)} test images | device {place.device.type}, {place.precision.describe()}"
-            f"{', channels_last' if place.memory_format == torch.channels_last else ''}"
+            f"{', channels_last' if place.memory_format == torch.channels_last else ', NCHW'}"
             f"{f' x {place.dist.world} processes' if place.dist.world > 1 else ''} | "
             f"{a.optimizer or s.optimizer} lr {a.lr if a.lr is not None else s.lr:g}, {s.epochs} epochs x "
             f"{run.settings.steps_per_epoch} steps of {run.settings.batch_size}"
-            + (f" | resumed at epoch {run.progress.epoch}" if resumed else ""))
+            + (f" | resumed {where_it_stands(run)}" if resumed else ""))
+
+
+def where_it_stands(run: Run) -> str:
+    """"after epoch E", or "at step S (epoch E, step K of N)" in the middle of one."""
+    p = run.progress
+    if not p.partial.position:
+        return f"after epoch {p.epoch}"
+    return f"at step {p.step} (epoch {p.epoch + 1}, step {p.partial.position} of {run.settings.steps_per_epoch})"
 
 
 def epoch_record(run: Run, stats: EpochStats, errors: dict[str, float]) -> dict:
@@ -354,9 +362,7 @@ def report_end(run: Run, reason: str | None) -> None:
     if reason == "stop-after":
         run.log(f"stopped after epoch {p.epoch} (--stop-after); continue with: python {script} -r {last}")
     elif reason not in (None, "early"):
-        where = f"step {p.step} (epoch {p.epoch + 1}, step {p.partial.position} of {run.settings.steps_per_epoch})" \
-            if p.partial.position else f"the end of epoch {p.epoch}"
-        run.log(f"{reason}: saved {last} at {where}; continue with: python {script} -r {last}", flush=True)
+        run.log(f"{reason}: saved {last} {where_it_stands(run)}; continue with: python {script} -r {last}", flush=True)
     else:
         best = p.best
         run.log(f"final: {name} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "

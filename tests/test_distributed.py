@@ -113,7 +113,7 @@ def test_killed_then_resumed_under_torchrun_ends_where_the_uninterrupted_run_end
     assert len(workers) >= 2 and 1 <= killed_at < int(EPOCHS), "the run was not interrupted"
 
     out = finish(torchrun("train.py", *flags(tmp_path, data), "-r"))
-    assert f"resumed at epoch {killed_at}" in out
+    assert f"resumed after epoch {killed_at}" in out
     resumed = torch.load(last, weights_only=True)
     straight = torch.load(reference[0] / "ck" / "hyper-10-1" / "last.pt", weights_only=True)
     assert resumed["epoch"] == straight["epoch"] == int(EPOCHS)

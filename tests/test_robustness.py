@@ -208,6 +208,7 @@ def test_signal_mid_epoch_saves_that_step_and_resume_is_exact(signals, tmp_path,
     resumed = subprocess.run([sys.executable, "train.py", *run_args(tmp_path, signal_data, "--epochs", "3"), "-r"],
                              cwd=REPO, env=ONE_THREAD, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
+    assert f"| resumed at step {saved['step']} (epoch 2, step {position} of 30)" in resumed.stdout  # not "epoch 1"
     assert_same_weights(load(last), uninterrupted)
     assert epochs_in_metrics(last.parent) == [1, 2, 3]
 

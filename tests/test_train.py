@@ -58,6 +58,7 @@ def test_cli_end_to_end(tmp_path, cifar_dir):
     assert list((tmp_path / "runs" / "e2e").glob("events.out.tfevents.*"))
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and '"val_error"' in lines[0] and '"test_error"' in lines[0]
+    assert "device cpu, float32, NCHW |" in result.stdout.splitlines()[0]  # the start-up line names the layout
     final = result.stdout.strip().splitlines()[-1]
     assert final.startswith("final: e2e (hyper-10-1) test error") and "parameters" in final  # the run, and what it is
     ckpt = load(run / "last.pt")
@@ -408,3 +409,8 @@ def test_the_printed_resume_command_works_as_printed(tmp_path, cifar_dir, capsys
     assert ckpt["epoch"] == 2 and ckpt["config"]["data_dir"] == str(cifar_dir) and ckpt["config"]["precise_bn"] == 0
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
     assert len(list((logs / "hyper-10-1").glob("events.out.tfevents.*"))) == 2  # both sessions logged in one place
+
+
+def test_sync_bn_on_a_cpu_is_refused_in_one_line_without_torchrun(tmp_path, cifar_dir, capsys):
+    assert "--sync-bn needs CUDA" in error_line(train.main(run_args(tmp_path, cifar_dir, "--sync-bn")), capsys)
+    assert not (tmp_path / "ck").exists()  # refused before anything was written
