@@ -446,6 +446,22 @@ def check_same_run(run: Run, folder: Path) -> None:
                         f"nothing was archived: rerun this one with its own --run-name")
 
 
+def to_archive(runs: list[Run], dest: Path) -> list[Run]:
+    """The RUNS that `archive` would write to DEST (those not read from there already).
+
+    Raises:
+        UserError: If two of them have the same name, or a run's folder in DEST holds
+            another run (another configuration or seed) of that name.
+    """
+    todo = [run for run in runs if run.directory.resolve() != (dest / run.name).resolve()]
+    twice = [name for name, n in Counter(run.name for run in todo).items() if n > 1]
+    if twice:
+        raise UserError(f"two runs are named {twice[0]}: archive them one --runs folder at a time")
+    for run in todo:
+        check_same_run(run, dest / run.name)
+    return todo
+
+
 def archive(runs: list[Run], dest: Path) -> list[Path]:
     """Write each run's small files to DEST/<run name>/: run.json, metrics.jsonl and, for a
     hyper run, kernel_bank.pt (its z's and hypernetwork). Runs read from there are left alone.
@@ -454,15 +470,9 @@ def archive(runs: list[Run], dest: Path) -> list[Path]:
         The folders written.
 
     Raises:
-        UserError: If two runs have the same name, a run's folder in DEST holds another run
-            (another configuration or seed) of that name, or DEST is not writable.
+        UserError: As `to_archive`, or if DEST is not writable.
     """
-    todo = [run for run in runs if run.directory.resolve() != (dest / run.name).resolve()]
-    twice = [name for name, n in Counter(run.name for run in todo).items() if n > 1]
-    if twice:
-        raise UserError(f"two runs are named {twice[0]}: archive them one --runs folder at a time")
-    for run in todo:
-        check_same_run(run, dest / run.name)
+    todo = to_archive(runs, dest)
     written = []
     for run in todo:
         folder = dest / run.name
@@ -510,6 +520,8 @@ def compare(args: argparse.Namespace) -> None:
                          + (["--archive", args.archive] if args.archive else []))
     out = Path(args.out)
     runs = find_runs(roots)
+    if args.archive:
+        to_archive(runs, Path(args.archive))  # a clash stops it before anything is written
     text = report(runs, roots, command)
     print(text, end="")
     try:

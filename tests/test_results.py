@@ -216,6 +216,7 @@ def test_archive_never_replaces_another_run_of_the_same_name(runs, tmp_path, cap
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and line.startswith("error: ") and "holds another run named mnist-hyper" in line
     assert {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before  # nothing written
+    assert not (tmp_path / "b.md").exists()  # the report neither: the line says nothing was archived
 
 
 def test_plain_runs_of_either_scale_init_are_one_configuration(runs):
