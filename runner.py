@@ -61,7 +61,8 @@ def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argpar
     check_resume_config(saved, args, explicit)
     saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES if k in explicit or k not in REMEMBERED})
     if args.resume and "checkpoint_dir" not in explicit:  # a file named by -r PATH: its folder is the run's
-        saved["checkpoint_dir"], saved["run_name"] = str(path.parent.parent), path.parent.name
+        folder = path.parent if path.parent.name else path.resolve().parent  # "-r last.pt" inside the folder too
+        saved["checkpoint_dir"], saved["run_name"] = str(folder.parent), folder.name
     return argparse.Namespace(**saved), ckpt
 
 

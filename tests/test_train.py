@@ -409,6 +409,10 @@ def test_the_printed_resume_command_works_as_printed(tmp_path, cifar_dir, capsys
     assert ckpt["epoch"] == 2 and ckpt["config"]["data_dir"] == str(cifar_dir) and ckpt["config"]["precise_bn"] == 0
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
     assert len(list((logs / "hyper-10-1").glob("events.out.tfevents.*"))) == 2  # both sessions logged in one place
+    monkeypatch.chdir(ck / "hyper-10-1")  # and from inside the run's folder, by its file name alone
+    assert train.main(["-r", "last.pt", "--epochs", "2"]) == 0  # nothing left to do: it only reports
+    assert sorted(p.name for p in (ck / "hyper-10-1").iterdir() if not p.name.startswith(".")) == [
+        "best.pt", "last.pt", "metrics.jsonl"]
 
 
 def test_sync_bn_on_a_cpu_is_refused_in_one_line_without_torchrun(tmp_path, cifar_dir, capsys):
