@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,21 +49,30 @@ def run_seeds(script: str, seeds: list[int], flags: list[str], jobs: int) -> lis
     todo = [(seed, *seed_command(script, seed, flags)) for seed in seeds]
     env = {**os.environ, "OMP_NUM_THREADS": "1"} if jobs > 1 else dict(os.environ)
     running, failed, start = [], [], time.time()
-    while todo or running:
-        while todo and len(running) < jobs:
-            seed, command, run_dir = todo.pop(0)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            log = open(run_dir / "seeds.log", "a")
-            print(f"seed {seed}: {' '.join(command[1:])} (log: {run_dir / 'seeds.log'})", flush=True)
-            running.append((seed, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        time.sleep(1)
-        for item in [r for r in running if r[1].poll() is not None]:
-            seed, proc, log = item
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                seed, command, run_dir = todo.pop(0)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                log = open(run_dir / "seeds.log", "a")
+                print(f"seed {seed}: {' '.join(command[1:])} (log: {run_dir / 'seeds.log'})", flush=True)
+                running.append((seed, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+            time.sleep(1)
+            for item in [r for r in running if r[1].poll() is not None]:
+                seed, proc, log = item
+                log.close()
+                running.remove(item)
+                print(f"seed {seed}: exit {proc.returncode} after {format_time(time.time() - start)}", flush=True)
+                if proc.returncode != 0:
+                    failed.append(seed)
+    except KeyboardInterrupt:  # each running seed saves the step it is at (as for its own Ctrl-C), then all leave
+        for _, proc, log in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for _, proc, log in running:
+            proc.wait()
             log.close()
-            running.remove(item)
-            print(f"seed {seed}: exit {proc.returncode} after {format_time(time.time() - start)}", flush=True)
-            if proc.returncode != 0:
-                failed.append(seed)
+        raise
     return failed
 
 
@@ -85,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         if failed:
             raise UserError(f"seed(s) {', '.join(map(str, failed))} failed: see their seeds.log")
 
-    return run_cli(go)
+    try:
+        return run_cli(go)
+    except KeyboardInterrupt:
+        print("interrupted: each running seed saved where it stopped; the same command continues them", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
 """seeds.py runs an experiment over seeds; compare.py reports their mean, spread and n."""
 
 import json
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import torch
 
 import compare
 import diagrams
@@ -59,3 +65,25 @@ def test_mean_interval_is_the_t_interval():
     assert abs(low - (3 - half)) < 1e-9 and abs(high - (3 + half)) < 1e-9
     low, high = compare.mean_interval([2.0] * 40)  # no spread: no width, and more than 31 runs is fine
     assert low == high == 2.0
+
+
+def test_ctrl_c_is_one_line_and_every_running_seed_saves_its_step(tmp_path, mnist_dir):
+    """SIGINT to seeds.py alone (as from a scheduler): no traceback, exit 130, and each
+    running seed, signalled in turn, saved a checkpoint that the same command continues."""
+    ck = tmp_path / "ck"
+    flags = ["--val-size", "20", "--batch-size", "10", "--no-download", "--device", "cpu", "--epochs", "500",
+             "--data-dir", str(mnist_dir), "--checkpoint-dir", str(ck), "--log-dir", str(tmp_path / "runs")]
+    proc = subprocess.Popen([sys.executable, "seeds.py", "mnist.py", "--seeds", "0", "1", "--jobs", "2", "--", *flags],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lasts = [ck / f"mnist-hyper-seed{seed}" / "last.pt" for seed in (0, 1)]
+    deadline = time.time() + 120
+    while not all(last.exists() for last in lasts) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: each running seed saved where it stopped")
+    for last in lasts:
+        ckpt = torch.load(last, weights_only=True)
+        assert 1 <= ckpt["epoch"] < 500, last  # stopped by the signal, not by the end of the schedule
+        assert "SIGINT: saved" in (last.parent / "seeds.log").read_text()
