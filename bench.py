@@ -38,8 +38,7 @@ from checkpointing import atomic_write_text
 from compare import read_run
 from cli import ArgumentParser, HelpFormatter, positive_int, run_cli
 from data import Normalize, write_synthetic_cifar
-from devices import (AMP_CHOICES, Precision, capability, choose_channels_last, choose_precision, configure_backends,
-                     pick_device)
+from devices import AMP_CHOICES, Precision, choose_compute, configure_backends, pick_device
 from distributed import SINGLE_PROCESS
 from engine import Place, TrainState, evaluate, precise_bn, train_step
 from hypernetwork_modules import KernelBank
@@ -260,8 +259,8 @@ def bench(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    precision = choose_precision(args.amp, device.type, capability(device))  # as train.py chooses them
-    args.amp, args.channels_last = precision.name, choose_channels_last(args.channels_last, device.type, precision)
+    precision, layout = choose_compute(args.amp, args.channels_last, device)  # as train.py chooses them
+    args.amp, args.channels_last = precision.name, layout == torch.channels_last
     configure_backends(device)
     cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
     header = (f"bench on {device.type} ({device_model(device)}), {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -78,10 +78,10 @@ def choose_precision(requested: str, device_type: str, cuda_capability: tuple[in
     """
     if requested == "off":
         return FP32
-    version = tuple(int(part) for part in re.findall(r"\d+", torch_version or torch.__version__)[:2])
-    if requested in DTYPES and device_type == "mps" and version < (2, 5):
-        raise UserError(f"--amp {requested} on MPS needs torch 2.5 or newer (this is torch "
-                        f"{torch_version or torch.__version__}): use --amp off, or a newer torch")
+    torch_version = torch_version or str(torch.__version__)
+    if requested in DTYPES and device_type == "mps" and tuple(map(int, re.findall(r"\d+", torch_version)[:2])) < (2, 5):
+        raise UserError(f"--amp {requested} on MPS needs torch 2.5 or newer (this is torch {torch_version}): "
+                        "use --amp off, or a newer torch")
     if requested in DTYPES:
         return Precision(requested)
     if device_type != "cuda":
@@ -94,6 +94,13 @@ def choose_channels_last(requested: bool | None, device_type: str, precision: Pr
     if requested is not None:
         return requested
     return device_type == "cuda" and precision.dtype is not None
+
+
+def choose_compute(amp: str, channels_last: bool | None, device: torch.device) -> tuple[Precision, torch.memory_format]:
+    """--amp and --channels-last as train.py resolves them on DEVICE: the precision and the memory format."""
+    precision = choose_precision(amp, device.type, capability(device))
+    layout = torch.channels_last if choose_channels_last(channels_last, device.type, precision) else torch.contiguous_format
+    return precision, layout
 
 
 def configure_backends(device: torch.device) -> None:

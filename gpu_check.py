@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import io
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -80,8 +79,8 @@ def environment(device: str) -> dict:
     """Where the check ran."""
     import provenance
 
-    here = provenance.collect(torch.device(device), processes=1)
-    return {**here, "cuda": torch.version.cuda, "python": platform.python_version()}
+    here = provenance.collect(torch.device(device), processes=1)  # torch, Python, device, commit
+    return {**here, "cuda": torch.version.cuda}
 
 
 def run_section(name: str, command: list[str], limit: int) -> dict:
@@ -115,14 +114,13 @@ def check_syncs(device: str) -> None:
     """A steady-state Hyper-WRN-40-1 training step, with train.py's defaults for DEVICE, under
     CUDA's sync debug mode (a host-device synchronisation raises). Elsewhere it only runs."""
     from data import Normalize, augment_cifar
-    from devices import capability, choose_channels_last, choose_precision, configure_backends
+    from devices import choose_compute, configure_backends
     from distributed import SINGLE_PROCESS
     from engine import Place, TrainState, train_step
     from primary_net import PrimaryNetwork
 
     dev = torch.device(device)
-    precision = choose_precision("auto", dev.type, capability(dev))
-    layout = torch.channels_last if choose_channels_last(None, dev.type, precision) else torch.contiguous_format
+    precision, layout = choose_compute("auto", None, dev)
     configure_backends(dev)
     place = Place(dev, SINGLE_PROCESS, precision, layout)
     state = TrainState.create(PrimaryNetwork(40, 1).to(dev, memory_format=layout), "adam", 2e-3, lambda step: 1.0, place)

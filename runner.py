@@ -34,7 +34,7 @@ from checkpointing import (CHECKPOINT_FORMAT, REMEMBERED, RESUMABLE_CHANGES, acq
                            remove_stale_temporaries, rng_state, set_rng_state, writable_dir)
 from cli import UserError, first_line, format_time
 from data import Normalize, split_indices
-from devices import capability, choose_channels_last, choose_precision, configure_backends, pick_device
+from devices import choose_compute, configure_backends, pick_device
 from distributed import Distributed, all_gather, augment_seed, broadcast_object
 from engine import (Data, EpochStats, EpochSums, Place, Progress, Run, Settings, TrainState, evaluate_run,
                     train_one_epoch)
@@ -136,9 +136,7 @@ def load_data(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
 def set_up(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None) -> Run:
     """Everything a run needs, freshly initialised (a checkpoint is restored afterwards)."""
     device, dist = place_process(args)
-    precision = choose_precision(args.amp, device.type, capability(device))
-    channels_last = choose_channels_last(args.channels_last, device.type, precision)
-    place = Place(device, dist, precision, torch.channels_last if channels_last else torch.contiguous_format)
+    place = Place(device, dist, *choose_compute(args.amp, args.channels_last, device))
     configure_backends(device)
     run_dir, log_dir, lock = prepare_dirs(args, ckpt is not None, dist)
     try:
