@@ -157,7 +157,8 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
         write_synthetic_cifar(root / "data", per_batch=per_batch, test_size=100)
         argv = ["--depth", "40", "--width", "1", "--epochs", str(epochs), "--batch-size", str(batch), "--val-size", "100",
                 "--data-dir", str(root / "data"), "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"),
-                "--device", device.type, "--no-download", "--eval-batch-size", "100", "--no-progress"]
+                "--device", device.type, "--no-download", "--eval-batch-size", "100", "--no-progress",
+                "--run-name", "bench"]
         argv += ["--compile"] if args.compile else []
         argv += ["--amp", "off" if args.amp == "fp32" else args.amp, "--channels-last" if args.channels_last else "--no-channels-last"]
         bare()  # warm-up
@@ -166,7 +167,7 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
             if train.main(argv) != 0:
                 raise RuntimeError("train.py failed inside the pipeline benchmark")
         blocks += [block_seconds(), block_seconds()]
-        metrics = read_run(root / "ck" / "hyper-40-1").metrics
+        metrics = read_run(root / "ck" / "bench").metrics
     train_rate = max(m["images_per_s"] for m in metrics)
     bare_rate = batch / min(blocks)
     return {"train_py_images_per_s": train_rate, "bare_step_images_per_s": bare_rate, "ratio": train_rate / bare_rate}
@@ -263,7 +264,7 @@ def bench(args: argparse.Namespace) -> dict:
     args.amp, args.channels_last = precision.name, layout == torch.channels_last
     configure_backends(device)
     cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
-    header = (f"bench on {device.type} ({device_model(device)}), {torch.get_num_threads()} threads, torch {torch.__version__}"
+    header = (f"bench on {device.type} ({device_model(device)}), {torch.get_num_threads()} thread(s), torch {torch.__version__}"
               f"{cuda}, {precision.describe()}{', channels_last' if args.channels_last else ''}{', compiled' if args.compile else ''}, "
               f"medians of {args.repeats} repeats ({3 * args.repeats} for batch {args.small_batch})")
     print(header + "\n", flush=True)

@@ -33,7 +33,7 @@ import provenance
 import train
 from checkpointing import atomic_save, atomic_write_text, load_checkpoint, safe_load, write_error
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, format_time, run_cli
-from experiment import kernel_init
+from experiment import default_config, kernel_init, result_flags
 from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
 
 EXPERIMENTS = {e.name: e for e in (train.CIFAR10, mnist.MNIST)}  # the experiments, by name
@@ -44,9 +44,6 @@ MACHINE_KEYS = ("data_dir", "checkpoint_dir", "log_dir", "resume")  # flags nami
 BANK_PREFIX = "kernel_bank."  # model-state keys of the z's and the hypernetwork
 SUMMARY_KEYS = ("format", "config", "best", "epoch", "step", "elapsed_seconds", "num_parameters", "device", "provenance")
 BEST_KEYS = {"epoch", "step", "val_error", "test_error"}
-# The flags a run's result depends on: all but the seed make its configuration (`seed_group`).
-CONFIG_KEYS = {"cifar10": {"depth", "width", "plain", "z_dim", "shortcut", "init", "precise_bn", "epochs", "batch_size", "seed"},
-               "mnist": {"plain", "z_dim", "protocol", "init", "precise_bn", "epochs", "batch_size", "seed"}}
 RUN_COLUMNS = ["run", "test error", "val error", "best epoch", "epochs", "steps x batch", "stopped", "device", "wall time",
                "where it ran"]
 SEED_COLUMNS = ["configuration", "epochs", "paper test error", "n", "seeds", "test error", "val error", "test error range",
@@ -92,6 +89,10 @@ class Run:
         return not self.config["plain"]
 
 
+class NoResultYet(UserError):
+    """A run saved before the end of its first epoch: nothing to report yet."""
+
+
 def is_run_dir(directory: Path) -> bool:
     return (directory / "last.pt").is_file() or (directory / "run.json").is_file()
 
@@ -128,9 +129,10 @@ def check_summary(summary: dict, source: Path) -> None:
         if not isinstance(config, dict) or not isinstance(best, dict):
             raise UserError(f"{source} is not a run summary: its config and best are not dicts")
         experiment = config.get("experiment")
-        if experiment not in CONFIG_KEYS:
+        if experiment not in EXPERIMENTS:
             raise UserError(f"{source} is a run of an unknown experiment {experiment!r}")
-        missing = [f"config.{k}" for k in sorted((CONFIG_KEYS[experiment] | {"run_name"}) - set(config))]
+        needed = {"run_name", *result_flags(default_config(EXPERIMENTS[experiment], {}))}
+        missing = [f"config.{k}" for k in sorted(needed - set(config))]
         missing += [f"best.{k}" for k in sorted(BEST_KEYS - set(best))]
     if missing:
         raise UserError(f"{source} is incomplete: it lacks {', '.join(missing)}")
@@ -151,6 +153,9 @@ def read_run(directory: Path) -> Run:
     if (directory / "last.pt").is_file():
         source = directory / "last.pt"
         ckpt = load_checkpoint(source)
+        if ckpt.get("epoch") == 0:
+            script = EXPERIMENTS[ckpt["config"]["experiment"]].script
+            raise NoResultYet(f"stopped in its first epoch, before any result; continue with: python {script} -r {source}")
         metrics = ckpt["metrics"]
         summary = {**{k: ckpt[k] for k in SUMMARY_KEYS if k in ckpt}, "format": ARCHIVE_FORMAT, "device": devices(metrics)}
         bank = {k: v for k, v in ckpt["model"].items() if k.startswith(BANK_PREFIX)}
@@ -181,8 +186,7 @@ def run_identity(run: Run) -> str:
     """What makes two run folders the same run: its name and the flags that define it (a
     resume cannot change them). Runs of one default name (hyper-40-1) that differ in, e.g.,
     --z-dim are different runs."""
-    flags = {k: setting(run, k) for k in CONFIG_KEYS[run.experiment]}
-    return json.dumps([run.experiment, run.name, flags], sort_keys=True)
+    return json.dumps([run.experiment, run.name, configuration(run)], sort_keys=True)
 
 
 def as_run_sees_it(run: Run, flag: str, value):
@@ -228,7 +232,8 @@ def find_runs(roots: list[Path]) -> list[Run]:
             try:
                 run = read_run(folder)
             except UserError as e:
-                print(f"warning: skipped {folder}: {first_line(e)}", file=sys.stderr)
+                kind = "note" if isinstance(e, NoResultYet) else "warning"
+                print(f"{kind}: skipped {folder}: {first_line(e)}", file=sys.stderr)
                 continue
             identity = run_identity(run)
             if identity in names:
@@ -299,17 +304,31 @@ class PaperTable:
     describe: Callable[[Run], str]  # a run that matches no row -> its configuration in words
 
 
-def seed_group(run: Run) -> tuple:
+def configuration(run: Run) -> dict:
+    """Every setting RUN's result depends on (its seed included), as they act on it."""
+    return {k: setting(run, k) for k in result_flags(run.config)}
+
+
+def seed_group(run: Run) -> str:
     """What a run's result depends on besides its seed: runs with equal groups are seeds of one configuration."""
-    return (run.experiment, *(setting(run, k) for k in sorted(CONFIG_KEYS[run.experiment] - {"seed"})))
+    return json.dumps([run.experiment, {k: v for k, v in configuration(run).items() if k != "seed"}], sort_keys=True)
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
-    """RUNS grouped by configuration: the seeds of one configuration form one group, in the runs' order."""
-    groups: dict[tuple, list[Run]] = {}
+    """RUNS grouped by configuration, in the runs' order, one run per seed: a seed trained
+    again (e.g. on another machine) is no independent draw, so only its first run counts."""
+    groups: dict[str, list[Run]] = {}
     for run in runs:
-        groups.setdefault(seed_group(run), []).append(run)
+        group = groups.setdefault(seed_group(run), [])
+        if all(other.config["seed"] != run.config["seed"] for other in group):
+            group.append(run)
     return list(groups.values())
+
+
+def reruns(runs: list[Run]) -> list[Run]:
+    """The runs of RUNS that `seed_groups` leaves out: a seed of their configuration ran before them."""
+    counted = {id(run) for group in seed_groups(runs) for run in group}
+    return [run for run in runs if id(run) not in counted]
 
 
 def mean_sd(values: list[float]) -> str:
@@ -330,7 +349,7 @@ def seed_rows(table: PaperTable, runs: list[Run]) -> list[list[str]]:
     95% t-interval of the mean test error (the runs taken as independent draws)."""
     finished = [run for run in runs if stop_status(run) != "unfinished"]
     rows = []
-    for group in (g for g in seed_groups(finished) if len(g) > 1):  # a seed rerun elsewhere counts as a run of its own
+    for group in (g for g in seed_groups(finished) if len(g) > 1):
         key = table.key(group[0])
         paper = percent(table.paper[key][0]) if key in table.paper else "no row"
         tests, vals = [r.best["test_error"] for r in group], [r.best["val_error"] for r in group]
@@ -361,6 +380,10 @@ def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list
     if seeds:
         lines += ["", "Over seeds: each configuration with several finished runs (mean ± sample standard deviation, n runs):",
                   "", *markdown_table(SEED_COLUMNS, seeds)]
+        again = reruns([run for run in runs if stop_status(run) != "unfinished"])
+        if again:
+            lines += ["", "Not counted over seeds (a seed of the same configuration counted already): "
+                      + ", ".join(f"`{run.name}` (seed {run.config['seed']})" for run in again) + "."]
     return lines
 
 

@@ -61,6 +61,11 @@ class FlagDefaults:
     precise_bn: int = 0  # training images for precise BatchNorm statistics before each evaluation
 
 
+# Flags that choose where and how a run executes, not what it computes. Every other flag
+# (the budget included) is part of the run's configuration: its name and its seed group.
+PLACE_FLAGS = frozenset({"data_dir", "download", "device", "amp", "channels_last", "compile", "sync_bn", "eval_batch_size",
+                         "progress", "stop_after", "run_name", "checkpoint_dir", "log_dir", "resume"})
+DEFAULT_DATA_DIR = "./data"  # the one --data-dir that is created (for a download) when missing
 SCALE_INITS = ("scale-in-z", "scale-in-hypernet")  # --init values that only place a hypernetwork's initial kernel scale
 
 
@@ -87,7 +92,8 @@ class Experiment:
     augment: Callable[[dict], Augment]  # a run's configuration -> its training augmentation
     build_model: Callable[[dict], KernelModel]  # from a run's configuration (its flags)
     schedule: Callable[[argparse.Namespace, int], Schedule]  # (flags, steps per epoch) -> schedule
-    run_name: Callable[[argparse.Namespace], str]
+    run_name: Callable[[argparse.Namespace], str]  # the model's name (hyper-40-1): `configuration_name` adds the rest
+    named_flags: tuple[str, ...]  # the flags that `run_name` already says
     paper_result: Callable[[argparse.Namespace], str]  # the paper's figure, for the final line
     # Fills the defaults that depend on other flags (e.g. a protocol's epochs), given the flags set explicitly.
     resolve_defaults: Callable[[argparse.Namespace, set[str]], None] | None = None
@@ -107,14 +113,15 @@ def add_shared_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable
     t.add_argument("--seed", type=seed, **d(0), help="seeds the model init, data order and augmentation")
     t.add_argument("--val-size", type=positive_int, **d(5000), help="validation images held out of the training set")
     t.add_argument("--patience", type=positive_int, **d(defaults.patience), metavar="EPOCHS",
-                   help="early stopping: end the run after this many epochs without a better validation error")
+                   help="early stopping: end the run after this many epochs without a better validation error "
+                        f"(default: {'none, train every epoch' if defaults.patience is None else defaults.patience})")
     t.add_argument("--precise-bn", type=non_negative_int, **d(defaults.precise_bn), metavar="IMAGES",
                    help="before each evaluation, recompute BatchNorm statistics on this many training images "
                         "(0: use the running statistics; no effect on a model without BatchNorm)")
     t.add_argument("--stop-after", type=positive_int, **d(None), metavar="EPOCH",
                    help="stop after this epoch (resume later with -r), e.g. to fit a job time limit")
     s = groups["system"]
-    s.add_argument("--data-dir", **d("./data"), help=defaults.data_help)
+    s.add_argument("--data-dir", **d(DEFAULT_DATA_DIR), help=defaults.data_help)
     s.add_argument("--download", action=argparse.BooleanOptionalAction, **d(True), help="download the dataset if missing")
     s.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], **d("auto"), help="auto: cuda > mps > cpu")
     s.add_argument("--amp", choices=AMP_CHOICES, **d("auto"),
@@ -129,8 +136,9 @@ def add_shared_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable
     s.add_argument("--eval-batch-size", type=positive_int, **d(1000), help="images per evaluation batch")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, **d(True), help="tqdm progress bar")
     o = groups["output"]
-    o.add_argument("--run-name", type=run_name, **d(None), help=f"default: from the model, e.g. {defaults.run_name_example}")
-    o.add_argument("--checkpoint-dir", **d("checkpoints"))
+    o.add_argument("--run-name", type=run_name, **d(None), help=f"default: the model, then each flag that changes the result and is not at its default, then "
+                        f"the seed if not 0, e.g. {defaults.run_name_example}")
+    o.add_argument("--checkpoint-dir", **d("checkpoints"), help="last.pt, best.pt and metrics.jsonl go to CHECKPOINT_DIR/RUN_NAME")
     o.add_argument("--log-dir", **d("runs"), help="TensorBoard logs go to LOG_DIR/RUN_NAME")
     o.add_argument("-r", "--resume", nargs="?", const="", **d(None), metavar="PATH", help="resume PATH, or this run's last.pt")
 
@@ -158,5 +166,40 @@ def parse_args(experiment: Experiment, argv: list[str] | None = None) -> tuple[a
     if experiment.resolve_defaults is not None:
         experiment.resolve_defaults(args, explicit)
     if args.run_name is None:
-        args.run_name = experiment.run_name(args)
+        args.run_name = configuration_name(experiment, vars(args))
     return args, explicit
+
+
+def result_flags(config: dict) -> list[str]:
+    """The flags of CONFIG (a run's arguments) that change its result, the seed included, in command-line order."""
+    return [k for k in config if k not in PLACE_FLAGS and k != "experiment"]
+
+
+def default_config(experiment: Experiment, given: dict) -> dict:
+    """EXPERIMENT's flags at their defaults, except those in GIVEN (and the defaults that depend on them)."""
+    args = build_parser(experiment).parse_args([])
+    vars(args).update(given)
+    if experiment.resolve_defaults is not None:
+        experiment.resolve_defaults(args, set(given))
+    return vars(args)
+
+
+def flag_text(flag: str, value: object) -> str:
+    """FLAG=VALUE as a name part: epochs-10, precise-bn-0, no-download."""
+    name = flag.replace("_", "-")
+    if isinstance(value, bool):
+        return name if value else f"no-{name}"
+    return f"{name}-{value}"
+
+
+def configuration_name(experiment: Experiment, config: dict, seed: bool = True) -> str:
+    """A run's default name, which says every setting that changes its result: the model's name
+    (hyper-40-1, mnist-plain-notebook), then FLAG-VALUE for each other such flag that is not at
+    its default (hyper-40-1-epochs-10-precise-bn-0), then seedK for a seed other than 0 (with SEED)."""
+    defaults = default_config(experiment, {k: config[k] for k in experiment.named_flags})
+    parts = [experiment.run_name(argparse.Namespace(**config))]
+    parts += [flag_text(k, config[k]) for k in result_flags(config)
+              if k not in experiment.named_flags and k != "seed" and config[k] != defaults[k]]
+    if seed and config["seed"]:
+        parts.append(f"seed{config['seed']}")
+    return "-".join(parts)

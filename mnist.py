@@ -216,6 +216,7 @@ MNIST = Experiment(
     build_model=build_mnist,
     schedule=mnist_schedule,
     run_name=mnist_run_name,
+    named_flags=("plain", "protocol", "init"),
     paper_result=mnist_paper_result,
     resolve_defaults=mnist_defaults,
 )

@@ -38,7 +38,7 @@ from devices import choose_compute, configure_backends, pick_device
 from distributed import Distributed, all_gather, augment_seed, broadcast_object
 from engine import (Data, EpochStats, EpochSums, Place, Progress, Run, Settings, TrainState, evaluate_run,
                     train_one_epoch)
-from experiment import Experiment, parse_args
+from experiment import DEFAULT_DATA_DIR, Experiment, configuration_name, parse_args
 
 
 def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
@@ -135,15 +135,34 @@ def load_data(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
 
 def set_up(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None) -> Run:
     """Everything a run needs, freshly initialised (a checkpoint is restored afterwards)."""
+    if Path(args.data_dir) != Path(DEFAULT_DATA_DIR) and not Path(args.data_dir).is_dir():
+        raise UserError(f"--data-dir {args.data_dir} is not a folder: check the path (to download into a new folder, "
+                        "create it first)")
     device, dist = place_process(args)
     place = Place(device, dist, *choose_compute(args.amp, args.channels_last, device))
     configure_backends(device)
-    run_dir, log_dir, lock = prepare_dirs(args, ckpt is not None, dist)
+    folders = [Path(args.checkpoint_dir) / args.run_name, Path(args.log_dir) / args.run_name]
+    new = {folder: [p for p in (folder, *folder.parents) if not p.exists()] for folder in folders}
+    lock = None
     try:
+        run_dir, log_dir, lock = prepare_dirs(args, ckpt is not None, dist)
         return build_run(experiment, args, ckpt, place, (run_dir, log_dir, lock))
     except BaseException:
         release_run_lock(lock)
+        if dist.main:  # a start that failed leaves no folder behind that it made
+            for made in new.values():
+                remove_empty(made)
         raise
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove FOLDERS (a folder, then its parents) while they hold nothing but a run's lock."""
+    for folder in folders:
+        (folder / ".lock").unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None, place: Place, folders: tuple) -> Run:
@@ -356,7 +375,7 @@ def run_epochs(run: Run, writer) -> str | None:
 def report_end(run: Run, reason: str | None) -> None:
     """The run's last line: its result, or how to continue it."""
     p, script, last = run.progress, run.experiment.script, run.run_dir / "last.pt"
-    name = run.experiment.run_name(run.args)  # the configuration's name; the run's own when --run-name gave another
+    name = configuration_name(run.experiment, vars(run.args))  # the run's own name may differ (--run-name, seeds.py)
     name = name if run.run_dir.name == name else f"{run.run_dir.name} ({name})"
     if reason == "stop-after":
         run.log(f"stopped after epoch {p.epoch} (--stop-after); continue with: python {script} -r {last}")
@@ -397,7 +416,7 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
         report_end(run, reason)
     finally:
         release_run_lock(run.lock)
-    summary = {"name": experiment.run_name(args), "num_parameters": run.num_parameters, **run.progress.best}
+    summary = {"name": configuration_name(experiment, vars(args)), "num_parameters": run.num_parameters, **run.progress.best}
     return {**summary, "stopped": reason} if reason not in (None, "early") else summary
 
 

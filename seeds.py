@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from cli import ArgumentParser, HelpFormatter, UserError, format_time, positive_int, run_cli
-from experiment import Experiment, parse_args
+from experiment import Experiment, configuration_name, parse_args
 
 
 def experiments() -> dict[str, Experiment]:
@@ -35,8 +35,8 @@ def experiments() -> dict[str, Experiment]:
 def seed_command(script: str, seed: int, flags: list[str]) -> tuple[list[str], Path]:
     """The command that runs (or resumes) SEED, and its checkpoint folder."""
     experiment = experiments()[script]
-    args, _ = parse_args(experiment, [*flags, "--seed", str(seed)])
-    name = f"{args.run_name}-seed{seed}"
+    args, explicit = parse_args(experiment, [*flags, "--seed", str(seed)])
+    name = f"{args.run_name if 'run_name' in explicit else configuration_name(experiment, vars(args), seed=False)}-seed{seed}"
     run_dir = Path(args.checkpoint_dir) / name
     command = [sys.executable, script, *flags, "--seed", str(seed), "--run-name", name, "--no-progress"]
     if (run_dir / "last.pt").exists():

@@ -102,12 +102,13 @@ CIFAR10 = Experiment(
         epochs=None, epochs_help="rescale the schedule to this many epochs (default: the paper's step count)",
         batch_size=128, weight_decay=5e-4, patience=None, optimizer_help="default: adam for hyper, Nesterov sgd for plain",
         lr_help="base lr (default: 0.002 hyper, 0.1 plain)", data_help="folder holding cifar-10-batches-py/",
-        run_name_example="hyper-40-1", precise_bn=2000),
+        run_name_example="hyper-40-1-epochs-10-seed1", precise_bn=2000),
     load_data=load_cifar10,
     augment=lambda config: augment_cifar,
     build_model=build_model,
     schedule=cifar_schedule,
     run_name=cifar_run_name,
+    named_flags=("depth", "width", "plain", "init"),
     paper_result=cifar_paper_result,
 )
 

@@ -58,3 +58,15 @@ def as_rank(rank: int, world: int, store: Path, monkeypatch):
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def only_run(checkpoints: Path) -> Path:
+    """The one run folder in CHECKPOINTS (a run's default name spells out its settings)."""
+    (run,) = [p for p in checkpoints.iterdir() if p.is_dir()]
+    return run
+
+
+def run_folder(experiment, argv: list[str]) -> Path:
+    """Where a run of ARGV keeps its files: --checkpoint-dir / its name (before it exists)."""
+    args = parse_args(experiment, argv)[0]
+    return Path(args.checkpoint_dir) / args.run_name

@@ -54,6 +54,25 @@ def test_hypernetwork_equals_paper_equations(z_dim, in_size, out_size, f):
     torch.testing.assert_close(hn(z), paper_hypernet(hn, z), rtol=1e-12, atol=1e-12)
 
 
+def test_the_kernel_is_the_papers_not_a_view_of_the_stacked_slices():
+    """The paper's kernel K has K[:, i] = K_i. Stacking the slices as an (in, out*f*f) matrix and
+    viewing it as (out, in, f, f), as the public PyTorch implementation this field starts from
+    does, puts the same numbers elsewhere: a permutation of the paper's kernel, not the kernel."""
+    hn = HyperNetwork(8, 16, 16, 3).double()
+    randomize_(hn, seed=3)
+    z = torch.randn(8, dtype=torch.float64)
+    slices = paper_hypernet(hn, z)  # (in, out, f, f)
+    paper_kernel = torch.stack(list(slices), dim=1)  # K[:, i] = K_i: (out, in, f, f)
+    bank = KernelBank([(16, 16, 3, 3)], hn).double()
+    with torch.no_grad():
+        bank.z.copy_(z)
+    torch.testing.assert_close(bank()[0], paper_kernel, rtol=1e-12, atol=1e-12)  # ours: the paper's layout
+    viewed = slices.reshape(16, 16 * 3 * 3).view(16, 16, 3, 3)  # the view
+    assert not torch.allclose(viewed, paper_kernel)
+    assert torch.equal(viewed.flatten().sort().values, paper_kernel.flatten().sort().values)  # the same numbers, moved
+    assert torch.equal(viewed, paper_kernel.transpose(0, 1))  # input and output channels swapped
+
+
 def test_hypernetwork_accepts_any_leading_shape():
     hn = HyperNetwork(z_dim=8)
     z = torch.randn(2, 3, 5, 8)

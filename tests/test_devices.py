@@ -16,6 +16,7 @@ import train
 from data import Normalize, augment_cifar
 from cli import UserError
 from devices import FP32, Precision, choose_channels_last, choose_precision, cuda_state_for
+from conftest import only_run
 
 A100, H100, V100, T4 = (8, 0), (9, 0), (7, 0), (7, 5)
 
@@ -106,7 +107,7 @@ def test_resume_may_change_precision_and_memory_format(tmp_path, cifar_dir, caps
     assert train.main([*args, "--amp", "off", "--no-channels-last", "-r"]) == 0
     out = capsys.readouterr().out
     assert "note: the run moved: precision bf16 -> fp32, channels_last True -> False" in out
-    ckpt = torch.load(tmp_path / "ck" / "hyper-10-1" / "last.pt", weights_only=True)
+    ckpt = torch.load(only_run(tmp_path / "ck") / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["placement"]["precision"] == "fp32"
 
 

@@ -20,7 +20,7 @@ import runner
 import train
 from data import Normalize, load_cifar10
 from devices import FP32
-from conftest import as_rank, write_fake_cifar
+from conftest import as_rank, only_run, run_folder, write_fake_cifar
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCHS = "12"
@@ -66,9 +66,9 @@ def reference(tmp_path_factory, data) -> tuple[Path, str]:
 
 def test_one_set_of_files_and_identical_parameters_on_both_ranks(reference):
     root, out = reference
-    run = root / "ck" / "hyper-10-1"
+    run = only_run(root / "ck")
     assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "last.pt", "metrics.jsonl"]  # rank 0 alone wrote
-    assert len(list((root / "runs" / "hyper-10-1").iterdir())) == 1  # one TensorBoard event file
+    assert len(list((only_run(root / "runs")).iterdir())) == 1  # one TensorBoard event file
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, int(EPOCHS) + 1))
     assert all(r["processes"] == 2 for r in records)
@@ -86,7 +86,7 @@ def test_one_set_of_files_and_identical_parameters_on_both_ranks(reference):
 
 def test_two_process_evaluation_equals_one_process_evaluation(reference, data):
     root, _ = reference
-    ckpt = torch.load(root / "ck" / "hyper-10-1" / "last.pt", weights_only=True)
+    ckpt = torch.load(only_run(root / "ck") / "last.pt", weights_only=True)
     model = train.build_model(ckpt["config"])
     model.load_state_dict(ckpt["model"])
     train_x, train_y, test_x, test_y = load_cifar10(data, download=False)
@@ -94,13 +94,13 @@ def test_two_process_evaluation_equals_one_process_evaluation(reference, data):
     args = (normalize, 7, torch.contiguous_format, FP32)  # another batch size than the run's
     val_error = engine.evaluate(model, train_x[ckpt["val_indices"]], train_y[ckpt["val_indices"]], *args)
     test_error = engine.evaluate(model, test_x, test_y, *args)
-    last = json.loads((root / "ck" / "hyper-10-1" / "metrics.jsonl").read_text().splitlines()[-1])
+    last = json.loads((only_run(root / "ck") / "metrics.jsonl").read_text().splitlines()[-1])
     assert (last["val_error"], last["test_error"]) == (val_error, test_error)
 
 
 def test_killed_then_resumed_under_torchrun_ends_where_the_uninterrupted_run_ends(reference, data, tmp_path):
     proc = torchrun("train.py", *flags(tmp_path, data))
-    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    last = run_folder(train.CIFAR10, flags(tmp_path, data)) / "last.pt"
     deadline = time.time() + 180
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -115,11 +115,11 @@ def test_killed_then_resumed_under_torchrun_ends_where_the_uninterrupted_run_end
     out = finish(torchrun("train.py", *flags(tmp_path, data), "-r"))
     assert f"resumed after epoch {killed_at}" in out
     resumed = torch.load(last, weights_only=True)
-    straight = torch.load(reference[0] / "ck" / "hyper-10-1" / "last.pt", weights_only=True)
+    straight = torch.load(only_run(reference[0] / "ck") / "last.pt", weights_only=True)
     assert resumed["epoch"] == straight["epoch"] == int(EPOCHS)
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
-    lines = (tmp_path / "ck" / "hyper-10-1" / "metrics.jsonl").read_text().splitlines()
+    lines = (only_run(tmp_path / "ck") / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, int(EPOCHS) + 1))
 
 
@@ -146,7 +146,7 @@ def test_full_disk_on_rank_0_stops_every_rank_within_seconds(data, tmp_path):
     assert err.count("error: cannot write") == 1 and "the disk is full" in err, err[-2000:]
     rank1 = re.search(r"rank\s*: 1 \(local_rank: 1\)\s*exitcode\s*: (-?\d+)", err)
     assert rank1 and rank1.group(1) == "1", "rank 1 must stop by itself (exit 1), not be killed by torchrun (-15)"
-    assert torch.load(tmp_path / "ck" / "hyper-10-1" / "last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(only_run(tmp_path / "ck") / "last.pt", weights_only=True)["epoch"] == 1
 
 
 def test_hypernetize_under_ddp_trains_like_one_process_on_the_whole_batch(tmp_path):

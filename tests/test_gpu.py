@@ -16,6 +16,7 @@ import torch
 
 import train
 from devices import capability, choose_precision
+from conftest import only_run
 
 REPO = Path(__file__).resolve().parent.parent
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: not run on this machine")
@@ -53,7 +54,7 @@ def test_resume_on_the_gpu_continues_the_run(amp, tmp_path, cifar_dir):
     split = run_args(tmp_path / "b", cifar_dir, "cuda", "--epochs", "2", "--amp", amp)
     assert train.main([*split, "--stop-after", "1"]) == 0
     assert train.main([*split, "-r"]) == 0
-    a, b = load(tmp_path / "a" / "ck" / "hyper-10-1" / "last.pt"), load(tmp_path / "b" / "ck" / "hyper-10-1" / "last.pt")
+    a, b = load(only_run(tmp_path / "a" / "ck") / "last.pt"), load(only_run(tmp_path / "b" / "ck") / "last.pt")
     assert a["step"] == b["step"] and a["placement"] == b["placement"]
     assert (b["scaler"] is not None) == (b["placement"]["precision"] == "fp16")
     for key, value in a["model"].items():
@@ -73,7 +74,7 @@ def test_torchrun_with_nccl_on_two_gpus(tmp_path, cifar_dir):
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["placement"]["processes"] == 2
+    assert load(only_run(tmp_path / "ck") / "last.pt")["placement"]["processes"] == 2
 
 
 @mps

@@ -19,7 +19,7 @@ import data
 import engine
 import runner
 import train
-from conftest import as_rank, error_line, write_archived_run, write_fake_cifar
+from conftest import as_rank, error_line, write_archived_run, write_fake_cifar, only_run
 from experiment import Experiment
 from hypernetwork_modules import hypernetize
 from primary_net import PrimaryNetwork
@@ -63,7 +63,7 @@ def stamped_cifar(seen: list[torch.Tensor]) -> Experiment:
 def test_precise_bn_statistics_come_from_the_first_training_images(tmp_path, tiny_cifar):
     """Bug: precise BN computed on validation images (d.val_x[:n]) instead of training images."""
     assert train.main(tiny_args(tmp_path, tiny_cifar, "--epochs", "1", "--precise-bn", "16")) == 0
-    ckpt = load(tmp_path / "ck" / "hyper-10-1" / "last.pt")
+    ckpt = load(only_run(tmp_path / "ck") / "last.pt")
     images = data.load_cifar10(tiny_cifar, download=False)[0]
     train_x, val_x = images[ckpt["train_indices"]], images[ckpt["val_indices"]]
 
@@ -112,7 +112,7 @@ def test_every_step_trains_on_a_whole_batch(tmp_path, tiny_cifar):
     assert runner.main(stamped_cifar(seen), args) == 0
     assert [len(batch) for batch in seen] == [12, 12, 12]
     assert len(set(torch.cat(seen).tolist())) == 36  # no image twice in an epoch
-    assert load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["step"] == 40 // 12
+    assert load(only_run(tmp_path / "ck") / "last.pt")["step"] == 40 // 12
 
 
 # ----------------------------------------------------------------------------- 4. torchrun shares
@@ -139,10 +139,10 @@ def test_torchrun_ranks_train_on_disjoint_halves_of_each_global_batch(tmp_path, 
 def test_explicit_optimizer_and_lr_are_honoured(tmp_path, tiny_cifar):
     """Bug: an explicit --optimizer (or --lr) silently replaced by the schedule's default."""
     assert train.main(tiny_args(tmp_path, tiny_cifar, "--epochs", "1", "--optimizer", "sgd", "--lr", "0.05")) == 0
-    group = load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["optimizer"]["param_groups"][0]
+    group = load(only_run(tmp_path / "ck") / "last.pt")["optimizer"]["param_groups"][0]
     assert group.get("nesterov") is True and "betas" not in group and group["initial_lr"] == 0.05
-    assert train.main(tiny_args(tmp_path, tiny_cifar, "--epochs", "1", "--optimizer", "adam", "--plain")) == 0
-    group = load(tmp_path / "ck" / "wrn-10-1" / "last.pt")["optimizer"]["param_groups"][0]
+    assert train.main(tiny_args(tmp_path / "plain", tiny_cifar, "--epochs", "1", "--optimizer", "adam", "--plain")) == 0
+    group = load(only_run(tmp_path / "plain" / "ck") / "last.pt")["optimizer"]["param_groups"][0]
     assert "betas" in group and "nesterov" not in group and group["initial_lr"] == 0.1  # the plain schedule's lr
 
 
@@ -153,10 +153,10 @@ def test_resume_refuses_a_different_epochs(tmp_path, tiny_cifar, capsys):
     """Bug: --epochs among the resumable changes (the schedule silently rescaled mid-run)."""
     args = tiny_args(tmp_path, tiny_cifar, "--epochs", "2")
     assert train.main([*args, "--stop-after", "1"]) == 0
-    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    last = only_run(tmp_path / "ck") / "last.pt"
     before = last.read_bytes()
     capsys.readouterr()
-    assert "--epochs" in error_line(train.main([*args, "-r", "--epochs", "3"]), capsys)
+    assert "--epochs" in error_line(train.main([*args, "-r", str(last), "--epochs", "3"]), capsys)
     assert last.read_bytes() == before
 
 
@@ -189,7 +189,7 @@ def test_a_killed_saves_temporary_file_is_removed_on_resume(tmp_path, tiny_cifar
     """Bug: the next start no longer removes the .last.pt.XXXX.tmp a killed save left behind."""
     args = tiny_args(tmp_path, tiny_cifar, "--epochs", "2")
     assert train.main([*args, "--stop-after", "1"]) == 0
-    run_dir = tmp_path / "ck" / "hyper-10-1"
+    run_dir = only_run(tmp_path / "ck")
     stale = run_dir / ".last.pt.k1ll3d.tmp"
     stale.write_bytes(b"half a checkpoint")
     assert train.main([*args, "-r"]) == 0

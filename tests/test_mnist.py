@@ -11,7 +11,7 @@ import export
 import mnist
 import data
 import train
-from conftest import error_line, write_fake_mnist
+from conftest import error_line, write_fake_mnist, only_run
 
 SMALL = ["--val-size", "20", "--batch-size", "50", "--no-download", "--no-progress", "--device", "cpu"]
 
@@ -95,7 +95,7 @@ def test_augment_shifts_by_at_most_one_pixel_and_never_flips():
 
 
 def test_missing_data_is_one_line(tmp_path, capsys):
-    line = error_line(mnist.main(run_args(tmp_path, tmp_path / "nowhere")), capsys)
+    line = error_line(mnist.main(run_args(tmp_path, tmp_path)), capsys)  # a folder without the dataset
     assert "no MNIST at" in line and "MNIST/raw" in line
 
 
@@ -119,7 +119,7 @@ def test_run_resume_and_early_stop(tmp_path, mnist_dir, capsys):
     args = run_args(tmp_path, mnist_dir, "--epochs", "3")
     assert mnist.main([*args, "--stop-after", "1"]) == 0
     assert mnist.main([*args, "-r"]) == 0
-    run = tmp_path / "ck" / "mnist-hyper"
+    run = only_run(tmp_path / "ck")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     ckpt = torch.load(run / "last.pt", weights_only=True)
@@ -128,9 +128,9 @@ def test_run_resume_and_early_stop(tmp_path, mnist_dir, capsys):
     assert "final: mnist-hyper" in out and "layer 2: 4,244 parameters (paper 4,244)" in out
 
     # Patience 1 on a fresh run: it stops as soon as one epoch fails to improve validation.
-    early = run_args(tmp_path, mnist_dir, "--epochs", "30", "--patience", "1", "--plain")
+    early = run_args(tmp_path / "early", mnist_dir, "--epochs", "30", "--patience", "1", "--plain")
     assert mnist.main(early) == 0
-    records = [json.loads(line) for line in (tmp_path / "ck" / "mnist-plain" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (only_run(tmp_path / "early" / "ck") / "metrics.jsonl").read_text().splitlines()]
     best = min(range(len(records)), key=lambda i: (records[i]["val_error"], i))
     assert len(records) < 30 and len(records) == best + 2
     assert "early stop after epoch" in capsys.readouterr().out
@@ -138,7 +138,7 @@ def test_run_resume_and_early_stop(tmp_path, mnist_dir, capsys):
 
 def test_checkpoints_of_the_other_experiment_are_refused(tmp_path, mnist_dir, cifar_dir, capsys):
     assert mnist.main(run_args(tmp_path, mnist_dir, "--epochs", "1")) == 0
-    foreign = tmp_path / "ck" / "mnist-hyper" / "last.pt"
+    foreign = only_run(tmp_path / "ck") / "last.pt"
     cifar = [*run_args(tmp_path, cifar_dir, "--depth", "10", "--epochs", "1"), "-r", str(foreign)]
     line = error_line(train.main(cifar), capsys)
     assert "is a mnist run, not cifar10" in line

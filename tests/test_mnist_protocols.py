@@ -14,6 +14,7 @@ import engine
 import mnist
 from experiment import parse_args
 from hypernetwork_modules import HyperNetwork, KernelBank
+from conftest import only_run
 
 SMALL = ["--val-size", "20", "--batch-size", "50", "--no-download", "--no-progress", "--device", "cpu"]
 
@@ -69,7 +70,7 @@ def test_notebook_defaults_and_run_names():
     args = notebook_args()
     assert (args.epochs, args.patience, args.init, args.run_name) == (50, None, "notebook", "mnist-hyper-notebook")
     args = notebook_args("--epochs", "7", "--patience", "3", "--init", "scale-in-z", "--plain")
-    assert (args.epochs, args.patience, args.run_name) == (7, 3, "mnist-plain-notebook-init-scale-in-z")
+    assert (args.epochs, args.patience, args.run_name) == (7, 3, "mnist-plain-notebook-init-scale-in-z-epochs-7-patience-3")
     paper, _ = parse_args(mnist.MNIST, [])
     assert (paper.epochs, paper.patience, paper.init, paper.run_name) == (100, 20, "scale-in-hypernet", "mnist-hyper")
     other, _ = parse_args(mnist.MNIST, ["--init", "scale-in-z"])
@@ -164,20 +165,21 @@ def test_output_slicing_transposes_the_generated_kernel():
 def test_notebook_run_end_to_end_and_kept_out_of_table7(tmp_path, mnist_dir, capsys):
     folders = ["--data-dir", str(mnist_dir), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "tb")]
     assert mnist.main([*SMALL, *folders, "--protocol", "notebook", "--epochs", "2"]) == 0
-    run = tmp_path / "ck" / "mnist-hyper-notebook"
+    run = only_run(tmp_path / "ck")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = records[0]["step"]
     assert math.isclose(records[0]["lr"], 5e-3 * 0.999**steps, rel_tol=1e-6)  # the lr of the next step
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert (ckpt["config"]["protocol"], ckpt["config"]["init"], ckpt["config"]["patience"]) == ("notebook", "notebook", None)
-    assert mnist.main([*SMALL, *folders, "--epochs", "1", "--seed", "1"]) == 0  # a paper run beside it
+    paper_run = [*SMALL, *folders, "--epochs", "1", "--seed", "1"]
+    assert mnist.main(paper_run) == 0  # a paper run beside it
     text = capsys.readouterr()
     out = tmp_path / "results.md"
     assert compare.main(["--runs", str(tmp_path / "ck"), "--out", str(out)]) == 0
     report = out.read_text()
     table7 = report[report.index("## MNIST"):]
     paper_rows = table7[: table7.index("Rows from")]
-    assert "`mnist-hyper`" in paper_rows and "mnist-hyper-notebook" not in paper_rows
+    assert f"`{parse_args(mnist.MNIST, paper_run)[0].run_name}`" in paper_rows and "mnist-hyper-notebook" not in paper_rows
     assert "hyper, z_dim 4, notebook protocol, init notebook" in table7  # among the other runs
     assert text.err.count("error") == 0
     figures = tmp_path / "figures"

@@ -10,6 +10,7 @@ import engine
 import train
 from primary_net import PrimaryNetwork
 from mnist import MnistNet
+from conftest import only_run
 
 
 def batch_statistics(net: PrimaryNetwork, images: torch.Tensor, normalize, batch: int) -> list:
@@ -67,18 +68,18 @@ def test_runs_log_both_errors_and_resume_exactly(tmp_path, cifar_dir):
               "--data-dir", str(cifar_dir), "--epochs", "2", "--precise-bn", "64"]
     a = [*common, "--checkpoint-dir", str(tmp_path / "a"), "--log-dir", str(tmp_path / "runs")]
     assert train.main(a) == 0
-    records = [json.loads(line) for line in (tmp_path / "a" / "hyper-10-1" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (only_run(tmp_path / "a") / "metrics.jsonl").read_text().splitlines()]
     assert all({"val_error", "val_error_running", "precise_bn_seconds"} <= set(r) for r in records)
     b = [*common, "--checkpoint-dir", str(tmp_path / "b"), "--log-dir", str(tmp_path / "runs")]
     assert train.main([*b, "--stop-after", "1"]) == 0 and train.main([*b, "-r"]) == 0
-    x, y = (torch.load(tmp_path / d / "hyper-10-1" / "last.pt", weights_only=True) for d in "ab")
+    x, y = (torch.load(only_run(tmp_path / d) / "last.pt", weights_only=True) for d in "ab")
     for key in x["model"]:
         assert torch.equal(x["model"][key], y["model"][key]), key
     off = [*common[:-2], "--precise-bn", "0", "--checkpoint-dir", str(tmp_path / "c"), "--log-dir", str(tmp_path / "runs")]
     assert train.main(off) == 0
-    last = json.loads((tmp_path / "c" / "hyper-10-1" / "metrics.jsonl").read_text().splitlines()[-1])
+    last = json.loads((only_run(tmp_path / "c") / "metrics.jsonl").read_text().splitlines()[-1])
     assert "val_error_running" not in last
-    z = torch.load(tmp_path / "c" / "hyper-10-1" / "last.pt", weights_only=True)
+    z = torch.load(only_run(tmp_path / "c") / "last.pt", weights_only=True)
     assert torch.equal(z["model"]["kernel_bank.z"], x["model"]["kernel_bank.z"])  # training itself is unchanged
 
 

@@ -15,7 +15,7 @@ import data
 import engine
 import runner
 import train
-from conftest import write_archived_run
+from conftest import write_archived_run, only_run
 from primary_net import PrimaryNetwork
 
 # 200 fake images: 160 train + 40 val; batch 32 -> 5 steps an epoch.
@@ -79,7 +79,7 @@ def test_normalisation_statistics_come_from_the_training_split_only(tmp_path, mo
 
     monkeypatch.setattr(runner, "Normalize", recording)
     assert train.main(run_args(tmp_path, root, "--epochs", "1")) == 0
-    ckpt = torch.load(tmp_path / "ck" / "hyper-10-1" / "last.pt", weights_only=True)
+    ckpt = torch.load(only_run(tmp_path / "ck") / "last.pt", weights_only=True)
     assert len(seen) == 1 and torch.equal(seen[0], all_x[ckpt["train_indices"]])
     assert not set(ckpt["train_indices"].tolist()) & set(ckpt["val_indices"].tolist())
 
@@ -87,7 +87,7 @@ def test_normalisation_statistics_come_from_the_training_split_only(tmp_path, mo
 def test_metrics_hold_each_epoch_once_after_an_interrupted_epoch(tmp_path, cifar_dir):
     args = run_args(tmp_path, cifar_dir, "--epochs", "3")
     assert train.main([*args, "--stop-after", "1"]) == 0
-    metrics = tmp_path / "ck" / "hyper-10-1" / "metrics.jsonl"
+    metrics = only_run(tmp_path / "ck") / "metrics.jsonl"
     with open(metrics, "a") as f:  # what a killed epoch 2 could have left
         f.write(json.dumps({"epoch": 2, "step": 10, "train_loss": 99.0}) + "\n")
     assert train.main([*args, "-r"]) == 0

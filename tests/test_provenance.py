@@ -9,6 +9,7 @@ import compare
 import provenance
 import train
 from test_train import load, run_args
+from conftest import only_run
 
 
 def test_collect_names_torch_python_the_device_and_this_clone():
@@ -28,7 +29,7 @@ def test_outside_a_git_clone_the_commit_is_unknown(monkeypatch, tmp_path):
 def test_a_run_records_its_place_once_and_again_when_it_moves(tmp_path, cifar_dir):
     args = run_args(tmp_path, cifar_dir, "--epochs", "3", "--stop-after", "1")
     assert train.main(args) == 0
-    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    last = only_run(tmp_path / "ck") / "last.pt"
     (first,) = load(last)["provenance"]
     assert first == {"from_step": 0, **provenance.collect(torch.device("cpu"), 1)}
 
@@ -55,5 +56,5 @@ def test_describe_is_short_and_says_unknown_for_runs_that_did_not_record():
 def test_compare_shows_where_each_run_ran(tmp_path, cifar_dir):
     assert train.main(run_args(tmp_path, cifar_dir, "--epochs", "1")) == 0
     (run,) = compare.find_runs([tmp_path / "ck"])
-    assert compare.run_cells(run)[-1] == provenance.describe(load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["provenance"])
+    assert compare.run_cells(run)[-1] == provenance.describe(load(only_run(tmp_path / "ck") / "last.pt")["provenance"])
     assert compare.run_cells(run)[-1].startswith(f"torch {torch.__version__}, ")

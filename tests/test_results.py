@@ -3,6 +3,7 @@
 import dataclasses
 import errno
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +26,7 @@ from conftest import error_line, write_archived_run
 from experiment import SCALE_INITS, parse_args
 from primary_net import PrimaryNetwork
 
+REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -45,11 +47,12 @@ def runs(tmp_path_factory, cifar_dir, mnist_dir) -> SimpleNamespace:
         started["kernels"] = [k.detach().clone() for k in model.kernels()]
         return model
 
-    assert runner.main(dataclasses.replace(train.CIFAR10, build_model=build_and_record), cifar) == 0
-    assert train.main([*cifar, "--plain"]) == 0
+    # Named by their models alone (their default names also spell out --epochs, --val-size, ...).
+    assert runner.main(dataclasses.replace(train.CIFAR10, build_model=build_and_record), [*cifar, "--run-name", "hyper-10-1"]) == 0
+    assert train.main([*cifar, "--plain", "--run-name", "wrn-10-1"]) == 0
     mnist_args = [*common, "--batch-size", "50", "--data-dir", str(mnist_dir)]
-    assert mnist.main(mnist_args) == 0
-    assert mnist.main([*mnist_args, "--plain"]) == 0
+    assert mnist.main([*mnist_args, "--run-name", "mnist-hyper"]) == 0
+    assert mnist.main([*mnist_args, "--plain", "--run-name", "mnist-plain"]) == 0
 
     # A Hyper-40-1 checkpoint: a real one with the configuration, weights and results of a
     # paper-schedule run at epoch 8 (351 steps an epoch).
@@ -396,3 +399,41 @@ def test_a_run_with_another_init_is_not_a_paper_row(tmp_path):
     assert paper_row[4:6] == ["`hyper-40-1`", "11.00%"]
     (other,) = rows["hyper-40-1, z_dim 64, shortcut pad, init scale-in-hypernet"]
     assert other[2:4] == ["`hyper-40-1-init-scale-in-hypernet`", "9.00%"]
+
+
+def test_runs_of_two_budgets_never_share_a_seed_group(tmp_path):
+    """Seeds pool only when every setting that changes the result is equal: the budget, and
+    precise BN, split them; where they ran does not."""
+    def archived(name, error, **flags):
+        write_archived_run(tmp_path / name, {"epoch": 1, "step": 351, "val_error": error, "test_error": error}, 1, 351,
+                           **flags)
+        return compare.read_run(tmp_path / name)
+
+    runs = [archived("a", 20.0, seed=0, epochs=10), archived("b", 22.0, seed=1, epochs=10, device="cpu", compile=True),
+            archived("c", 80.0, seed=2, epochs=1), archived("d", 21.0, seed=3, epochs=10, precise_bn=0)]
+    assert [[run.name for run in group] for group in compare.seed_groups(runs)] == [["a", "b"], ["c"], ["d"]]
+
+
+def test_a_run_stopped_in_its_first_epoch_is_noted_not_warned(runs, tmp_path, capsys):
+    ckpt = torch.load(runs.checkpoints / "hyper-10-1" / "last.pt", weights_only=True)
+    ckpt.update(epoch=0, step=3, best={}, metrics=[])
+    (tmp_path / "early").mkdir()
+    torch.save(ckpt, tmp_path / "early" / "last.pt")
+    assert compare.find_runs([tmp_path]) == []
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: skipped {tmp_path / 'early'}: stopped in its first epoch")
+    assert err.strip().endswith(f"continue with: python train.py -r {tmp_path / 'early' / 'last.pt'}")
+
+
+def test_results_md_and_the_readme_figures_come_from_the_archived_runs(monkeypatch):
+    """results/results.md is what compare.py writes from results/runs, and every figure the
+    README's status table quotes is in it: no number is copied by hand out of sync."""
+    monkeypatch.chdir(REPO)
+    roots = [Path("results/runs")]
+    text = compare.report(compare.find_runs(roots), roots, "python compare.py --runs results/runs --out results/results.md")
+    assert (REPO / "results" / "results.md").read_text() == text
+    readme = (REPO / "README.md").read_text()
+    status = readme[readme.index("## Status"):readme.index("\n## ", readme.index("## Status") + 1)]
+    figures = re.findall(r"\d+\.\d\d(?: ± \d+\.\d\d)?%|\d{1,3}(?:,\d{3})+", status)
+    assert len(figures) >= 10
+    assert [f for f in figures if f not in text] == []

@@ -18,7 +18,7 @@ import checkpointing
 import compare
 import export
 import train
-from conftest import error_line, write_fake_cifar
+from conftest import error_line, only_run, run_folder, write_fake_cifar
 from experiment import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
 def test_torn_metrics_line_does_not_block_resume(tmp_path, cifar_dir):
     args = run_args(tmp_path, cifar_dir, "--epochs", "3")
     assert train.main([*args, "--stop-after", "1"]) == 0
-    run = tmp_path / "ck" / "hyper-10-1"
+    run = only_run(tmp_path / "ck")
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 2, "step": 10, "train_lo')  # a kill in the middle of an append
     (run / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # a kill in the middle of a save
@@ -66,7 +66,7 @@ def test_kill_between_checkpoint_and_metrics_line_loses_no_epoch(tmp_path, cifar
     """The checkpoint is written before the metrics line; the checkpoint holds the records."""
     args = run_args(tmp_path, cifar_dir, "--epochs", "3")
     assert train.main([*args, "--stop-after", "1"]) == 0
-    run = tmp_path / "ck" / "hyper-10-1"
+    run = only_run(tmp_path / "ck")
     assert [r["epoch"] for r in load(run / "last.pt")["metrics"]] == [1]
     (run / "metrics.jsonl").write_text("")  # killed after last.pt was saved, before its line was appended
     assert train.main([*args, "-r"]) == 0
@@ -93,7 +93,7 @@ def test_full_disk_is_one_line_and_keeps_what_was_saved(failure, tmp_path, cifar
     monkeypatch.setattr(checkpointing.torch, "save", fills_the_disk)
     if failure == "zip writer":  # torch does not say why: the free space does
         monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: Usage(100, 100, 0))
-    run = tmp_path / "ck" / "hyper-10-1"
+    run = run_folder(train.CIFAR10, args)
     line = error_line(train.main(args), capsys)
     assert "the disk is full" in line and f"cannot write {run}{os.sep}" in line and ".pt" in line
     monkeypatch.undo()
@@ -129,7 +129,7 @@ def test_good_numbers_still_parse():
 def test_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path, cifar_dir, capsys):
     args = run_args(tmp_path, cifar_dir, "--epochs", "2")
     assert train.main([*args, "--stop-after", "1"]) == 0
-    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    last = only_run(tmp_path / "ck") / "last.pt"
     newer = load(last)
     newer["format"] = "hyperresnet-train-v9"
     torch.save(newer, last)
@@ -141,7 +141,7 @@ def test_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path, cifar_dir
 def test_checkpoint_of_the_previous_format_is_refused_naming_it(tmp_path, cifar_dir, capsys):
     args = run_args(tmp_path, cifar_dir, "--epochs", "2", "--stop-after", "1")
     assert train.main(args) == 0
-    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    last = only_run(tmp_path / "ck") / "last.pt"
     v2 = load(last)
     v2["format"] = "hyperresnet-train-v2"
     del v2["provenance"]
@@ -170,7 +170,7 @@ def uninterrupted(tmp_path_factory, signal_data) -> dict:
     result = subprocess.run([sys.executable, "train.py", *run_args(root, signal_data, "--epochs", "3")], cwd=REPO,
                             env=ONE_THREAD, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
-    return load(root / "ck" / "hyper-10-1" / "last.pt")
+    return load(only_run(root / "ck") / "last.pt")
 
 
 def start(root: Path, data: Path) -> subprocess.Popen:
@@ -189,7 +189,7 @@ def wait_for_first_epoch(proc: subprocess.Popen, last: Path) -> None:
 @pytest.mark.parametrize("signals", [("SIGTERM",), ("SIGINT", "SIGINT")])  # both signals; a second one during the save
 def test_signal_mid_epoch_saves_that_step_and_resume_is_exact(signals, tmp_path, signal_data, uninterrupted):
     proc = start(tmp_path, signal_data)
-    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    last = run_folder(train.CIFAR10, run_args(tmp_path, signal_data, "--epochs", "3")) / "last.pt"
     wait_for_first_epoch(proc, last)
     sent = time.time()
     for name in signals:  # a second signal lands while the first one's save is under way
@@ -215,7 +215,7 @@ def test_signal_mid_epoch_saves_that_step_and_resume_is_exact(signals, tmp_path,
 
 def test_second_process_on_the_same_run_is_refused(tmp_path, signal_data, capsys):
     proc = start(tmp_path, signal_data)
-    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    last = run_folder(train.CIFAR10, run_args(tmp_path, signal_data, "--epochs", "3")) / "last.pt"
     try:
         wait_for_first_epoch(proc, last)
         before = last.read_bytes()

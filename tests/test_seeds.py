@@ -23,7 +23,8 @@ def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
     flags = ["--val-size", "20", "--batch-size", "50", "--no-download", "--device", "cpu", "--epochs", "2",
              "--data-dir", str(mnist_dir), "--checkpoint-dir", str(ck), "--log-dir", str(tmp_path / "runs")]
     assert seeds.main(["mnist.py", "--seeds", "3", "7", "--jobs", "2", "--", *flags]) == 0
-    assert sorted(p.name for p in ck.iterdir()) == ["mnist-hyper-seed3", "mnist-hyper-seed7"]
+    names = [f"mnist-hyper-epochs-2-batch-size-50-val-size-20-seed{seed}" for seed in (3, 7)]  # every flag that changes the result
+    assert sorted(p.name for p in ck.iterdir()) == names
     metrics = {p.name: (p / "metrics.jsonl").read_text() for p in ck.iterdir()}
     assert all(len(m.splitlines()) == 2 for m in metrics.values())
 
@@ -34,7 +35,7 @@ def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
     assert compare.main(["--runs", str(ck), "--out", str(out)]) == 0
     row = next(line for line in out.read_text().splitlines() if line.startswith("| hyper, z_dim 4 | 2 |"))
     tests = []
-    for name in ("mnist-hyper-seed3", "mnist-hyper-seed7"):
+    for name in names:
         records = [json.loads(line) for line in metrics[name].splitlines()]
         best = min(records, key=lambda r: (r["val_error"], r["epoch"]))
         tests.append(best["test_error"])
@@ -46,13 +47,13 @@ def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
 
     figures = tmp_path / "figures"  # the seeds drawn as one configuration: one kernel picture, the lowest seed's
     assert diagrams.main(["--runs", str(ck), "--out", str(figures)]) == 0
-    assert sorted(p.name for p in figures.glob("kernels_*")) == ["kernels_mnist-hyper-seed3.png"]
+    assert sorted(p.name for p in figures.glob("kernels_*")) == [f"kernels_{names[0]}.png"]
 
 
 def test_a_failing_seed_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     code = seeds.main(["mnist.py", "--seeds", "0", "--", "--no-download", "--device", "cpu",
-                       "--data-dir", str(tmp_path / "nowhere"), "--checkpoint-dir", str(tmp_path / "ck"),
+                       "--data-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path / "ck"),
                        "--log-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err == ["error: seed(s) 0 failed: see their seeds.log"]
@@ -75,7 +76,7 @@ def test_ctrl_c_is_one_line_and_every_running_seed_saves_its_step(tmp_path, mnis
              "--data-dir", str(mnist_dir), "--checkpoint-dir", str(ck), "--log-dir", str(tmp_path / "runs")]
     proc = subprocess.Popen([sys.executable, "seeds.py", "mnist.py", "--seeds", "0", "1", "--jobs", "2", "--", *flags],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lasts = [ck / f"mnist-hyper-seed{seed}" / "last.pt" for seed in (0, 1)]
+    lasts = [seeds.seed_command("mnist.py", seed, flags)[1] / "last.pt" for seed in (0, 1)]
     deadline = time.time() + 120
     while not all(last.exists() for last in lasts) and time.time() < deadline:
         time.sleep(0.1)
@@ -87,3 +88,11 @@ def test_ctrl_c_is_one_line_and_every_running_seed_saves_its_step(tmp_path, mnis
         ckpt = torch.load(last, weights_only=True)
         assert 1 <= ckpt["epoch"] < 500, last  # stopped by the signal, not by the end of the schedule
         assert "SIGINT: saved" in (last.parent / "seeds.log").read_text()
+
+
+def test_seeds_of_two_budgets_are_different_runs():
+    """seeds.py names each seed after its configuration: a 1-epoch seed 0 is never resumed
+    (and reported) as the full-budget seed 0."""
+    short, full = (seeds.seed_command("mnist.py", 0, flags)[1].name for flags in (["--epochs", "1"], []))
+    assert (short, full) == ("mnist-hyper-epochs-1-seed0", "mnist-hyper-seed0")
+    assert seeds.seed_command("mnist.py", 3, ["--run-name", "mine"])[1].name == "mine-seed3"

@@ -10,6 +10,7 @@ import export
 import train
 from cli import UserError
 from primary_net import PrimaryNetwork, num_parameters, to_plain
+from conftest import only_run
 
 
 @pytest.mark.parametrize("hyper", [True, False])
@@ -55,7 +56,7 @@ def test_export_cli_round_trip(tmp_path, cifar_dir, capsys):
     args = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu", "--epochs", "1",
             "--data-dir", str(cifar_dir), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs")]
     assert train.main(args) == 0
-    best = tmp_path / "ck" / "hyper-10-1" / "best.pt"
+    best = only_run(tmp_path / "ck") / "best.pt"
     assert export.main([str(best)]) == 0
     out = best.with_name("best-plain.pt")
     printed = capsys.readouterr().out

@@ -15,9 +15,10 @@ import torch
 import checkpointing
 import data
 import engine
+import mnist
 import train
 from experiment import parse_args
-from conftest import error_line, write_fake_cifar
+from conftest import error_line, only_run, run_folder, write_fake_cifar
 
 REPO = Path(__file__).resolve().parent.parent
 # 200 fake images: 160 train + 40 val, 40 test; batch 32 -> 5 steps an epoch.
@@ -60,7 +61,7 @@ def test_cli_end_to_end(tmp_path, cifar_dir):
     assert len(lines) == 2 and '"val_error"' in lines[0] and '"test_error"' in lines[0]
     assert "device cpu, float32, NCHW |" in result.stdout.splitlines()[0]  # the start-up line names the layout
     final = result.stdout.strip().splitlines()[-1]
-    assert final.startswith("final: e2e (hyper-10-1) test error") and "parameters" in final  # the run, and what it is
+    assert final.startswith("final: e2e (hyper-10-1-epochs-2-batch-size-32-val-size-40) test error") and "parameters" in final  # the run, and what it is
     ckpt = load(run / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["step"] == 10 and ckpt["config"]["depth"] == 10
     assert set(ckpt["rng_per_rank"][0]) >= {"torch", "numpy", "python", "data_order", "augment"}
@@ -70,7 +71,7 @@ def test_cli_end_to_end(tmp_path, cifar_dir):
 
 def test_plain_run_uses_sgd(tmp_path, cifar_dir):
     assert train.main(run_args(tmp_path, cifar_dir, "--epochs", "1", "--plain")) == 0
-    ckpt = load(tmp_path / "ck" / "wrn-10-1" / "last.pt")
+    ckpt = load(only_run(tmp_path / "ck") / "last.pt")
     assert ckpt["optimizer"]["param_groups"][0]["nesterov"] is True
     assert not any("kernel_bank" in k for k in ckpt["model"])
 
@@ -86,6 +87,25 @@ def test_init_flag_names_the_run_and_builds_unit_scale_z():
     assert (unit.scale_in, old.scale_in) == ("hypernet", "z") and unit.z.std() > 0.7 > 0.15 > old.z.std()
 
 
+def test_a_run_name_says_every_setting_that_changes_the_result():
+    """Two budgets (or any two settings that change the result) never share a run folder;
+    where and how a run executes does not change its name."""
+    def name(experiment, *flags):
+        return parse_args(experiment, list(flags))[0].run_name
+
+    assert name(train.CIFAR10) == "hyper-40-1"
+    assert name(train.CIFAR10, "--epochs", "10") == "hyper-40-1-epochs-10"
+    assert name(train.CIFAR10, "--seed", "2", "--precise-bn", "0", "--epochs", "10") == "hyper-40-1-epochs-10-precise-bn-0-seed2"
+    assert name(train.CIFAR10, "--plain", "--lr", "0.05") == "wrn-40-1-lr-0.05"
+    place = ["--data-dir", "elsewhere", "--no-download", "--device", "cpu", "--amp", "off", "--compile", "--stop-after", "3",
+             "--eval-batch-size", "10", "--no-progress", "--checkpoint-dir", "ck", "--log-dir", "tb"]
+    assert name(train.CIFAR10, *place) == "hyper-40-1"
+    assert name(train.CIFAR10, "--epochs", "10", "--run-name", "mine") == "mine"
+    assert name(mnist.MNIST, "--epochs", "1") == "mnist-hyper-epochs-1"
+    assert name(mnist.MNIST, "--protocol", "notebook") == "mnist-hyper-notebook"  # the protocol's own 50 epochs
+    assert name(mnist.MNIST, "--protocol", "notebook", "--epochs", "100") == "mnist-hyper-notebook-epochs-100"
+
+
 @pytest.mark.parametrize("flags,precision,channels_last", [
     (["--amp", "bf16"], "bf16", False), (["--amp", "fp16"], "fp16", False), (["--channels-last"], "fp32", True)])
 def test_cuda_default_paths_run_on_cpu(flags, precision, channels_last, tmp_path, cifar_dir):
@@ -93,7 +113,7 @@ def test_cuda_default_paths_run_on_cpu(flags, precision, channels_last, tmp_path
     train, save finite float32 weights, and resume exactly (the fp16 loss scale included)."""
     straight = run_args(tmp_path / "a", cifar_dir, "--epochs", "2", *flags)
     assert train.main(straight) == 0
-    ckpt = load(tmp_path / "a" / "ck" / "hyper-10-1" / "last.pt")
+    ckpt = load(only_run(tmp_path / "a" / "ck") / "last.pt")
     assert ckpt["placement"]["precision"] == precision and ckpt["placement"]["channels_last"] is channels_last
     assert (ckpt["scaler"] is not None) == (precision == "fp16")
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
@@ -101,7 +121,7 @@ def test_cuda_default_paths_run_on_cpu(flags, precision, channels_last, tmp_path
     split = run_args(tmp_path / "b", cifar_dir, "--epochs", "2", *flags)
     assert train.main([*split, "--stop-after", "1"]) == 0
     assert train.main([*split, "-r"]) == 0
-    assert_same_state(ckpt, load(tmp_path / "b" / "ck" / "hyper-10-1" / "last.pt"))
+    assert_same_state(ckpt, load(only_run(tmp_path / "b" / "ck") / "last.pt"))
 
 
 # ----------------------------------------------------------------------------- resume
@@ -112,20 +132,20 @@ def test_resume_is_bit_identical(tmp_path, cifar_dir):
     assert train.main(straight) == 0
     split = run_args(tmp_path / "b", cifar_dir, "--epochs", "2")
     assert train.main([*split, "--stop-after", "1"]) == 0
-    assert load(tmp_path / "b" / "ck" / "hyper-10-1" / "last.pt")["epoch"] == 1
+    assert load(only_run(tmp_path / "b" / "ck") / "last.pt")["epoch"] == 1
     assert train.main([*split, "-r"]) == 0
-    a = load(tmp_path / "a" / "ck" / "hyper-10-1" / "last.pt")
-    b = load(tmp_path / "b" / "ck" / "hyper-10-1" / "last.pt")
+    a = load(only_run(tmp_path / "a" / "ck") / "last.pt")
+    b = load(only_run(tmp_path / "b" / "ck") / "last.pt")
     assert_same_state(a, b)
     assert a["best"] == b["best"]
-    assert (tmp_path / "b" / "ck" / "hyper-10-1" / "metrics.jsonl").read_text().count("\n") == 2
+    assert (only_run(tmp_path / "b" / "ck") / "metrics.jsonl").read_text().count("\n") == 2
 
 
 def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path):
     data = write_fake_cifar(tmp_path / "data", per_batch=100)  # 460 train images: 14 steps an epoch
     args = run_args(tmp_path / "killed", data, "--epochs", "3")
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    last = tmp_path / "killed" / "ck" / "hyper-10-1" / "last.pt"
+    last = run_folder(train.CIFAR10, args) / "last.pt"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -137,7 +157,7 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path):
     resumed = cli([*args, "-r"])
     assert resumed.returncode == 0, resumed.stderr
     assert cli(run_args(tmp_path / "straight", data, "--epochs", "3")).returncode == 0
-    assert_same_state(load(last), load(tmp_path / "straight" / "ck" / "hyper-10-1" / "last.pt"))
+    assert_same_state(load(last), load(only_run(tmp_path / "straight" / "ck") / "last.pt"))
 
 
 def test_atomic_save_uses_the_usual_permissions(tmp_path):
@@ -181,7 +201,7 @@ def test_bad_flags_are_argparse_errors(flags, message, capsys):
 
 
 def test_missing_data_names_data_dir(tmp_path, capsys):
-    line = error_line(train.main(run_args(tmp_path, tmp_path / "nowhere")), capsys)
+    line = error_line(train.main(run_args(tmp_path, tmp_path)), capsys)  # a folder without the dataset
     assert "--data-dir" in line and "cifar-10-batches-py" in line
 
 
@@ -222,7 +242,7 @@ def test_unwritable_log_dir_fails_before_training(tmp_path, cifar_dir, capsys):
     args = run_args(tmp_path, cifar_dir)
     args[args.index("--log-dir") + 1] = str(blocker)
     assert "log directory" in error_line(train.main(args), capsys)
-    assert not (tmp_path / "ck" / "hyper-10-1" / "last.pt").exists()
+    assert not list((tmp_path / "ck").glob("*/last.pt"))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cifar_dir, capsys, monkeypatch):
@@ -238,7 +258,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cifar_dir, caps
     monkeypatch.setattr(engine.F, "cross_entropy", nan_after_first_epoch)
     line = error_line(train.main(args), capsys)
     assert "training loss became nan" in line
-    assert load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["epoch"] == 1
+    assert load(only_run(tmp_path / "ck") / "last.pt")["epoch"] == 1
 
 
 def overflow_at(steps, monkeypatch):
@@ -257,7 +277,7 @@ def test_one_overflowed_fp16_step_is_skipped_and_the_run_goes_on(tmp_path, cifar
     """fp16: the GradScaler skips an overflowed step; the run neither stops nor logs an infinite loss."""
     overflow_at(lambda step: step == 3, monkeypatch)
     assert train.main(run_args(tmp_path, cifar_dir, "--epochs", "2", "--amp", "fp16")) == 0
-    ckpt = load(tmp_path / "ck" / "hyper-10-1" / "last.pt")
+    ckpt = load(only_run(tmp_path / "ck") / "last.pt")
     assert ckpt["epoch"] == 2 and all(math.isfinite(m["train_loss"]) for m in ckpt["metrics"])
     assert ckpt["scaler"]["scale"] < 2.0**16  # the scaler saw the overflow and halved its scale
 
@@ -266,7 +286,7 @@ def test_fp16_run_whose_every_loss_overflows_stops_in_one_line(tmp_path, cifar_d
     overflow_at(lambda step: step > 5, monkeypatch)  # from epoch 2 on (5 steps an epoch)
     line = error_line(train.main(run_args(tmp_path, cifar_dir, "--epochs", "3", "--amp", "fp16")), capsys)
     assert "every fp16 training loss of the last 5 steps overflowed" in line and "last good checkpoint" in line
-    assert load(tmp_path / "ck" / "hyper-10-1" / "last.pt")["epoch"] == 1
+    assert load(only_run(tmp_path / "ck") / "last.pt")["epoch"] == 1
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, cifar_dir, capsys):
@@ -284,10 +304,10 @@ def test_resume_with_conflicting_model_is_an_error(tmp_path, cifar_dir, capsys):
 def test_new_run_does_not_overwrite_an_existing_one(tmp_path, cifar_dir, capsys):
     args = run_args(tmp_path, cifar_dir, "--epochs", "1")
     assert train.main(args) == 0
-    before = (tmp_path / "ck" / "hyper-10-1" / "last.pt").read_bytes()
+    before = (only_run(tmp_path / "ck") / "last.pt").read_bytes()
     capsys.readouterr()
     assert "resume it with -r" in error_line(train.main(args), capsys)
-    assert (tmp_path / "ck" / "hyper-10-1" / "last.pt").read_bytes() == before
+    assert (only_run(tmp_path / "ck") / "last.pt").read_bytes() == before
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign", "malicious", "incomplete", "mismatched"])
@@ -304,7 +324,7 @@ def test_bad_resume_file_is_one_clear_line(kind, tmp_path, cifar_dir):
     elif kind == "mismatched":  # every key present, but the weights are not this model's
         good = run_args(tmp_path / "good", cifar_dir, "--epochs", "1")
         assert train.main(good) == 0
-        ckpt = load(tmp_path / "good" / "ck" / "hyper-10-1" / "last.pt")
+        ckpt = load(only_run(tmp_path / "good" / "ck") / "last.pt")
         ckpt["model"] = {"w": torch.zeros(3)}
         torch.save(ckpt, bad)
     else:
@@ -375,7 +395,7 @@ def test_schedule_rescales_paper_boundaries():
 def test_checkpoint_lacking_a_flag_is_refused_in_one_line(tmp_path, cifar_dir, capsys):
     args = run_args(tmp_path, cifar_dir, "--epochs", "2", "--stop-after", "1")
     assert train.main(args) == 0
-    last = tmp_path / "ck" / "hyper-10-1" / "last.pt"
+    last = only_run(tmp_path / "ck") / "last.pt"
     old = torch.load(last, weights_only=False)
     del old["config"]["init"]  # a configuration this code cannot rebuild the model from
     torch.save(old, last)
@@ -405,16 +425,33 @@ def test_the_printed_resume_command_works_as_printed(tmp_path, cifar_dir, capsys
     assert command[:2] == ["python", "train.py"]
     monkeypatch.chdir(tmp_path)  # another folder: no ./data, no ./checkpoints
     assert train.main(command[2:]) == 0
-    ckpt = load(ck / "hyper-10-1" / "last.pt")
+    ckpt = load(only_run(ck) / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["config"]["data_dir"] == str(cifar_dir) and ckpt["config"]["precise_bn"] == 0
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
-    assert len(list((logs / "hyper-10-1").glob("events.out.tfevents.*"))) == 2  # both sessions logged in one place
-    monkeypatch.chdir(ck / "hyper-10-1")  # and from inside the run's folder, by its file name alone
+    assert len(list((only_run(logs)).glob("events.out.tfevents.*"))) == 2  # both sessions logged in one place
+    monkeypatch.chdir(only_run(ck))  # and from inside the run's folder, by its file name alone
     assert train.main(["-r", "last.pt", "--epochs", "2"]) == 0  # nothing left to do: it only reports
-    assert sorted(p.name for p in (ck / "hyper-10-1").iterdir() if not p.name.startswith(".")) == [
+    assert sorted(p.name for p in (only_run(ck)).iterdir() if not p.name.startswith(".")) == [
         "best.pt", "last.pt", "metrics.jsonl"]
 
 
 def test_sync_bn_on_a_cpu_is_refused_in_one_line_without_torchrun(tmp_path, cifar_dir, capsys):
     assert "--sync-bn needs CUDA" in error_line(train.main(run_args(tmp_path, cifar_dir, "--sync-bn")), capsys)
     assert not (tmp_path / "ck").exists()  # refused before anything was written
+
+
+def test_a_failed_start_leaves_no_folder_it_made(tmp_path, capsys):
+    """No dataset: the run's checkpoint and TensorBoard folders (and their new parents) go again."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [*SMALL, "--data-dir", str(empty), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "tb" / "x")]
+    assert error_line(train.main(args), capsys).startswith("error: no CIFAR-10 at")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_a_mistyped_data_dir_is_refused_not_created(tmp_path, capsys):
+    """Online, a missing --data-dir would be made and downloaded into: a typo is flagged instead."""
+    args = run_args(tmp_path, tmp_path / "typo")
+    args.remove("--no-download")
+    assert error_line(train.main(args), capsys).startswith(f"error: --data-dir {tmp_path / 'typo'} is not a folder")
+    assert list(tmp_path.iterdir()) == []
