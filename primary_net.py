@@ -171,4 +171,7 @@ def paper_table() -> str:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description="Print the paper's Table 2 beside this code's parameter counts.").parse_args()
     print(paper_table())

@@ -96,7 +96,7 @@ def plot_curves(path: Path, losses: list[float], evals: list[tuple[int, float]],
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py/")
     p.add_argument("--out", default="examples/out/cnn_generator_cifar.png", help="training-curve PNG")
     p.add_argument("--steps", type=int, default=200, help="training steps")

@@ -13,8 +13,8 @@ Three models, same data, same optimiser, same steps:
   mlp      MLP k+d -> 80 -> 80 -> out                    plain baseline, more parameters
   dynamic  TargetHyperNetwork(Linear(k+d, out), dynamic)  weights from x, run under vmap
 
-    python examples/dynamic_weights.py
-    python examples/dynamic_weights.py --help
+    python -m examples.dynamic_weights
+    python -m examples.dynamic_weights --help
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def train(model: nn.Module, data: tuple[torch.Tensor, ...], args: argparse.Names
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--context", type=int, default=4, help="k: size of the context c")
     p.add_argument("--features", type=int, default=8, help="d: size of u")
     p.add_argument("--out", type=int, default=4, help="output size")

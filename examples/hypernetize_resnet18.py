@@ -53,7 +53,7 @@ def train_and_test(model: torch.nn.Module, data: tuple, steps: int, batch: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py/")
     p.add_argument("--steps", type=int, default=300, help="training steps per model")
     p.add_argument("--batch-size", type=int, default=128)

@@ -6,8 +6,8 @@ into 135 values; together they make every weight and bias of the target, and onl
 they are trained. The task is a small synthetic regression (a fixed random teacher
 network plus noise).
 
-    python examples/library_style.py            # about 12 s on 2 CPU cores
-    python examples/library_style.py --help
+    python -m examples.library_style            # about 12 s on 2 CPU cores
+    python -m examples.library_style --help
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def make_data(n_train: int, n_test: int, generator: torch.Generator) -> tuple[to
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=1500, help="training steps")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")

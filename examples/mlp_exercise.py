@@ -12,8 +12,8 @@ target has no parameters of its own.
 
 `target_hypernetwork.py` does the same for any module, in chunks.
 
-    python examples/mlp_exercise.py
-    python examples/mlp_exercise.py --help
+    python -m examples.mlp_exercise
+    python -m examples.mlp_exercise --help
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def target_mlp(x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--in-features", type=int, default=4)
     p.add_argument("--hidden", type=int, default=16, help="target hidden size")
     p.add_argument("--out-features", type=int, default=2)
