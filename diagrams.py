@@ -45,8 +45,9 @@ DEPTH, WIDTHS = 40, (1, 2)  # the paper's two HyperResNets
 STAGES = 3  # a WRN's three stages hold equally many generated kernels
 COLOURS = {"z": "#cfe2f3", "hypernet": "#f9cb9c", "tile": "#d9ead3", "tile_edge": "#6a8f5f", "stage": "#f3f3f3",
            "rest": "#d9d9d9", "edge": "#444444"}
-RUN_COLOURS = {True: ["tab:blue", "tab:purple", "tab:cyan", "tab:green"],  # hyper runs
+RUN_COLOURS = {True: ["tab:blue", "tab:green", "tab:purple", "tab:cyan"],  # hyper runs
                False: ["tab:orange", "tab:red", "tab:brown", "tab:olive"]}  # plain runs
+MARKERS = ["o", "s", "^", "D", "v"]
 # One figure of learning curves per (file, title, which runs, the flag it compares or None).
 # A figure that compares a flag is drawn only when its runs differ in that flag.
 CURVES = [("curves_cifar.png", "CIFAR-10", lambda run: run.experiment == "cifar10", None),
@@ -171,6 +172,13 @@ def draw_group(ax: Axes, key: str, group: list[compare.Run], colour: str, style:
         ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=colour, alpha=0.18, lw=0)
 
 
+def paper_row_name(run: compare.Run) -> str:
+    """The model of the paper's row RUN is compared with: hyper-40-1, or MNIST's hyper / normal."""
+    if run.experiment == "cifar10":
+        return model_name(run.config["depth"], run.config["width"], run.hyper)
+    return "hyper" if run.hyper else "normal"
+
+
 def draw_curves(runs: list[compare.Run], title: str, flag: str | None = None) -> Figure:
     """Training loss | validation (dashed) and test (solid) error against epochs, a star at
     each run's reported result (its best validation epoch), the paper's test error dotted.
@@ -178,31 +186,35 @@ def draw_curves(runs: list[compare.Run], title: str, flag: str | None = None) ->
     With FLAG, the figure compares that setting and each legend entry starts with its value."""
     fig = Figure(figsize=(13, 4.8), layout="constrained")
     loss_ax, error_ax = fig.subplots(1, 2)
-    used = Counter()
+    used, papers = Counter(), {}
     for group in compare.seed_groups(runs):
         hyper = group[0].hyper
         colour = RUN_COLOURS[hyper][used[hyper] % len(RUN_COLOURS[hyper])]
+        marker = MARKERS[(used[True] + used[False]) % len(MARKERS)]  # colour and marker: each configuration told apart twice
         used[hyper] += 1
         if flag:  # the legend names the compared setting, not the runs
             label = f"--{flag} {compare.setting(group[0], flag)}" + (f", {len(group)} runs (seeds): mean, min-max" if len(group) > 1 else "")
         else:
             label = group[0].name if len(group) == 1 else f"{group[0].name} and {len(group) - 1} more runs (seeds): mean, min-max"
-        draw_group(loss_ax, "train_loss", group, colour, "-o", label)
+        draw_group(loss_ax, "train_loss", group, colour, f"-{marker}", label)
         draw_group(error_ax, "val_error", group, colour, "--", None)
-        draw_group(error_ax, "test_error", group, colour, "-o", None)
+        draw_group(error_ax, "test_error", group, colour, f"-{marker}", None)
         for run in group:
             error_ax.plot(run.best["epoch"], run.best["test_error"], "*", ms=13, color=colour, mec="black", mew=0.6)
         paper = compare.paper_error(group[0])
-        if paper is not None:
+        if paper is not None and paper not in papers:  # one line per paper row, named by its model
+            papers[paper] = paper_row_name(group[0])
             error_ax.axhline(paper, ls=":", lw=1.2, color=colour)
+            error_ax.annotate(f"paper, {papers[paper]}: {paper:.2f}%", xy=(0.99, paper), xycoords=("axes fraction", "data"),
+                              ha="right", va="bottom" if hyper else "top", fontsize=8, color=colour)  # hyper's is the higher
     highest = {key: max(m[key] for run in runs for m in run.metrics) for key in ("train_loss", "val_error", "test_error")}
     loss_ax.set(title="training loss (cross-entropy)", xlabel="epoch", ylabel="loss", ylim=(0, 1.1 * highest["train_loss"]))
     best = max(run.best["test_error"] for run in runs)  # the first epochs' errors may be 10x the results: zoom on these
     error_ax.set(title="error", xlabel="epoch", ylabel="error (%)",
                  ylim=(0, min(1.1 * max(highest["val_error"], highest["test_error"], 1), 4 * best)))
     loss_ax.legend(title="run", fontsize=9)
-    styles = [Line2D([], [], color="grey", ls=ls, label=label) for ls, label in
-              (("--", "validation"), ("-", "test"), (":", "paper (test)"))]
+    lines = [("--", "validation"), ("-", "test")] + ([(":", "paper (test)")] if papers else [])
+    styles = [Line2D([], [], color="grey", ls=ls, label=label) for ls, label in lines]
     styles.append(Line2D([], [], color="grey", ls="", marker="*", ms=11, mec="black", mew=0.6,
                          label="test at the best validation epoch"))
     error_ax.legend(handles=styles, fontsize=9)
