@@ -372,15 +372,21 @@ def run_epochs(run: Run, writer) -> str | None:
     return None
 
 
+def launcher(dist: Distributed) -> str:
+    """How the continue command starts the script: as this run was, alone or under torchrun on one machine."""
+    return f"torchrun --standalone --nproc-per-node {dist.world}" if dist.world > 1 else "python"
+
+
 def report_end(run: Run, reason: str | None) -> None:
     """The run's last line: its result, or how to continue it."""
     p, script, last = run.progress, run.experiment.script, run.run_dir / "last.pt"
     name = configuration_name(run.experiment, vars(run.args))  # the run's own name may differ (--run-name, seeds.py)
     name = name if run.run_dir.name == name else f"{run.run_dir.name} ({name})"
+    again = f"{launcher(run.place.dist)} {script} -r {last}"
     if reason == "stop-after":
-        run.log(f"stopped after epoch {p.epoch} (--stop-after); continue with: python {script} -r {last}")
+        run.log(f"stopped after epoch {p.epoch} (--stop-after); continue with: {again}")
     elif reason not in (None, "early"):
-        run.log(f"{reason}: saved {last} {where_it_stands(run)}; continue with: python {script} -r {last}", flush=True)
+        run.log(f"{reason}: saved {last} {where_it_stands(run)}; continue with: {again}", flush=True)
     else:
         best = p.best
         run.log(f"final: {name} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "

@@ -123,6 +123,18 @@ def test_killed_then_resumed_under_torchrun_ends_where_the_uninterrupted_run_end
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, int(EPOCHS) + 1))
 
 
+def test_the_printed_continue_command_works_under_torchrun(data, tmp_path):
+    """Stopped under torchrun, a run prints a torchrun command; run as printed, it ends the run on two processes."""
+    out = finish(torchrun("train.py", *flags(tmp_path, data, "--epochs", "2", "--stop-after", "1")))
+    command = out.strip().splitlines()[-1].split("continue with: ")[1].split()
+    assert command[:5] == ["torchrun", "--standalone", "--nproc-per-node", "2", "train.py"]
+    again = [sys.executable, "-m", "torch.distributed.run", *command[1:]]  # torchrun is this module's entry point
+    finish(subprocess.Popen(again, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True))
+    ckpt = torch.load(command[-1], weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["placement"]["processes"] == 2
+
+
 def test_sync_bn_is_refused_on_cpu_in_one_line(data, tmp_path):
     proc = torchrun("train.py", *flags(tmp_path, data, "--sync-bn"))
     _, err = proc.communicate(timeout=240)

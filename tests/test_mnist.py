@@ -118,7 +118,9 @@ def test_truncated_or_foreign_file_is_one_line(tmp_path, capsys):
 def test_run_resume_and_early_stop(tmp_path, mnist_dir, capsys):
     args = run_args(tmp_path, mnist_dir, "--epochs", "3")
     assert mnist.main([*args, "--stop-after", "1"]) == 0
-    assert mnist.main([*args, "-r"]) == 0
+    command = capsys.readouterr().out.strip().splitlines()[-1].split("continue with: ")[1].split()
+    assert command[:2] == ["python", "mnist.py"]
+    assert mnist.main(command[2:]) == 0  # as printed
     run = only_run(tmp_path / "ck")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]

@@ -202,11 +202,12 @@ def test_signal_mid_epoch_saves_that_step_and_resume_is_exact(signals, tmp_path,
     position = saved["partial"]["position"]
     assert saved["epoch"] == 1 and 1 <= position < 30 and saved["step"] == 30 + position  # mid-epoch, not a boundary
     assert f"{signals[0]}: saved {last} at step {saved['step']} (epoch 2, step {position} of 30)" in out
-    assert f"continue with: python train.py -r {last}" in out  # the path: a bare -r resumes the default-named run
+    command = next(line for line in out.splitlines() if "continue with: " in line).split("continue with: ")[1].split()
+    assert command == ["python", "train.py", "-r", str(last)]  # the path: it finds the run wherever it was named
     assert epochs_in_metrics(last.parent) == [1]
 
-    resumed = subprocess.run([sys.executable, "train.py", *run_args(tmp_path, signal_data, "--epochs", "3"), "-r"],
-                             cwd=REPO, env=ONE_THREAD, capture_output=True, text=True, timeout=240)
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=ONE_THREAD, capture_output=True, text=True,
+                             timeout=240)  # as printed
     assert resumed.returncode == 0, resumed.stderr
     assert f"| resumed at step {saved['step']} (epoch 2, step {position} of 30)" in resumed.stdout  # not "epoch 1"
     assert_same_weights(load(last), uninterrupted)
