@@ -40,7 +40,7 @@ from cli import ArgumentParser, HelpFormatter, positive_int, run_cli
 from data import Normalize, write_synthetic_cifar
 from devices import AMP_CHOICES, Precision, choose_compute, configure_backends, pick_device
 from distributed import SINGLE_PROCESS
-from engine import Place, TrainState, evaluate, precise_bn, train_step
+from engine import Place, TrainState, compile_step, evaluate, precise_bn, train_step
 from hypernetwork_modules import KernelBank
 from primary_net import PrimaryNetwork
 from provenance import device_model
@@ -122,7 +122,8 @@ class StepRunner:
         self.precision = Precision(args.amp)
         self.state = TrainState.create(model, "adam" if hyper else "sgd", 1e-4, lambda step: 1.0,
                                        Place(device, SINGLE_PROCESS, self.precision, memory_format))
-        self.state.forward = torch.compile(model) if args.compile else model
+        if args.compile:  # the whole step, as train.py --compile runs it
+            compile_step(self.state, fullgraph=True)
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
         self.y = torch.randint(0, 10, (batch,), device=device)
 

@@ -101,11 +101,14 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None = None  # fp16 only
-    forward: Callable | None = None  # the model, or it wrapped in DDP and/or torch.compile (None: the model)
+    forward: Callable | None = None  # the model, or it wrapped in DDP (None: the model)
+    objective: Callable | None = None  # (x, y, wd) -> loss, loss + penalty, logits; compiled by `compile_step`
+    step_optimizer: Callable | None = None  # optimizer.step, or it compiled
 
     def __post_init__(self) -> None:
-        if self.forward is None:
-            self.forward = self.model
+        self.forward = self.model if self.forward is None else self.forward
+        self.objective = self.objective or objective_of(self.forward, self.model)
+        self.step_optimizer = self.step_optimizer or self.optimizer.step
 
     @classmethod
     def create(cls, model: KernelModel, optimizer: str, lr: float, multiplier: Callable[[int], float],
@@ -202,18 +205,16 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, weight_decay
     Returns:
         The detached cross-entropy loss and logits.
     """
-    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+    optimizer, scaler = state.optimizer, state.scaler
     with autocast(x.device.type, precision):
-        logits = state.forward(x, model.kernels())
-        loss = F.cross_entropy(logits.float(), y)
-        penalty = 0.5 * weight_decay * model.kernel_sq_norm() if weight_decay else 0.0
+        loss, total, logits = state.objective(x, y, weight_decay)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
-        (loss + penalty).backward()
+        total.backward()
         clip_gradients(optimizer, clip_norm)
-        optimizer.step()
+        state.step_optimizer()
     else:
-        scaler.scale(loss + penalty).backward()
+        scaler.scale(total).backward()
         if clip_norm is not None:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         clip_gradients(optimizer, clip_norm)
@@ -221,6 +222,26 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, weight_decay
         scaler.update()
     state.scheduler.step()
     return loss.detach(), logits.detach()
+
+
+def objective_of(forward: Callable, model: KernelModel) -> Callable:
+    """What a step minimises, as one function of the batch (the part `compile_step` compiles)."""
+    def objective(x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = forward(x, model.kernels())  # kernels generated once, then the network
+        loss = F.cross_entropy(logits.float(), y)
+        penalty = 0.5 * weight_decay * model.kernel_sq_norm() if weight_decay else 0.0  # wd/2 * sum K^2, from Gram matrices
+        return loss, loss + penalty, logits
+    return objective
+
+
+def compile_step(state: TrainState, fullgraph: bool, backend: str = "inductor") -> None:
+    """torch.compile the whole step: kernel generation, forward, loss and penalty as one graph
+    (FULLGRAPH: no graph break; AOTAutograd compiles the backward), and the optimizer step.
+    The lr becomes a tensor the schedule fills in place, so an lr change does not recompile."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32)
+    state.objective = torch.compile(objective_of(state.forward, state.model), fullgraph=fullgraph, backend=backend)
+    state.step_optimizer = torch.compile(state.optimizer.step, backend=backend)
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> None:

@@ -130,7 +130,8 @@ def add_shared_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable
     s.add_argument("--no-amp", dest="amp", action="store_const", const="off", **d("auto"), help="the same as --amp off")
     s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, **d(None),
                    help="NHWC memory format (default: on for CUDA with bf16/fp16, else off)")
-    s.add_argument("--compile", action="store_true", **d(False), help="torch.compile the model")
+    s.add_argument("--compile", action="store_true", **d(False),
+                   help="torch.compile the whole training step: kernel generation, forward, loss, penalty, optimizer")
     s.add_argument("--sync-bn", action="store_true", **d(False),
                    help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)")
     s.add_argument("--eval-batch-size", type=positive_int, **d(1000), help="images per evaluation batch")

@@ -36,8 +36,8 @@ from cli import UserError, first_line, format_time
 from data import Normalize, split_indices
 from devices import choose_compute, configure_backends, pick_device
 from distributed import Distributed, all_gather, augment_seed, broadcast_object
-from engine import (Data, EpochStats, EpochSums, Place, Progress, Run, Settings, TrainState, evaluate_run,
-                    train_one_epoch)
+from engine import (Data, EpochStats, EpochSums, Place, Progress, Run, Settings, TrainState, compile_step, evaluate_run,
+                    objective_of, train_one_epoch)
 from experiment import DEFAULT_DATA_DIR, Experiment, configuration_name, parse_args
 
 
@@ -219,7 +219,12 @@ def wrap(run: Run) -> None:
     if place.dist.world > 1:
         forward = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[place.device.index] if place.device.type == "cuda" else None)
-    run.state.forward = torch.compile(forward) if run.args.compile else forward
+    run.state.forward, run.state.objective = forward, objective_of(forward, model)
+    if run.args.compile:  # under DDP, dynamo splits the graph at its gradient buckets
+        compile_step(run.state, fullgraph=place.dist.world == 1)
+    else:  # a compiled run's checkpoint holds its lr as a tensor: eager optimizers take a number
+        for group in run.state.optimizer.param_groups:
+            group["lr"] = float(group["lr"])
 
 
 def announce(run: Run, resumed: bool) -> None:
@@ -249,7 +254,7 @@ def epoch_record(run: Run, stats: EpochStats, errors: dict[str, float]) -> dict:
     p.elapsed_seconds += time.time() - stats.started + stats.resumed_seconds
     val_error, test_error = errors["val_error"], errors["test_error"]
     record = {"epoch": p.epoch, "step": p.step, "train_loss": stats.train_loss, "train_error": stats.train_error,
-              **errors, "lr": run.state.optimizer.param_groups[0]["lr"],
+              **errors, "lr": float(run.state.optimizer.param_groups[0]["lr"]),
               "images_per_s": stats.images_per_s, "epoch_seconds": stats.seconds,
               "elapsed_seconds": p.elapsed_seconds, "device": run.place.device.type, "processes": run.place.dist.world}
     if val_error < p.best_val_error:
