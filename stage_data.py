@@ -12,7 +12,6 @@ folder only when all of them match.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
