@@ -9,7 +9,8 @@
    sizes: Hyper-WRN-40-k vs WRN-40-k, k = 1, 2.
 3. `train.py` end to end (data pipeline, augmentation, logging: images/s of its
    fastest epoch on a small fake CIFAR-10) vs the bare step rate of 2 (fastest block).
-4. What `--precise-bn 2000` adds to every epoch of Hyper-WRN-40-1: the recomputation
+4. With --compile: the compiled Hyper-WRN-40-1 step (train.py --compile) vs the eager one.
+5. What `--precise-bn 2000` adds to every epoch of Hyper-WRN-40-1: the recomputation
    plus the running-statistics validation pass logged beside it, as a fraction of the
    epoch's training steps (45,000 images at --batch-size).
 
@@ -47,7 +48,8 @@ from provenance import device_model
 
 CIFAR_TRAIN_IMAGES = 45_000  # train.py's training split (50,000 less --val-size 5000)
 # Targets of issue 5 (CPU, 2 threads): hyper/plain step-time ratio by batch size.
-TARGETS = {"step_128": 1.05, "step_8": 1.12, "generation_speedup_40_2": 30.0, "pipeline": 0.95}
+TARGETS = {"step_128": 1.05, "step_8": 1.12, "generation_speedup_40_2": 30.0, "pipeline": 0.95,
+           "compile_128": 1.25}  # compile_128: issue 22's CPU target, compiled step vs eager
 
 
 def per_tile_kernels(bank: KernelBank) -> list[torch.Tensor]:
@@ -115,14 +117,15 @@ def generation_bench(width: int, device: torch.device, repeats: int) -> dict:
 class StepRunner:
     """A model, its optimizer and one fixed batch: calling it runs `engine.train_step`."""
 
-    def __init__(self, width: int, hyper: bool, batch: int, device: torch.device, args: argparse.Namespace):
+    def __init__(self, width: int, hyper: bool, batch: int, device: torch.device, args: argparse.Namespace,
+                 compiled: bool | None = None):
         torch.manual_seed(0)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         model = PrimaryNetwork(40, width, hyper=hyper).to(device, memory_format=memory_format)
         self.precision = Precision(args.amp)
         self.state = TrainState.create(model, "adam" if hyper else "sgd", 1e-4, lambda step: 1.0,
                                        Place(device, SINGLE_PROCESS, self.precision, memory_format))
-        if args.compile:  # the whole step, as train.py --compile runs it
+        if args.compile if compiled is None else compiled:  # the whole step, as train.py --compile runs it
             compile_step(self.state, fullgraph=True)
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
         self.y = torch.randint(0, 10, (batch,), device=device)
@@ -135,6 +138,17 @@ def step_bench(width: int, batch: int, device: torch.device, args: argparse.Name
     hyper, plain = StepRunner(width, True, batch, device, args), StepRunner(width, False, batch, device, args)
     t_plain, t_hyper, ratio = paired(*interleaved_times([plain, hyper], repeats, device))
     return {"hyper_s": t_hyper, "plain_s": t_plain, "ratio": ratio}
+
+
+def compile_bench(device: torch.device, args: argparse.Namespace, repeats: int) -> dict:
+    """A Hyper-WRN-40-1 train step at --batch-size, compiled (`engine.compile_step`) against eager."""
+    eager, compiled = (StepRunner(1, True, args.batch_size, device, args, compiled=c) for c in (False, True))
+    start = time.perf_counter()
+    compiled()  # the compilation: the first step, untimed below
+    sync(device)
+    compile_s = time.perf_counter() - start
+    t_compiled, t_eager, speedup = paired(*interleaved_times([compiled, eager], repeats, device))
+    return {"compiled_s": t_compiled, "eager_s": t_eager, "speedup": speedup, "compile_s": compile_s}
 
 
 def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 15, epochs: int = 3) -> dict:
@@ -204,7 +218,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--small-batch", type=positive_int, default=8, help="small batch of section 2")
     p.add_argument("--widths", type=positive_int, nargs="+", default=[1, 2], help="WRN-40-k widths k to measure")
     p.add_argument("--repeats", type=positive_int, default=7, help="timed repeats per measurement (3x for the small batch)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the models")
+    p.add_argument("--compile", action="store_true",
+                   help="compile every step measured (as train.py --compile), and add compiled vs eager at --batch-size")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: train.py's for the device)")
     p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
@@ -242,6 +257,11 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[
         results["paper_schedule_hours"] = hours = step_s * train.SCHEDULES["hyper"]["total"] / 3600
         rows.append(f"| the paper's Hyper-40-1 schedule ({train.SCHEDULES['hyper']['total']:,} steps) at this step, "
                     f"batch {args.batch_size} | {hours:.1f} h of steps | | | | |")
+    if args.compile:
+        c = results["compile"] = compile_bench(device, args, args.repeats)
+        rows.append(f"| train step, batch {args.batch_size}, Hyper-40-1: compiled vs eager (first step compiles: "
+                    f"{c['compile_s']:.0f} s) | {1e3 * c['compiled_s']:.1f} ms | {1e3 * c['eager_s']:.1f} ms | "
+                    f"{c['speedup']:.2f}x faster | >= {TARGETS['compile_128']:.2f}x | {'yes' if c['speedup'] >= TARGETS['compile_128'] else 'NO'} |")
     if not args.skip_pipeline:
         e = pipeline_bench(device, args)
         results["pipeline"] = e
