@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -233,12 +234,37 @@ class KernelBank(nn.Module):
 # ----------------------------------------------------------------------------- any CNN
 
 
+def ratio(ours: int, theirs: int) -> str:
+    """OURS against THEIRS in words: "4.20x fewer", "1.05x more" or "as many"."""
+    if ours == theirs:
+        return "as many"
+    return f"{theirs / ours:.2f}x fewer" if ours < theirs else f"{ours / theirs:.2f}x more"
+
+
+# Why a layer's kernel is not made of tiles: the reason's kind, and its name in a count of convs.
+REFUSALS = {"layer": "not a conv", "grouped": "grouped or depthwise", "size": "another kernel size",
+            "channels": "channels not multiples of the tile's"}
+
+
+def why_not_generated(module: nn.Module, hypernet: HyperNetwork) -> tuple[str, str] | None:
+    """(kind, reason) why HYPERNET's tiles cannot make MODULE's kernel (see `REFUSALS`), or None when they can."""
+    f = hypernet.f_size
+    if not isinstance(module, nn.Conv2d):
+        return "layer", f"it is a {type(module).__name__}, not an nn.Conv2d"
+    if module.groups != 1:
+        return "grouped", f"it is a grouped conv (groups={module.groups}); the tiles make full kernels"
+    if module.kernel_size != (f, f):
+        return "size", f"its kernel is {module.kernel_size[0]}x{module.kernel_size[1]}, the tiles {f}x{f}"
+    if module.out_channels % hypernet.out_size or module.in_channels % hypernet.in_size:
+        return "channels", (f"its {module.out_channels}x{module.in_channels} channels are not multiples of the tile's "
+                            f"{hypernet.out_size}x{hypernet.in_size}")
+    return None
+
+
 def generatable_convs(model: nn.Module, hypernet: HyperNetwork) -> list[str]:
     """Names of MODEL's convolutions whose kernels HYPERNET's tiles can make: nn.Conv2d
     without groups, kernel f x f, channel counts multiples of the tile's."""
-    return [name for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and m.groups == 1 and m.kernel_size == (hypernet.f_size,) * 2
-            and m.out_channels % hypernet.out_size == 0 and m.in_channels % hypernet.in_size == 0]
+    return [name for name, m in model.named_modules() if why_not_generated(m, hypernet) is None]
 
 
 class HyperNetized(nn.Module):
@@ -291,32 +317,44 @@ class HyperNetized(nn.Module):
         return (f"{len(self.generated)} conv kernels generated: {generated:,} values from {bank:,} parameters "
                 f"({self.kernel_bank.num_tiles} z's + a {sum(p.numel() for p in self.kernel_bank.hypernet.parameters()):,}"
                 f"-parameter hypernetwork); {stored:,} parameters stored as they were; "
-                f"{stored + bank:,} trainable in all, against {stored + generated:,} "
-                f"({(stored + generated) / (stored + bank):.2f}x fewer)")
+                f"{stored + bank:,} trainable in all, against {stored + generated:,} ({ratio(stored + bank, stored + generated)})")
 
 
 def hypernetize(model: nn.Module, z_dim: int = 64, tile: int = 16, f_size: int = 3,
-                convs: Sequence[str] | None = None) -> HyperNetized:
+                convs: Sequence[str] | None = None, inplace: bool = False) -> HyperNetized:
     """Generate MODEL's conv kernels with one shared hypernetwork, as the paper does for its WRN.
 
     Args:
-        model: Any module (e.g. ``torchvision.models.resnet18(num_classes=10)``); it is
-            changed in place (its generated convs lose their stored weight) and wrapped.
+        model: Any module (e.g. ``torchvision.models.resnet18(num_classes=10)``). It is
+            copied, and the copy wrapped: MODEL itself stays as it was.
         z_dim: Size of each z (and the hypernetwork's hidden size), 64 in the paper.
         tile: Channels of a basic kernel (tile x tile x f x f), 16 in the paper.
         f_size: Spatial size of the generated kernels; convs of other sizes stay stored.
         convs: Names of the convs to generate (default: every one the tile divides, see
-            `generatable_convs`); a named conv the tile cannot make raises ValueError.
+            `generatable_convs`).
+        inplace: Wrap MODEL itself instead of a copy (no second copy of a large model in
+            memory): its generated convs then lose their stored weight, so MODEL alone no
+            longer runs.
+
+    Raises:
+        ValueError: If a name in CONVS is no layer of MODEL, or a layer the tiles cannot
+            make (the message says why), or MODEL has no conv they can make.
 
     Each generated kernel starts at the scale of the layer's own initialisation: its z's
     are drawn with the std of the weight it replaces (the hypernetwork keeps scale).
     """
     hypernet = HyperNetwork(z_dim, tile, tile, f_size)
-    possible = generatable_convs(model, hypernet)
-    convs = possible if convs is None else list(convs)
-    refused = [name for name in convs if name not in possible]
-    if refused:
-        raise ValueError(f"convs {refused} are not {tile}x{tile}x{f_size}x{f_size}-tileable nn.Conv2d layers")
-    if not convs:
-        raise ValueError(f"{type(model).__name__} has no conv whose kernel {tile}x{tile}x{f_size}x{f_size} tiles make")
-    return HyperNetized(model, convs, hypernet)
+    modules = dict(model.named_modules())
+    if convs is None:
+        convs = generatable_convs(model, hypernet)
+        if not convs:
+            kinds = Counter(why_not_generated(m, hypernet)[0] for m in modules.values() if isinstance(m, nn.Conv2d))
+            raise ValueError(f"{type(model).__name__} has no conv that {tile}x{tile}x{f_size}x{f_size} tiles make: "
+                             + ("; ".join(f"{REFUSALS[k]}: {n}" for k, n in kinds.items()) or "it has no nn.Conv2d"))
+    for name in convs:
+        if name not in modules:
+            raise ValueError(f"{type(model).__name__} has no layer named {name!r}")
+        refusal = why_not_generated(modules[name], hypernet)
+        if refusal:
+            raise ValueError(f"{name} cannot be generated: {refusal[1]}")
+    return HyperNetized(model if inplace else copy.deepcopy(model), list(convs), hypernet)

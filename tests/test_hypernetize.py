@@ -63,9 +63,40 @@ def test_which_convs_are_generated():
     names = {n for n, _ in net.named_parameters()}
     assert "model.stem.weight" in names and "model.point.weight" in names and "model.depthwise.weight" in names
     assert "model.conv1.weight" not in names and "model.conv1.bias" in names
-    with pytest.raises(ValueError, match="tileable"):
-        hypernetize(SmallCNN(), convs=["stem"])
     assert hypernetize(SmallCNN(), convs=["conv2"]).generated == ["conv2.weight"]
+
+
+def test_errors_say_which_layer_and_why():
+    with pytest.raises(ValueError, match=r"^SmallCNN has no layer named 'conv3'$"):  # a typo: not "not tileable"
+        hypernetize(SmallCNN(), convs=["conv3"])
+    with pytest.raises(ValueError, match=r"^stem cannot be generated: its 16x3 channels are not multiples of the tile's 16x16$"):
+        hypernetize(SmallCNN(), convs=["stem"])
+    with pytest.raises(ValueError, match=r"^depthwise cannot be generated: it is a grouped conv \(groups=32\); the tiles"):
+        hypernetize(SmallCNN(), convs=["depthwise"])
+    with pytest.raises(ValueError, match=r"^fc cannot be generated: it is a Linear, not an nn.Conv2d$"):
+        hypernetize(SmallCNN(), convs=["fc"])
+    depthwise_only = nn.Sequential(nn.Conv2d(32, 32, 3, groups=32), nn.Conv2d(32, 10, 1), nn.Conv2d(10, 10, 1))
+    with pytest.raises(ValueError, match=r"^Sequential has no conv that 16x16x3x3 tiles make: grouped or depthwise: 1; "
+                                         r"another kernel size: 2$"):
+        hypernetize(depthwise_only)
+
+
+def test_the_callers_model_is_left_as_it_was_unless_inplace():
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.randn(2, 3, 32, 32)
+    before, out = copy.deepcopy(model.state_dict()), model(x)
+    net = hypernetize(model)
+    assert net.model is not model and torch.equal(model(x), out)  # the caller's model still runs, as it did
+    assert model.state_dict().keys() == before.keys() and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    wrapped = hypernetize(model, inplace=True)
+    assert wrapped.model is model and not hasattr(model.conv1, "weight")  # its kernels now come from the bank
+    assert "HyperNetized" not in repr(model) and "kernel_bank" in repr(wrapped)
+
+
+def test_summary_says_fewer_or_more():
+    assert "x fewer)" in hypernetize(torchvision.models.resnet18(num_classes=10)).summary()
+    one = hypernetize(SmallCNN(), convs=["conv1"])  # 4,608 generated values from a 75,920-parameter hypernetwork
+    assert one.summary().endswith("x more)")
 
 
 def test_generated_kernels_start_at_each_layers_own_scale():
