@@ -48,13 +48,16 @@ RUN_COLUMNS = ["run", "test error", "val error", "best epoch", "epochs", "steps 
                "where it ran"]
 SEED_COLUMNS = ["configuration", "epochs", "paper test error", "n", "seeds", "test error", "val error", "test error range",
                 "95% interval of the mean test error"]
+GAP_COLUMNS = ["hyper configuration", "plain configuration", "n (hyper, plain)", "paper gap", "our gap",
+               "standard error", "95% interval of our gap"]
 # Student's t, 97.5% quantile, by degrees of freedom (n - 1); beyond 30 the value at 30 (slightly wide).
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 # The paper's rows hold runs of the paper's protocol and our default init (the paper gives none);
 # another value of these flags puts a run in its own row.
 PAPER_SETUP = {"cifar10": {"init": train.INITS[0]}, "mnist": {"protocol": "paper", "init": mnist.PROTOCOL_INIT["paper"]}}
-LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds", "where it ran"}  # words; the other columns are numbers
+LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds", "where it ran",
+                "hyper configuration", "plain configuration", "n (hyper, plain)"}  # words; the other columns are numbers
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -360,6 +363,38 @@ def seed_rows(table: PaperTable, runs: list[Run]) -> list[list[str]]:
     return rows
 
 
+def gap_interval(hyper: list[float], plain: list[float]) -> tuple[float, float, float]:
+    """mean(HYPER) - mean(PLAIN), its standard error, and the half-width of its 95% Welch t-interval."""
+    a, b = statistics.variance(hyper) / len(hyper), statistics.variance(plain) / len(plain)
+    se = (a + b) ** 0.5
+    df = (a + b) ** 2 / (a**2 / (len(hyper) - 1) + b**2 / (len(plain) - 1)) if a + b else len(hyper) + len(plain) - 2
+    t = T_975[min(max(int(df), 1), len(T_975)) - 1]  # df rounded down: the interval errs wide
+    return statistics.mean(hyper) - statistics.mean(plain), se, t * se
+
+
+def gap_rows(table: PaperTable, runs: list[Run]) -> list[list[str]]:
+    """Hyper minus plain test error, for each hyper configuration with several seeds whose
+    plain twin (every setting the same but the model, and the hyper-only --init and
+    --z-dim) has several too: the paper's gap, ours with its standard error and 95% interval."""
+    groups = [g for g in seed_groups([r for r in runs if stop_status(r) != "unfinished"]) if len(g) > 1]
+
+    def twin(group: list[Run]) -> str:
+        return json.dumps({k: v for k, v in configuration(group[0]).items() if k not in ("seed", "plain", "init", "z_dim")},
+                          sort_keys=True)
+
+    plains = {twin(g): g for g in groups if not g[0].hyper}
+    rows = []
+    for hyper in (g for g in groups if g[0].hyper and twin(g) in plains):
+        plain = plains[twin(hyper)]
+        keys = table.key(hyper[0]), table.key(plain[0])
+        paper = (f"{table.paper[keys[0]][0] - table.paper[keys[1]][0]:+.2f}" if all(k in table.paper for k in keys)
+                 else "no row")
+        gap, se, half = gap_interval([r.best["test_error"] for r in hyper], [r.best["test_error"] for r in plain])
+        rows.append([table.describe(hyper[0]), table.describe(plain[0]), f"{len(hyper)}, {len(plain)}", paper,
+                     f"{gap:+.2f}", f"{se:.2f}", f"{gap - half:+.2f} - {gap + half:+.2f}"])
+    return rows
+
+
 def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list[str]:
     """The paper's table with one line per matching run ("no run" where none matches), the
     line saying where those runs came from, then a table of the experiment's other runs."""
@@ -380,6 +415,10 @@ def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list
     if seeds:
         lines += ["", "Over seeds: each configuration with several finished runs (mean ± sample standard deviation, n runs):",
                   "", *markdown_table(SEED_COLUMNS, seeds)]
+        gaps = gap_rows(table, runs)
+        if gaps:
+            lines += ["", "Hyper - plain over seeds (test error, points): the difference of the means, its standard "
+                      "error, and its 95% Welch t-interval:", "", *markdown_table(GAP_COLUMNS, gaps)]
         again = reruns([run for run in runs if stop_status(run) != "unfinished"])
         if again:
             lines += ["", "Not counted over seeds (a seed of the same configuration counted already): "

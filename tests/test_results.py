@@ -437,3 +437,20 @@ def test_results_md_and_the_readme_figures_come_from_the_archived_runs(monkeypat
     figures = re.findall(r"\d+\.\d\d(?: ± \d+\.\d\d)?%|\d{1,3}(?:,\d{3})+", status)
     assert len(figures) >= 10
     assert [f for f in figures if f not in text] == []
+
+
+def test_the_hyper_plain_gap_over_seeds_with_its_welch_interval(tmp_path):
+    """Hyper 20, 21, 22 against plain 18, 18.5, 19: gap 2.5, standard error sqrt(1/3 + 0.25/3),
+    Welch's 2.94 degrees of freedom rounded down to 2 (t = 4.303). A plain group of another
+    budget is no twin."""
+    def archived(name, error, **flags):
+        write_archived_run(tmp_path / name, {"epoch": 10, "step": 3510, "val_error": error, "test_error": error}, 10, 3510,
+                           **{"epochs": 10, **flags})
+        return compare.read_run(tmp_path / name)
+
+    runs = [archived(f"h{s}", e, seed=s) for s, e in enumerate((20.0, 21.0, 22.0))]
+    runs += [archived(f"p{s}", e, seed=s, plain=True) for s, e in enumerate((18.0, 18.5, 19.0))]
+    runs += [archived(f"q{s}", e, seed=s, plain=True, epochs=20) for s, e in enumerate((10.0, 11.0))]
+    (table,) = [t for t in compare.paper_tables() if t.experiment == "cifar10"]
+    (row,) = compare.gap_rows(table, runs)
+    assert row[2:] == ["3, 3", "+1.29", "+2.50", "0.65", "-0.28 - +5.28"]
