@@ -238,8 +238,8 @@ def compile_step(state: TrainState, fullgraph: bool, backend: str = "inductor") 
     """torch.compile the whole step: kernel generation, forward, loss and penalty as one graph
     (FULLGRAPH: no graph break; AOTAutograd compiles the backward), and the optimizer step.
     The lr becomes a tensor the schedule fills in place, so an lr change does not recompile."""
-    for group in state.optimizer.param_groups:
-        group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32)
+    for group in state.optimizer.param_groups:  # on the parameters' device: no copy per step
+        group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=group["params"][0].device)
     state.objective = torch.compile(objective_of(state.forward, state.model), fullgraph=fullgraph, backend=backend)
     state.step_optimizer = torch.compile(state.optimizer.step, backend=backend)
 

@@ -6,6 +6,7 @@ paths that a CPU can check (the precision policy, RNG states across GPU counts, 
 float64 on the data's device, resuming across precisions) is in test_devices.py.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -63,8 +64,36 @@ def test_resume_on_the_gpu_continues_the_run(amp, tmp_path, cifar_dir):
 
 
 @cuda
-def test_compile_trains_one_epoch(tmp_path, cifar_dir):
-    assert train.main(run_args(tmp_path, cifar_dir, "cuda", "--epochs", "1", "--compile")) == 0
+def test_a_compiled_run_resumes_on_the_gpu(tmp_path, cifar_dir):
+    """--compile (the whole step) on the GPU: stopped and resumed, it ends where a straight run does."""
+    straight = run_args(tmp_path / "a", cifar_dir, "cuda", "--epochs", "2", "--compile")
+    assert train.main(straight) == 0
+    split = run_args(tmp_path / "b", cifar_dir, "cuda", "--epochs", "2", "--compile")
+    assert train.main([*split, "--stop-after", "1"]) == 0
+    assert train.main([*split, "-r"]) == 0
+    a, b = load(only_run(tmp_path / "a" / "ck") / "last.pt"), load(only_run(tmp_path / "b" / "ck") / "last.pt")
+    assert a["step"] == b["step"]
+    for key, value in a["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, b["model"][key], rtol=5e-2, atol=5e-3)
+
+
+@cuda
+def test_a_checkpoint_moves_from_the_gpu_to_the_cpu_and_back(tmp_path, cifar_dir):
+    on_gpu = run_args(tmp_path, cifar_dir, "cuda", "--epochs", "3")
+    assert train.main([*on_gpu, "--stop-after", "1"]) == 0
+    assert train.main([*run_args(tmp_path, cifar_dir, "cpu", "--epochs", "3"), "--stop-after", "2", "-r"]) == 0
+    assert train.main([*on_gpu, "-r"]) == 0
+    ckpt = load(only_run(tmp_path / "ck") / "last.pt")
+    assert [m["device"] for m in ckpt["metrics"]] == ["cuda", "cpu", "cuda"] and ckpt["placement"]["device"] == "cuda"
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+
+
+@cuda
+def test_fp16_with_its_grad_scaler_over_many_steps(tmp_path, cifar_dir):
+    assert train.main(run_args(tmp_path, cifar_dir, "cuda", "--epochs", "6", "--amp", "fp16")) == 0
+    ckpt = load(only_run(tmp_path / "ck") / "last.pt")
+    assert ckpt["scaler"] and ckpt["scaler"]["scale"] > 0 and all(math.isfinite(m["train_loss"]) for m in ckpt["metrics"])
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs: not run on this machine")
@@ -95,15 +124,16 @@ def test_augmentation_and_a_training_step_never_wait_for_the_gpu():
     images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (256,), device=device)
     normalize, gen = Normalize(images), torch.Generator().manual_seed(0)
-    state = TrainState.create(PrimaryNetwork(10, 1).to(device), "adam", 1e-3, lambda step: 1.0,
-                              Place(device, SINGLE_PROCESS, Precision("bf16")))
+    layout = torch.channels_last  # train.py's defaults on a GPU: bf16, channels_last, Hyper-WRN-40-1
+    state = TrainState.create(PrimaryNetwork(40, 1).to(device, memory_format=layout), "adam", 1e-3, lambda step: 1.0,
+                              Place(device, SINGLE_PROCESS, Precision("bf16"), layout))
     idx = torch.arange(128, device=device)
-    train_step(state, normalize(augment_cifar(images[idx], gen), torch.contiguous_format),
+    train_step(state, normalize(augment_cifar(images[idx], gen), layout),
                labels[idx], 5e-4, Precision("bf16"))  # warm-up: first-call allocations may synchronise
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        x = normalize(augment_cifar(images[idx], gen), torch.contiguous_format)
+        x = normalize(augment_cifar(images[idx], gen), layout)
         train_step(state, x, labels[idx], 5e-4, Precision("bf16"))
     finally:
         torch.cuda.set_sync_debug_mode("default")
