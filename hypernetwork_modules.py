@@ -24,8 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -104,17 +103,23 @@ class HyperNetwork(nn.Module):
         c = torch.addmm(self.w_out.bias, b_i, self.w_out.weight.t())  # (in, out*f*f): W_out B_i + B_out
         return m.flatten(0, 1), c.flatten()
 
-    def sq_norm(self, z: torch.Tensor) -> torch.Tensor:
+    def sq_norm(self, z: torch.Tensor, keep: tuple[int, int] | None = None) -> torch.Tensor:
         """sum over all z of ||K(z)||^2, without generating a single kernel.
 
         With K(z) = M z + c and Z the (n, z_dim) stack of z's:
             sum ||M z + c||^2 = <M^T M, Z^T Z> + 2 c^T M sum(z) + n ||c||^2,
         which needs only z_dim x z_dim Gram matrices. This is how the L2 penalty on the
         generated kernels costs (almost) nothing. At least float32, even under autocast.
+        KEEP = (in, out) counts only the first in slices and out channels of each basic
+        kernel (a tile cropped at a kernel's edge): the same sum over those rows of M and c.
         """
         dtype = torch.promote_types(z.dtype, torch.float32)
         with _without_autocast(z.device.type):
             m, c = (t.to(dtype) for t in self.composed())
+            if keep is not None:  # rows are (in, out, f*f)-major
+                shape = (self.in_size, self.out_size, self.f_size**2)
+                m = m.view(*shape, self.z_dim)[: keep[0], : keep[1]].reshape(-1, self.z_dim)
+                c = c.view(shape)[: keep[0], : keep[1]].reshape(-1)
             z = z.reshape(-1, self.z_dim).to(dtype)  # (n, z_dim)
             gram = (m.t() @ m) * (z.t() @ z)  # (z_dim, z_dim), elementwise product of the two Grams
             return gram.sum() + 2 * (c @ m) @ z.sum(0) + z.shape[0] * c.dot(c)
@@ -136,15 +141,23 @@ class HyperNetwork(nn.Module):
 
 
 def tile_grid(shape: Sequence[int], tile_out: int, tile_in: int) -> tuple[int, int]:
-    """Number of (row, column) tiles that make a (C_out, C_in, ...) kernel.
+    """Number of (row, column) tiles that cover a (C_out, C_in, ...) kernel; the last row
+    and column are cropped where the channels are not multiples of the tile's."""
+    return -(-shape[0] // tile_out), -(-shape[1] // tile_in)
 
-    Raises:
-        ValueError: If the channel counts are not multiples of the tile size.
-    """
-    c_out, c_in = shape[0], shape[1]
-    if c_out % tile_out or c_in % tile_in:
-        raise ValueError(f"kernel {tuple(shape)} is not tiled by {tile_out}x{tile_in} basic kernels")
-    return c_out // tile_out, c_in // tile_in
+
+def edge_tiles(shapes: list[tuple[int, ...]], grids: list[tuple[int, int]], hypernet: HyperNetwork) -> dict:
+    """The tiles a crop cuts, by what they keep: {(in slices, out channels) kept: z indices}."""
+    cut: dict[tuple[int, int], list[int]] = {}
+    first = 0
+    for (c_out, c_in, *_), (rows, cols) in zip(shapes, grids):
+        for r in range(rows):
+            for c in range(cols):
+                keep = (min(hypernet.in_size, c_in - c * hypernet.in_size), min(hypernet.out_size, c_out - r * hypernet.out_size))
+                if keep != (hypernet.in_size, hypernet.out_size):
+                    cut.setdefault(keep, []).append(first + r * cols + c)
+        first += rows * cols
+    return {keep: torch.tensor(index, dtype=torch.long) for keep, index in cut.items()}
 
 
 class KernelBank(nn.Module):
@@ -152,8 +165,9 @@ class KernelBank(nn.Module):
 
     Every tile of every layer has its own learned z. All z's live in one parameter of
     shape (num_tiles, z_dim), layer after layer, each layer's tiles in row-major order
-    of its (C_out/out_size, C_in/in_size) grid. `forward` makes every kernel with ONE
-    hypernetwork call.
+    of the (ceil(C_out/out_size), ceil(C_in/in_size)) grid that covers its kernel; where
+    the channels are not multiples of the tile's, the last row and column are cropped.
+    `forward` makes every kernel with ONE hypernetwork call.
 
     Initialisation: every generated kernel starts with the std of a Kaiming-normal kernel
     of its layer's fan-in, sqrt(2 / fan_in) (or the given ``z_stds``). Where that scale
@@ -165,7 +179,8 @@ class KernelBank(nn.Module):
         a fixed absolute size, a z of unit scale moves by a smaller fraction per step.
 
     Args:
-        shapes: Kernel shapes (C_out, C_in, f, f) of the generated layers, in order.
+        shapes: Kernel shapes (C_out, C_in, f, f) of the generated layers, in order (C_in is
+            the input channels per group of a grouped conv).
         hypernet: The shared generator; its in/out/f sizes define the tile.
         z_stds: Optional initial std of each layer's kernel.
         scale_in: "z" or "hypernet": which parameters carry that std.
@@ -182,6 +197,14 @@ class KernelBank(nn.Module):
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
         self.grids = [tile_grid(s, hypernet.out_size, hypernet.in_size) for s in self.shapes]
         self.tiles_per_layer = [r * c for r, c in self.grids]
+        cut = edge_tiles(self.shapes, self.grids, hypernet)  # {kept (in, out): its tiles}
+        self.cut_keeps = list(cut)
+        for k, index in enumerate(cut.values()):  # buffers: they follow the bank to its device
+            self.register_buffer(f"cut_tiles_{k}", index, persistent=False)
+        if cut:
+            whole = torch.ones(sum(self.tiles_per_layer), dtype=torch.bool)
+            whole[torch.cat(list(cut.values()))] = False
+            self.register_buffer("whole_tiles", whole, persistent=False)
         kaiming = [math.sqrt(2.0 / (s[1] * s[2] * s[3])) for s in self.shapes]
         self.z_stds = [float(v) for v in (z_stds if z_stds is not None else kaiming)]
         if len(self.z_stds) != len(self.shapes):
@@ -211,8 +234,14 @@ class KernelBank(nn.Module):
         return self.z.shape[0]
 
     def sq_norm(self) -> torch.Tensor:
-        """Sum of squares of every generated kernel (for the L2 penalty), from Gram matrices."""
-        return self.hypernet.sq_norm(self.z)
+        """Sum of squares of every generated kernel (for the L2 penalty), from Gram matrices:
+        one sum for the whole tiles, and one per kind of tile a crop cuts (see `edge_tiles`)."""
+        if not self.cut_keeps:
+            return self.hypernet.sq_norm(self.z)
+        total = self.hypernet.sq_norm(self.z[self.whole_tiles])
+        for k, keep in enumerate(self.cut_keeps):
+            total = total + self.hypernet.sq_norm(self.z[getattr(self, f"cut_tiles_{k}")], keep)
+        return total
 
     def forward(self) -> list[torch.Tensor]:
         """Generate every layer's kernel.
@@ -227,7 +256,8 @@ class KernelBank(nn.Module):
         for t, (rows, cols), shape in zip(tiles.split(self.tiles_per_layer), self.grids, self.shapes):
             t = t.unflatten(0, (rows, cols))  # (rows, cols, in, out, f, f)
             t = t.permute(0, 3, 1, 2, 4, 5)  # (rows, out, cols, in, f, f)
-            kernels.append(t.reshape(shape))  # (rows*out, cols*in, f, f): the one copy
+            t = t.reshape(rows * t.shape[1], cols * t.shape[3], *shape[2:])  # (rows*out, cols*in, f, f): the one copy
+            kernels.append(t if t.shape == shape else t[: shape[0], : shape[1]])  # cropped to the layer's channels
         return kernels
 
 
@@ -241,120 +271,141 @@ def ratio(ours: int, theirs: int) -> str:
     return f"{theirs / ours:.2f}x fewer" if ours < theirs else f"{ours / theirs:.2f}x more"
 
 
-# Why a layer's kernel is not made of tiles: the reason's kind, and its name in a count of convs.
-REFUSALS = {"layer": "not a conv", "grouped": "grouped or depthwise", "size": "another kernel size",
-            "channels": "channels not multiples of the tile's"}
-
-
-def why_not_generated(module: nn.Module, hypernet: HyperNetwork) -> tuple[str, str] | None:
-    """(kind, reason) why HYPERNET's tiles cannot make MODULE's kernel (see `REFUSALS`), or None when they can."""
-    f = hypernet.f_size
+def why_not_generated(module: nn.Module) -> str | None:
+    """Why `hypernetize` cannot generate MODULE's weight, or None when it can."""
+    if isinstance(module, nn.Linear):
+        return None
     if not isinstance(module, nn.Conv2d):
-        return "layer", f"it is a {type(module).__name__}, not an nn.Conv2d"
-    if module.groups != 1:
-        return "grouped", f"it is a grouped conv (groups={module.groups}); the tiles make full kernels"
-    if module.kernel_size != (f, f):
-        return "size", f"its kernel is {module.kernel_size[0]}x{module.kernel_size[1]}, the tiles {f}x{f}"
-    if module.out_channels % hypernet.out_size or module.in_channels % hypernet.in_size:
-        return "channels", (f"its {module.out_channels}x{module.in_channels} channels are not multiples of the tile's "
-                            f"{hypernet.out_size}x{hypernet.in_size}")
+        return f"it is a {type(module).__name__}, neither an nn.Conv2d nor an nn.Linear"
+    if module.kernel_size[0] != module.kernel_size[1]:
+        return f"its kernel is {module.kernel_size[0]}x{module.kernel_size[1]}: the tiles are square"
     return None
 
 
-def generatable_convs(model: nn.Module, hypernet: HyperNetwork) -> list[str]:
-    """Names of MODEL's convolutions whose kernels HYPERNET's tiles can make: nn.Conv2d
-    without groups, kernel f x f, channel counts multiples of the tile's."""
-    return [name for name, m in model.named_modules() if why_not_generated(m, hypernet) is None]
+def default_layers(model: nn.Module, linear: bool = True) -> list[str]:
+    """The layers `hypernetize` generates unless told otherwise: every nn.Conv2d with a square
+    kernel but the first (the stem, which sees the image) and, with LINEAR, every nn.Linear
+    but the last (the classifier)."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and why_not_generated(m) is None]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)] if linear else []
+    return convs[1:] + linears[:-1]
+
+
+def tile_of(weight: torch.Tensor, tile: int) -> tuple[int, int, int]:
+    """(out, in, f) of the basic kernel that makes WEIGHT (a conv's (C_out, C_in/groups, f, f)
+    or a linear layer's (C_out, C_in), as 1x1): TILE x TILE, or narrower for fewer inputs per group."""
+    return tile, min(tile, weight.shape[1]), weight.shape[2] if weight.dim() == 4 else 1
 
 
 class HyperNetized(nn.Module):
-    """A model whose chosen conv kernels are generated, on every forward, by one shared
-    `HyperNetwork` from per-tile z's (a `KernelBank`): the paper's scheme for any CNN.
+    """A model whose chosen weights are generated, on every forward, from per-tile z's by
+    one shared `HyperNetwork` per tile shape (16x16x3x3, 16x16x1x1, a depthwise 16x1x3x3,
+    ...): the paper's scheme for any CNN, each family of kernels from its own tile.
 
-    ``forward`` is the model's own forward, unchanged: the kernels are made with ONE
-    hypernetwork call and handed to it with `torch.func.functional_call`. The generated
-    convs hold no weight of their own; everything else (the stem, 1x1 projections,
-    BatchNorm, the classifier, conv biases) stays an ordinary parameter.
+    ``forward`` is the model's own forward, unchanged: each hypernetwork is called ONCE
+    (one `KernelBank` per tile shape, in ``banks``) and the weights handed to the model with
+    `torch.func.functional_call`. The generated layers hold no weight of their own;
+    everything else (BatchNorm, biases, the layers not chosen) stays an ordinary parameter.
     """
 
-    def __init__(self, model: nn.Module, convs: Sequence[str], hypernet: HyperNetwork):
+    def __init__(self, model: nn.Module, layers: Sequence[str], z_dim: int, tile: int):
         super().__init__()
         modules = dict(model.named_modules())
-        weights = [modules[name].weight for name in convs]
-        self.kernel_bank = KernelBank([w.shape for w in weights], hypernet,
-                                      z_stds=[w.detach().float().std().item() for w in weights])
-        self.generated = [f"{name}.weight" for name in convs]
-        for name in convs:
-            del modules[name].weight  # the kernel now comes from the bank
+        weights = {name: modules[name].weight for name in layers}
+        by_tile: dict[tuple[int, int, int], list[str]] = {}
+        for name, w in weights.items():
+            by_tile.setdefault(tile_of(w, tile), []).append(name)
+        self.banks = nn.ModuleDict()
+        for (out, inp, f), names in by_tile.items():
+            shapes = [weights[n].shape[:2] + (f, f) for n in names]  # a linear layer's weight as 1x1
+            self.banks[f"{out}x{inp}x{f}x{f}"] = KernelBank(shapes, HyperNetwork(z_dim, inp, out, f),
+                                                            z_stds=[weights[n].detach().float().std().item() for n in names])
+        place = {n: (key, i) for key, names in zip(self.banks, by_tile.values()) for i, n in enumerate(names)}
+        self.generated = [f"{name}.weight" for name in layers]
+        self.places = [place[name] for name in layers]  # (bank, index in it) of each generated weight
+        self.shapes = [tuple(weights[name].shape) for name in layers]
+        for name in layers:
+            del modules[name].weight  # the weight now comes from a bank
         self.model = model
 
     def kernels(self) -> list[torch.Tensor]:
-        """The generated kernels, in the order of ``generated``."""
-        return self.kernel_bank()
+        """The generated weights, in the order of ``generated``: one call per hypernetwork."""
+        made = {key: bank() for key, bank in self.banks.items()}
+        return [made[key][i].reshape(shape) for (key, i), shape in zip(self.places, self.shapes)]
 
     def kernel_sq_norm(self) -> torch.Tensor:
-        """Sum of squares of every generated kernel (for an L2 penalty), from Gram matrices."""
-        return self.kernel_bank.sq_norm()
+        """Sum of squares of every generated weight (for an L2 penalty), from Gram matrices."""
+        return sum(bank.sq_norm() for bank in self.banks.values())
 
     def forward(self, *args, **kwargs):
-        """The model's forward, with the generated kernels in place."""
-        return torch.func.functional_call(self.model, dict(zip(self.generated, self.kernel_bank())), args, kwargs)
+        """The model's forward, with the generated weights in place."""
+        return torch.func.functional_call(self.model, dict(zip(self.generated, self.kernels())), args, kwargs)
 
     @torch.no_grad()
     def to_plain(self) -> nn.Module:
-        """An ordinary copy of the model holding the generated kernels as its weights."""
+        """An ordinary copy of the model holding the generated weights as its own."""
         plain = copy.deepcopy(self.model)
         modules = dict(plain.named_modules())
-        for name, kernel in zip(self.generated, self.kernel_bank()):
+        for name, kernel in zip(self.generated, self.kernels()):
             modules[name.rsplit(".", 1)[0]].weight = nn.Parameter(kernel.detach().clone())
         return plain
 
     def summary(self) -> str:
-        """Stored, generated and hypernetwork parameters, and the compression."""
+        """Per hypernetwork: the weights it makes and its parameters; then stored, generated and the ratio."""
         stored = sum(p.numel() for p in self.model.parameters())
-        generated = sum(math.prod(s) for s in self.kernel_bank.shapes)
-        bank = sum(p.numel() for p in self.kernel_bank.parameters())
-        return (f"{len(self.generated)} conv kernels generated: {generated:,} values from {bank:,} parameters "
-                f"({self.kernel_bank.num_tiles} z's + a {sum(p.numel() for p in self.kernel_bank.hypernet.parameters()):,}"
-                f"-parameter hypernetwork); {stored:,} parameters stored as they were; "
-                f"{stored + bank:,} trainable in all, against {stored + generated:,} ({ratio(stored + bank, stored + generated)})")
+        lines = []
+        for key, bank in self.banks.items():
+            values = sum(math.prod(s) for s, (k, _) in zip(self.shapes, self.places) if k == key)
+            own = sum(p.numel() for p in bank.parameters())
+            lines.append(f"{key} tiles: {len(bank.shapes)} weights, {values:,} values from {own:,} parameters "
+                         f"({bank.num_tiles} z's + a {sum(p.numel() for p in bank.hypernet.parameters()):,}-parameter "
+                         f"hypernetwork; {ratio(own, values)})")
+        made = sum(p.numel() for p in self.banks.parameters())
+        generated = sum(math.prod(s) for s in self.shapes)
+        lines.append(f"{len(self.generated)} weights generated by {len(self.banks)} hypernetwork(s); {stored:,} parameters "
+                     f"stored as they were; {stored + made:,} trainable in all, against {stored + generated:,} "
+                     f"({ratio(stored + made, stored + generated)})")
+        return "\n".join(lines)
 
 
-def hypernetize(model: nn.Module, z_dim: int = 64, tile: int = 16, f_size: int = 3,
-                convs: Sequence[str] | None = None, inplace: bool = False) -> HyperNetized:
-    """Generate MODEL's conv kernels with one shared hypernetwork, as the paper does for its WRN.
+def hypernetize(model: nn.Module, z_dim: int = 64, tile: int = 16,
+                layers: Sequence[str] | Callable[[str, nn.Module], bool] | None = None, linear: bool = True,
+                inplace: bool = False) -> HyperNetized:
+    """Generate MODEL's weights with the paper's tiled hypernetworks, one per tile shape.
 
     Args:
-        model: Any module (e.g. ``torchvision.models.resnet18(num_classes=10)``). It is
+        model: Any module (e.g. ``torchvision.models.mobilenet_v2(num_classes=10)``). It is
             copied, and the copy wrapped: MODEL itself stays as it was.
-        z_dim: Size of each z (and the hypernetwork's hidden size), 64 in the paper.
-        tile: Channels of a basic kernel (tile x tile x f x f), 16 in the paper.
-        f_size: Spatial size of the generated kernels; convs of other sizes stay stored.
-        convs: Names of the convs to generate (default: every one the tile divides, see
-            `generatable_convs`).
+        z_dim: Size of each z (and each hypernetwork's hidden size), 64 in the paper.
+        tile: Output (and at most input) channels of a basic kernel, 16 in the paper. A
+            kernel whose channels are not multiples of it is cut from a covering grid.
+        layers: The names of the layers to generate, or a predicate (name, module) -> bool
+            (default: `default_layers`: every conv but the stem, every linear layer but the
+            classifier).
+        linear: With the default LAYERS, False leaves every nn.Linear stored.
         inplace: Wrap MODEL itself instead of a copy (no second copy of a large model in
-            memory): its generated convs then lose their stored weight, so MODEL alone no
+            memory): its generated layers then lose their stored weight, so MODEL alone no
             longer runs.
 
     Raises:
-        ValueError: If a name in CONVS is no layer of MODEL, or a layer the tiles cannot
-            make (the message says why), or MODEL has no conv they can make.
+        ValueError: If a name in LAYERS is no layer of MODEL, or a layer whose weight cannot
+            be generated (the message says why), or there is nothing to generate.
 
-    Each generated kernel starts at the scale of the layer's own initialisation: its z's
-    are drawn with the std of the weight it replaces (the hypernetwork keeps scale).
+    Each generated weight starts at the scale of the layer's own initialisation: its z's
+    are drawn with the std of the weight it replaces (a hypernetwork keeps scale).
     """
-    hypernet = HyperNetwork(z_dim, tile, tile, f_size)
     modules = dict(model.named_modules())
-    if convs is None:
-        convs = generatable_convs(model, hypernet)
-        if not convs:
-            kinds = Counter(why_not_generated(m, hypernet)[0] for m in modules.values() if isinstance(m, nn.Conv2d))
-            raise ValueError(f"{type(model).__name__} has no conv that {tile}x{tile}x{f_size}x{f_size} tiles make: "
-                             + ("; ".join(f"{REFUSALS[k]}: {n}" for k, n in kinds.items()) or "it has no nn.Conv2d"))
-    for name in convs:
+    if layers is None:
+        layers = default_layers(model, linear)
+    elif callable(layers):
+        layers = [n for n, m in modules.items() if n and layers(n, m)]
+    for name in layers:
         if name not in modules:
             raise ValueError(f"{type(model).__name__} has no layer named {name!r}")
-        refusal = why_not_generated(modules[name], hypernet)
-        if refusal:
-            raise ValueError(f"{name} cannot be generated: {refusal[1]}")
-    return HyperNetized(model if inplace else copy.deepcopy(model), list(convs), hypernet)
+        reason = why_not_generated(modules[name])
+        if reason:
+            raise ValueError(f"{name} cannot be generated: {reason}")
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has nothing to generate: no square nn.Conv2d but its first, "
+                         "no nn.Linear but its last")
+    return HyperNetized(model if inplace else copy.deepcopy(model), list(layers), z_dim, tile)

@@ -171,7 +171,7 @@ def test_hypernetize_under_ddp_trains_like_one_process_on_the_whole_batch(tmp_pa
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     torch.manual_seed(0)
     alone = ddp_hypernetize.hypernetize(ddp_hypernetize.small_cnn(), z_dim=8)
-    assert any(k.startswith("kernel_bank.") for k in alone.state_dict())
+    assert any(k.startswith("banks.") for k in alone.state_dict())
     before = {k: v.clone() for k, v in alone.state_dict().items()}
     ddp_hypernetize.train(alone, alone, rank=0, world=1)
     for key, value in alone.state_dict().items():

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from hypernetwork_modules import HyperNetized, generatable_convs, hypernetize
+from hypernetwork_modules import HyperNetized, default_layers, hypernetize
 from primary_net import PrimaryNetwork
 
 
@@ -44,41 +44,44 @@ def test_same_outputs_shape_one_call_gradients_and_fewer_parameters(name):
     x = torch.randn(2, 3, 32, 32)
     expected_shape = model(x).shape
     net = hypernetize(model, z_dim=8 if name == "small" else 64)  # a small model wants a small hypernetwork
-    calls = []
-    net.kernel_bank.hypernet.register_forward_hook(lambda *a: calls.append(1))
+    calls = {key: [] for key in net.banks}
+    for key, bank in net.banks.items():
+        bank.hypernet.register_forward_hook(lambda *a, key=key: calls[key].append(1))
     out = net(x)
-    assert out.shape == expected_shape and len(calls) == 1
+    assert out.shape == expected_shape and all(len(c) == 1 for c in calls.values())  # one call per hypernetwork
     F.cross_entropy(out, torch.tensor([1, 2])).backward()
-    assert net.kernel_bank.z.grad.abs().sum(dim=1).gt(0).all(), "every z gets a gradient"
-    for p in net.kernel_bank.hypernet.parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0
+    for bank in net.banks.values():
+        assert bank.z.grad.abs().sum(dim=1).gt(0).all(), "every z gets a gradient"
+        for p in bank.hypernet.parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0
     trainable = sum(p.numel() for p in net.parameters())
     assert trainable < original_count / (5 if name == "resnet18" else 1.5)
     assert "fewer" in net.summary()
 
 
-def test_which_convs_are_generated():
-    net = hypernetize(SmallCNN())
-    assert net.generated == ["conv1.weight", "conv2.weight"]  # the stem (3 in), the 1x1 and the depthwise stay stored
+def test_which_layers_are_generated_and_by_which_tiles():
+    net = hypernetize(SmallCNN())  # by default every conv but the stem; each kernel shape family its own tile
+    assert net.generated == ["conv1.weight", "conv2.weight", "point.weight", "depthwise.weight"]
+    assert list(net.banks) == ["16x16x3x3", "16x16x1x1", "16x1x3x3"]
     names = {n for n, _ in net.named_parameters()}
-    assert "model.stem.weight" in names and "model.point.weight" in names and "model.depthwise.weight" in names
-    assert "model.conv1.weight" not in names and "model.conv1.bias" in names
-    assert hypernetize(SmallCNN(), convs=["conv2"]).generated == ["conv2.weight"]
+    assert "model.stem.weight" in names and "model.fc.weight" in names and "model.conv1.bias" in names
+    assert "model.conv1.weight" not in names and "model.depthwise.weight" not in names
+    assert hypernetize(SmallCNN(), layers=["conv2"]).generated == ["conv2.weight"]
+    two_heads = nn.Sequential(SmallCNN(), nn.Linear(10, 16), nn.Linear(16, 4))  # Linear layers too, all but the classifier
+    assert hypernetize(two_heads).generated[-1] == "1.weight" and "1.weight" not in hypernetize(two_heads, linear=False).generated
+    chosen = hypernetize(SmallCNN(), layers=lambda name, m: isinstance(m, nn.Linear))
+    assert chosen.generated == ["fc.weight"] and chosen(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 
 def test_errors_say_which_layer_and_why():
-    with pytest.raises(ValueError, match=r"^SmallCNN has no layer named 'conv3'$"):  # a typo: not "not tileable"
-        hypernetize(SmallCNN(), convs=["conv3"])
-    with pytest.raises(ValueError, match=r"^stem cannot be generated: its 16x3 channels are not multiples of the tile's 16x16$"):
-        hypernetize(SmallCNN(), convs=["stem"])
-    with pytest.raises(ValueError, match=r"^depthwise cannot be generated: it is a grouped conv \(groups=32\); the tiles"):
-        hypernetize(SmallCNN(), convs=["depthwise"])
-    with pytest.raises(ValueError, match=r"^fc cannot be generated: it is a Linear, not an nn.Conv2d$"):
-        hypernetize(SmallCNN(), convs=["fc"])
-    depthwise_only = nn.Sequential(nn.Conv2d(32, 32, 3, groups=32), nn.Conv2d(32, 10, 1), nn.Conv2d(10, 10, 1))
-    with pytest.raises(ValueError, match=r"^Sequential has no conv that 16x16x3x3 tiles make: grouped or depthwise: 1; "
-                                         r"another kernel size: 2$"):
-        hypernetize(depthwise_only)
+    with pytest.raises(ValueError, match=r"^SmallCNN has no layer named 'conv3'$"):  # a typo
+        hypernetize(SmallCNN(), layers=["conv3"])
+    with pytest.raises(ValueError, match=r"^bn cannot be generated: it is a BatchNorm2d, neither an nn.Conv2d nor an nn.Linear$"):
+        hypernetize(SmallCNN(), layers=["bn"])
+    with pytest.raises(ValueError, match=r"^1 cannot be generated: its kernel is 1x7: the tiles are square$"):
+        hypernetize(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, (1, 7))), layers=["1"])
+    with pytest.raises(ValueError, match=r"^Sequential has nothing to generate: no square nn.Conv2d but its first, no nn.Linear"):
+        hypernetize(nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU()))
 
 
 def test_the_callers_model_is_left_as_it_was_unless_inplace():
@@ -90,13 +93,13 @@ def test_the_callers_model_is_left_as_it_was_unless_inplace():
     assert model.state_dict().keys() == before.keys() and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     wrapped = hypernetize(model, inplace=True)
     assert wrapped.model is model and not hasattr(model.conv1, "weight")  # its kernels now come from the bank
-    assert "HyperNetized" not in repr(model) and "kernel_bank" in repr(wrapped)
+    assert "HyperNetized" not in repr(model) and "banks" in repr(wrapped)
 
 
 def test_summary_says_fewer_or_more():
     assert "x fewer)" in hypernetize(torchvision.models.resnet18(num_classes=10)).summary()
-    one = hypernetize(SmallCNN(), convs=["conv1"])  # 4,608 generated values from a 75,920-parameter hypernetwork
-    assert one.summary().endswith("x more)")
+    one = hypernetize(SmallCNN(), layers=["conv1"])  # 4,608 generated values from a 75,920-parameter hypernetwork
+    assert one.summary().endswith("x more)") and "16x16x3x3 tiles: 1 weights, 4,608 values from" in one.summary()
 
 
 def test_generated_kernels_start_at_each_layers_own_scale():
@@ -112,7 +115,8 @@ def test_state_dict_round_trip_and_conversion_to_a_plain_model():
     torch.manual_seed(0)
     net = hypernetize(torchvision.models.resnet18(num_classes=10)).eval()
     with torch.no_grad():
-        net.kernel_bank.z.mul_(1.5)  # anything but the initial state
+        for bank in net.banks.values():
+            bank.z.mul_(1.5)  # anything but the initial state
     x = torch.randn(2, 3, 32, 32)
     fresh = hypernetize(torchvision.models.resnet18(num_classes=10)).eval()
     fresh.load_state_dict(net.state_dict())
@@ -157,15 +161,16 @@ class PlainWRN(nn.Module):
 
 def test_wrn_40_1_from_ordinary_convs_gives_the_papers_36_kernels_from_242_zs():
     model = PlainWRN(40, 1)
-    assert generatable_convs(model, PrimaryNetwork(40, 1).kernel_bank.hypernet) == [f"convs.{i}" for i in range(36)]
-    net = hypernetize(model)  # the paper's settings are the defaults: z_dim 64, 16x16x3x3 tiles
+    assert default_layers(model) == [f"convs.{i}" for i in range(36)]  # all but the stem
+    net = hypernetize(model)  # the paper's settings are the defaults: z_dim 64, 16x16 tiles
     paper = PrimaryNetwork(40, 1, hyper=True)
-    assert net.kernel_bank.num_tiles == paper.kernel_bank.num_tiles == 242
-    assert net.kernel_bank.shapes == paper.kernel_bank.shapes and len(net.kernels()) == 36
-    net.kernel_bank.load_state_dict(paper.kernel_bank.state_dict())
+    (bank,) = net.banks.values()
+    assert bank.num_tiles == paper.kernel_bank.num_tiles == 242
+    assert bank.shapes == paper.kernel_bank.shapes and len(net.kernels()) == 36
+    bank.load_state_dict(paper.kernel_bank.state_dict())
     for a, b in zip(net.kernels(), paper.kernels()):
         assert torch.equal(a, b)
-    assert sum(p.numel() for p in net.kernel_bank.parameters()) == sum(p.numel() for p in paper.kernel_bank.parameters())
+    assert sum(p.numel() for p in bank.parameters()) == sum(p.numel() for p in paper.kernel_bank.parameters())
 
 
 def test_resnet18_example_trains_both_models_on_cifar_format_data(tmp_path, capsys):
@@ -182,4 +187,43 @@ def test_resnet18_example_trains_both_models_on_cifar_format_data(tmp_path, caps
                             cwd=repo, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| resnet18 |") or line.startswith("| hyper-")]
-    assert rows[0].startswith("| resnet18 | 11,181,642 |") and rows[1].startswith("| hyper-resnet18 | 577,242 |")
+    assert rows[0].startswith("| resnet18 | 11,181,642 |") and rows[1].startswith("| hyper-resnet18 | 515,818 |")
+
+
+def test_cropped_tiles_and_their_penalty_are_exact():
+    """Channels that are not multiples of 16 (24, 40, 3 per group) come from a covering grid of
+    tiles, cropped; the L2 penalty from Gram matrices still equals the kernels' sum of squares."""
+    model = nn.Sequential(nn.Conv2d(3, 24, 3), nn.Conv2d(24, 40, 3), nn.Conv2d(40, 40, 3, groups=8), nn.Conv2d(40, 24, 1))
+    net = hypernetize(model, z_dim=8).double()
+    assert [tuple(k.shape) for k in net.kernels()] == [(40, 24, 3, 3), (40, 5, 3, 3), (24, 40, 1, 1)]
+    assert list(net.banks) == ["16x16x3x3", "16x5x3x3", "16x16x1x1"]
+    torch.testing.assert_close(net.kernel_sq_norm(), sum(k.pow(2).sum() for k in net.kernels()), rtol=1e-10, atol=0)
+
+
+FAMILIES = ["resnet18", "resnet50", "vgg11", "densenet121", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+            "convnext_tiny", "regnet_y_400mf", "shufflenet_v2_x0_5", "squeezenet1_1", "googlenet"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_torchvisions_families_hypernetize_with_the_defaults(name):
+    """Forward and backward finite, one call per hypernetwork, far fewer parameters,
+    `to_plain()` the same outputs, a state_dict round trip, and the caller's model untouched."""
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    model = getattr(torchvision.models, name)(num_classes=10, **kwargs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = model(x)
+    net = hypernetize(model).eval()
+    calls = []
+    for bank in net.banks.values():
+        bank.hypernet.register_forward_hook(lambda *a: calls.append(1))
+    out = net(x)
+    assert len(calls) == len(net.banks) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.banks.parameters())
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in model.parameters()) / 1.8  # 1.9x-22x
+    torch.testing.assert_close(net.to_plain().eval()(x), out, rtol=1e-4, atol=1e-5)
+    fresh = hypernetize(getattr(torchvision.models, name)(num_classes=10, **kwargs)).eval()
+    fresh.load_state_dict(net.state_dict())
+    assert torch.equal(fresh(x), out.detach())
+    assert torch.equal(model(x), before)  # the caller's model runs as before
