@@ -193,9 +193,11 @@ def test_blocks_per_stage():
     assert blocks_per_stage(40) == 6 and blocks_per_stage(10) == 1
 
 
-def test_kernel_shape_not_tileable_is_rejected():
-    with pytest.raises(ValueError, match="tiled"):
-        KernelBank([(24, 16, 3, 3)], HyperNetwork())
+def test_channels_not_multiples_of_the_tile_are_cropped_and_another_size_is_rejected():
+    bank = KernelBank([(24, 16, 3, 3)], HyperNetwork())
+    assert bank.grids == [(2, 1)] and bank().pop().shape == (24, 16, 3, 3)  # a 32x16 grid of tiles, cropped
+    with pytest.raises(ValueError, match="does not have the hypernetwork's 3x3 size"):
+        KernelBank([(16, 16, 1, 1)], HyperNetwork())
 
 
 def test_no_device_in_constructor_and_to_moves_everything():

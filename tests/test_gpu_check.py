@@ -25,7 +25,8 @@ def test_dry_run_passes_every_section_and_writes_the_report(tmp_path):
     assert saved["environment"]["torch"] == str(torch.__version__)
     text = (out / "report.md").read_text()
     assert "train.py end to end vs bare step" in text and "the paper's Hyper-40-1 schedule" in text
-    assert "| hyper | 0.76% | 4,244 |" in text and "`mnist-plain-seed1`" in text  # Table 7 from the section's runs
+    assert "| hyper | 0.76% | 4,244 |" in text  # Table 7 from the section's runs (named for their 1-epoch budget)
+    assert "`mnist-plain-epochs-1-val-size-50-seed1`" in text
     assert "host syncs are checked on CUDA only" in text  # the CPU says what it did not check
 
 
