@@ -158,10 +158,10 @@ def set_up(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None) 
 def remove_empty(folders: list[Path]) -> None:
     """Remove FOLDERS (a folder, then its parents) while they hold nothing but a run's lock."""
     for folder in folders:
-        (folder / ".lock").unlink(missing_ok=True)
         try:
+            (folder / ".lock").unlink(missing_ok=True)
             folder.rmdir()
-        except OSError:
+        except OSError:  # not empty, or never made (a path through a file)
             return
 
 
