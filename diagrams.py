@@ -195,7 +195,8 @@ def draw_curves(runs: list[compare.Run], title: str, flag: str | None = None) ->
         if flag:  # the legend names the compared setting, not the runs
             label = f"--{flag} {compare.setting(group[0], flag)}" + (f", {len(group)} runs (seeds): mean, min-max" if len(group) > 1 else "")
         else:
-            label = group[0].name if len(group) == 1 else f"{group[0].name} and {len(group) - 1} more runs (seeds): mean, min-max"
+            more = len(group) - 1
+            label = group[0].name if not more else f"{group[0].name} and {more} more run{'s' * (more > 1)} (seeds): mean, min-max"
         draw_group(loss_ax, "train_loss", group, colour, f"-{marker}", label)
         draw_group(error_ax, "val_error", group, colour, "--", None)
         draw_group(error_ax, "test_error", group, colour, f"-{marker}", None)
