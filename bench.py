@@ -10,6 +10,8 @@
 3. `train.py` end to end (data pipeline, augmentation, logging: images/s of its
    fastest epoch on a small fake CIFAR-10) vs the bare step rate of 2 (fastest block).
 4. With --compile: the compiled Hyper-WRN-40-1 step (train.py --compile) vs the eager one.
+   And a train step of `hypernetize(resnet18)` (its default layers) vs torchvision's
+   ResNet-18 at --batch-size on CIFAR-size input.
 5. What `--precise-bn 2000` adds to every epoch of Hyper-WRN-40-1: the recomputation
    plus the running-statistics validation pass logged beside it, as a fraction of the
    epoch's training steps (45,000 images at --batch-size).
@@ -33,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+import torchvision
 
 import train
 from checkpointing import atomic_write_text
@@ -42,14 +46,14 @@ from data import Normalize, write_synthetic_cifar
 from devices import AMP_CHOICES, Precision, choose_compute, configure_backends, pick_device
 from distributed import SINGLE_PROCESS
 from engine import Place, TrainState, compile_step, evaluate, precise_bn, train_step
-from hypernetwork_modules import KernelBank
+from hypernetwork_modules import KernelBank, hypernetize
 from primary_net import PrimaryNetwork
 from provenance import device_model
 
 CIFAR_TRAIN_IMAGES = 45_000  # train.py's training split (50,000 less --val-size 5000)
 # Targets of issue 5 (CPU, 2 threads): hyper/plain step-time ratio by batch size.
 TARGETS = {"step_128": 1.05, "step_8": 1.12, "generation_speedup_40_2": 30.0, "pipeline": 0.95,
-           "compile_128": 1.25}  # compile_128: issue 22's CPU target, compiled step vs eager
+           "compile_128": 1.25, "resnet18_128": 1.15}  # issue 22's compiled vs eager; issue 24's ResNet-18
 
 
 def per_tile_kernels(bank: KernelBank) -> list[torch.Tensor]:
@@ -136,6 +140,31 @@ class StepRunner:
 
 def step_bench(width: int, batch: int, device: torch.device, args: argparse.Namespace, repeats: int) -> dict:
     hyper, plain = StepRunner(width, True, batch, device, args), StepRunner(width, False, batch, device, args)
+    t_plain, t_hyper, ratio = paired(*interleaved_times([plain, hyper], repeats, device))
+    return {"hyper_s": t_hyper, "plain_s": t_plain, "ratio": ratio}
+
+
+class ModelStep:
+    """A model, Adam and one fixed CIFAR-size batch: calling it runs one training step."""
+
+    def __init__(self, model: torch.nn.Module, batch: int, device: torch.device):
+        self.model = model.to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.x = torch.randn(batch, 3, 32, 32, device=device)
+        self.y = torch.randint(0, 10, (batch,), device=device)
+
+    def __call__(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(self.model(self.x), self.y).backward()
+        self.optimizer.step()
+
+
+def hypernetize_bench(device: torch.device, args: argparse.Namespace, repeats: int) -> dict:
+    """A train step of `hypernetize(resnet18)` (its defaults) against torchvision's ResNet-18 at --batch-size."""
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(num_classes=10)
+    hyper = ModelStep(hypernetize(resnet), args.batch_size, device)  # a copy: resnet stays as it is
+    plain = ModelStep(resnet, args.batch_size, device)
     t_plain, t_hyper, ratio = paired(*interleaved_times([plain, hyper], repeats, device))
     return {"hyper_s": t_hyper, "plain_s": t_plain, "ratio": ratio}
 
@@ -262,6 +291,10 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[
         rows.append(f"| train step, batch {args.batch_size}, Hyper-40-1: compiled vs eager (first step compiles: "
                     f"{c['compile_s']:.0f} s) | {1e3 * c['compiled_s']:.1f} ms | {1e3 * c['eager_s']:.1f} ms | "
                     f"{c['speedup']:.2f}x faster | >= {TARGETS['compile_128']:.2f}x | {'yes' if c['speedup'] >= TARGETS['compile_128'] else 'NO'} |")
+    r = results["hypernetize_resnet18"] = hypernetize_bench(device, args, args.repeats)
+    rows.append(f"| train step, batch {args.batch_size}, CIFAR-size: hypernetize(ResNet-18) vs ResNet-18 | "
+                f"{1e3 * r['hyper_s']:.1f} ms | {1e3 * r['plain_s']:.1f} ms | {r['ratio']:.3f}x | "
+                f"<= {TARGETS['resnet18_128']:.2f}x | {'yes' if r['ratio'] <= TARGETS['resnet18_128'] else 'NO'} |")
     if not args.skip_pipeline:
         e = pipeline_bench(device, args)
         results["pipeline"] = e
