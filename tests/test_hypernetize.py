@@ -183,11 +183,13 @@ def test_resnet18_example_trains_both_models_on_cifar_format_data(tmp_path, caps
     repo = Path(__file__).resolve().parent.parent
     root = data.write_synthetic_cifar(tmp_path / "d", per_batch=20, test_size=30)
     result = subprocess.run([sys.executable, "-m", "examples.hypernetize_resnet18", "--data-dir", str(root),
-                             "--steps", "2", "--batch-size", "8", "--test-images", "30"],
+                             "--steps", "2", "--batch-size", "8", "--test-images", "30", "--out", str(tmp_path / "t.md")],
                             cwd=repo, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| resnet18 |") or line.startswith("| hyper-")]
     assert rows[0].startswith("| resnet18 | 11,181,642 |") and rows[1].startswith("| hyper-resnet18 | 515,818 |")
+    written = (tmp_path / "t.md").read_text()  # the table, under the command that made it
+    assert written.startswith("`python -m examples.hypernetize_resnet18 --data-dir") and all(row in written for row in rows)
 
 
 def test_cropped_tiles_and_their_penalty_are_exact():
