@@ -312,9 +312,11 @@ def configuration(run: Run) -> dict:
     return {k: setting(run, k) for k in result_flags(run.config)}
 
 
-def seed_group(run: Run) -> str:
-    """What a run's result depends on besides its seed: runs with equal groups are seeds of one configuration."""
-    return json.dumps([run.experiment, {k: v for k, v in configuration(run).items() if k != "seed"}], sort_keys=True)
+def seed_group(run: Run, ignoring: tuple[str, ...] = ()) -> str:
+    """What a run's result depends on besides its seed (and the flags IGNORING): runs with
+    equal groups are seeds of one configuration."""
+    left_out = ("seed", *ignoring)
+    return json.dumps([run.experiment, {k: v for k, v in configuration(run).items() if k not in left_out}], sort_keys=True)
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
@@ -346,11 +348,10 @@ def mean_interval(values: list[float]) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def seed_rows(table: PaperTable, runs: list[Run]) -> list[list[str]]:
-    """One row per configuration with several finished runs: n, their seeds, mean ± sd of the
+def seed_rows(table: PaperTable, finished: list[Run]) -> list[list[str]]:
+    """One row per configuration with several of the FINISHED runs: n, their seeds, mean ± sd of the
     test and validation errors (at each run's best validation epoch), the range, and the
     95% t-interval of the mean test error (the runs taken as independent draws)."""
-    finished = [run for run in runs if stop_status(run) != "unfinished"]
     rows = []
     for group in (g for g in seed_groups(finished) if len(g) > 1):
         key = table.key(group[0])
@@ -372,15 +373,14 @@ def gap_interval(hyper: list[float], plain: list[float]) -> tuple[float, float, 
     return statistics.mean(hyper) - statistics.mean(plain), se, t * se
 
 
-def gap_rows(table: PaperTable, runs: list[Run]) -> list[list[str]]:
-    """Hyper minus plain test error, for each hyper configuration with several seeds whose
+def gap_rows(table: PaperTable, finished: list[Run]) -> list[list[str]]:
+    """Hyper minus plain test error of FINISHED runs, for each hyper configuration with several seeds whose
     plain twin (every setting the same but the model, and the hyper-only --init and
     --z-dim) has several too: the paper's gap, ours with its standard error and 95% interval."""
-    groups = [g for g in seed_groups([r for r in runs if stop_status(r) != "unfinished"]) if len(g) > 1]
+    groups = [g for g in seed_groups(finished) if len(g) > 1]
 
     def twin(group: list[Run]) -> str:
-        return json.dumps({k: v for k, v in configuration(group[0]).items() if k not in ("seed", "plain", "init", "z_dim")},
-                          sort_keys=True)
+        return seed_group(group[0], ignoring=("plain", "init", "z_dim"))
 
     plains = {twin(g): g for g in groups if not g[0].hyper}
     rows = []
@@ -411,15 +411,16 @@ def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list
         rows = [[table.describe(run), f"{run.num_parameters:,}", *run_cells(run)] for run in others]
         lines += ["", "Other runs (no row in the paper's table):", ""]
         lines += [*markdown_table(["configuration", "our params", *RUN_COLUMNS], rows), "", sources(others, roots)]
-    seeds = seed_rows(table, runs)
+    finished = [run for run in runs if stop_status(run) != "unfinished"]
+    seeds = seed_rows(table, finished)
     if seeds:
         lines += ["", "Over seeds: each configuration with several finished runs (mean ± sample standard deviation, n runs):",
                   "", *markdown_table(SEED_COLUMNS, seeds)]
-        gaps = gap_rows(table, runs)
+        gaps = gap_rows(table, finished)
         if gaps:
             lines += ["", "Hyper - plain over seeds (test error, points): the difference of the means, its standard "
                       "error, and its 95% Welch t-interval:", "", *markdown_table(GAP_COLUMNS, gaps)]
-        again = reruns([run for run in runs if stop_status(run) != "unfinished"])
+        again = reruns(finished)
         if again:
             lines += ["", "Not counted over seeds (a seed of the same configuration counted already): "
                       + ", ".join(f"`{run.name}` (seed {run.config['seed']})" for run in again) + "."]
