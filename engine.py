@@ -168,10 +168,18 @@ class Run:
             print(*args, **kwargs)
 
     def eta(self) -> float:
-        """Seconds left in the run, at this session's average step time so far."""
+        """Seconds left in the run, at this session's average step time (evaluations included).
+
+        Until the session has trained a whole epoch, the run's rate up to its last completed
+        epoch is used when there is one: a resumed session's first evaluation, averaged over
+        only the few steps before it, would otherwise inflate the estimate many times over.
+        """
         start, start_step = self.session_start
-        step = self.progress.step
-        return (time.time() - start) / max(step - start_step, 1) * (self.schedule.total_steps - step)
+        step, metrics = self.progress.step, self.progress.metrics
+        per_step = (time.time() - start) / max(step - start_step, 1)
+        if metrics and step - start_step < self.schedule.total_steps / self.schedule.epochs:
+            per_step = metrics[-1]["elapsed_seconds"] / metrics[-1]["step"]
+        return per_step * (self.schedule.total_steps - step)
 
 
 class EpochStats(NamedTuple):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import data
 import engine
 import mnist
 import train
-from experiment import parse_args
+from experiment import Schedule, parse_args
 from conftest import error_line, only_run, run_folder, write_fake_cifar
 
 REPO = Path(__file__).resolve().parent.parent
@@ -455,3 +456,16 @@ def test_a_mistyped_data_dir_is_refused_not_created(tmp_path, capsys):
     args.remove("--no-download")
     assert error_line(train.main(args), capsys).startswith(f"error: --data-dir {tmp_path / 'typo'} is not a folder")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_eta_after_a_resume_is_not_inflated_by_the_first_evaluation(monkeypatch):
+    # Resumed 2 steps before the end of epoch 2 of 10 (351 steps each); the evaluation then took
+    # 90 s, so the session has spent 94 s on 2 steps. The run so far averaged 2 s a step.
+    monkeypatch.setattr(time, "time", lambda: 1000.0)
+    schedule = Schedule("adam", 0.002, 10, 3510, lambda step: 1.0)
+    metrics = [{"step": 351, "elapsed_seconds": 702.0}]
+    run = types.SimpleNamespace(session_start=(906.0, 700), schedule=schedule,
+                                progress=engine.Progress(epoch=2, step=702, metrics=metrics))
+    assert engine.Run.eta(run) == pytest.approx(2.0 * (3510 - 702))
+    run.session_start = (1000.0 - 351 * 3.0, 702 - 351)  # a whole epoch in this session: its own rate
+    assert engine.Run.eta(run) == pytest.approx(3.0 * (3510 - 702))
