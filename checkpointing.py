@@ -66,18 +66,26 @@ def rng_state(generators: dict[str, torch.Generator], device: torch.device) -> d
     return state
 
 
-def set_rng_state(state: dict, generators: dict[str, torch.Generator], device: torch.device) -> None:
-    """Restore what `rng_state` captured."""
+def set_rng_state(state: dict, generators: dict[str, torch.Generator], device: torch.device) -> list[str]:
+    """Restore what `rng_state` captured.
+
+    Returns:
+        The names of GENERATORS left as they were: their saved state is of another kind of
+        device (a run resumed on a device other than the one it was saved on).
+    """
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     internal, version, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+    unfit = [name for name, g in generators.items() if state[name].numel() != g.get_state().numel()]
     for name, g in generators.items():
-        g.set_state(state[name])
+        if name not in unfit:
+            g.set_state(state[name])
     cuda = cuda_state_for(state.get("cuda"), device)
     if cuda is not None:
         torch.cuda.set_rng_state(cuda, device)
+    return unfit
 
 
 # ----------------------------------------------------------------------------- files

@@ -181,11 +181,11 @@ def random_crop(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool) -> 
 
     Args:
         x: uint8 images (B, C, H, W) on any device.
-        gen: CPU generator for the crop offsets and flips.
+        gen: generator for the crop offsets and flips, best on x's device (no copy).
     """
     b, _, h, w = x.shape
-    offsets = to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=gen), x.device)  # no host-device sync
-    flips = to_device(torch.rand(b, generator=gen).lt(0.5), x.device) if flip else torch.zeros(b, dtype=torch.bool, device=x.device)
+    offsets = to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=gen, device=gen.device), x.device)
+    flips = to_device(torch.rand(b, generator=gen, device=gen.device).lt(0.5), x.device) if flip else torch.zeros(b, dtype=torch.bool, device=x.device)
     padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2P, W+2P)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (B, W)
@@ -215,7 +215,7 @@ def insert_between(n: int, size: int, inserts: int, gen: torch.Generator, device
     m = torch.eye(size, device=device).expand(n, size, size)
     for k in range(inserts):
         rows = size + k  # rows so far; the new one goes in at r, between rows r-1 and r
-        r = to_device(torch.randint(1, rows - 1, (n, 1), generator=gen), device)
+        r = to_device(torch.randint(1, rows - 1, (n, 1), generator=gen, device=gen.device), device)
         j = torch.arange(rows + 1, device=device)  # the rows after the insertion
         a, b = j - (j >= r).long(), j - (j > r).long()  # (N, rows+1): each row's two sources (equal but at r)
         m = 0.5 * (m.gather(1, a[..., None].expand(-1, -1, size)) + m.gather(1, b[..., None].expand(-1, -1, size)))
@@ -229,7 +229,7 @@ def stretch_mnist(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
     Args:
         x: uint8 images (B, 1, H, W) on any device.
-        gen: CPU generator for the insertion places and crop offsets.
+        gen: generator for the insertion places and crop offsets, best on x's device.
 
     Returns:
         float32 images (B, 1, H, W) on the 0-255 scale (interpolated values are not rounded).
@@ -237,7 +237,7 @@ def stretch_mnist(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     b, _, h, w = x.shape
     rows = insert_between(b, h, NOTEBOOK_STRETCH, gen, x.device)  # (B, H+2, H)
     cols = insert_between(b, w, NOTEBOOK_STRETCH, gen, x.device)  # (B, W+2, W)
-    offsets = to_device(torch.randint(0, NOTEBOOK_STRETCH + 1, (2, b), generator=gen), x.device)
+    offsets = to_device(torch.randint(0, NOTEBOOK_STRETCH + 1, (2, b), generator=gen, device=gen.device), x.device)
     rows = rows.gather(1, (offsets[0, :, None] + torch.arange(h, device=x.device))[..., None].expand(-1, -1, h))  # (B, H, H)
     cols = cols.gather(1, (offsets[1, :, None] + torch.arange(w, device=x.device))[..., None].expand(-1, -1, w))  # (B, W, W)
     out = rows @ x[:, 0].float() @ cols.transpose(1, 2)  # (B, H, W)

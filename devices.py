@@ -123,9 +123,9 @@ def grad_scaler(device: torch.device, precision: Precision) -> torch.amp.GradSca
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a small CPU tensor to DEVICE without making the host wait for the GPU
-    (pinned memory, non-blocking copy on CUDA)."""
-    if device.type == "cuda":
+    """Move a small tensor to DEVICE without making the host wait for the GPU (a CPU tensor
+    goes through pinned memory, non-blocking, to CUDA; one already there stays)."""
+    if t.device.type == "cpu" and device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 

@@ -125,7 +125,7 @@ def check_syncs(device: str) -> None:
     place = Place(dev, SINGLE_PROCESS, precision, layout)
     state = TrainState.create(PrimaryNetwork(40, 1).to(dev, memory_format=layout), "adam", 2e-3, lambda step: 1.0, place)
     images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=dev)
-    labels, normalize, gen = torch.randint(0, 10, (256,), device=dev), Normalize(images), torch.Generator().manual_seed(0)
+    labels, normalize, gen = torch.randint(0, 10, (256,), device=dev), Normalize(images), torch.Generator(dev).manual_seed(0)
 
     def step() -> None:
         train_step(state, normalize(augment_cifar(images[:128], gen), layout), labels[:128], 5e-4, precision)

@@ -93,14 +93,14 @@ def prepare_dirs(args: argparse.Namespace, resuming: bool, dist: Distributed) ->
     return run_dir, log_dir, lock
 
 
-def seed_everything(seed: int, dist: Distributed) -> dict[str, torch.Generator]:
-    """Seed torch, numpy and random; the generators for the data order (the same on every
-    process) and for augmentation (this process's own)."""
+def seed_everything(seed: int, dist: Distributed, device: torch.device) -> dict[str, torch.Generator]:
+    """Seed torch, numpy and random; the generators for the data order (on the CPU, the same
+    on every process) and for augmentation (this process's own, on DEVICE: no copies)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
     return {"data_order": torch.Generator().manual_seed(seed + 1),
-            "augment": torch.Generator().manual_seed(augment_seed(seed, dist.rank))}
+            "augment": torch.Generator(device).manual_seed(augment_seed(seed, dist.rank))}
 
 
 def read_dataset(experiment: Experiment, args: argparse.Namespace, dist: Distributed) -> tuple:
@@ -168,7 +168,7 @@ def remove_empty(folders: list[Path]) -> None:
 def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None, place: Place, folders: tuple) -> Run:
     """Seeds, data, model and optimizer, for the place `set_up` chose."""
     device, dist = place.device, place.dist
-    generators = seed_everything(args.seed, dist)
+    generators = seed_everything(args.seed, dist, device)
     data = load_data(experiment, args, ckpt, place)
     batch_size = min(args.batch_size, len(data.train_x) - len(data.train_x) % dist.world)  # global
     settings = Settings(batch_size, len(data.train_x) // batch_size, args.weight_decay, args.precise_bn,
@@ -192,12 +192,17 @@ def restore(run: Run, ckpt: dict) -> None:
     per_rank, dist = ckpt["rng_per_rank"], run.place.dist
     try:
         run.state.load(ckpt)
-        set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0], run.generators, run.place.device)
+        unfit = set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0], run.generators,
+                              run.place.device)
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{run.args.resume or 'the checkpoint'} does not fit its own configuration ({first_line(e)})") from None
+    why = None
     if len(per_rank) != dist.world:
-        run.log(f"note: the checkpoint was written by {len(per_rank)} process(es), this job has {dist.world}: "
-                "augmentation streams restart from the seed (the run goes on, but not bit-exactly)")
+        why = f"the checkpoint was written by {len(per_rank)} process(es), this job has {dist.world}"
+    elif "augment" in unfit:
+        why = f"the checkpoint's augmentation stream was drawn on another kind of device than {run.place.device.type}"
+    if why:
+        run.log(f"note: {why}: augmentation streams restart from the seed (the run goes on, but not bit-exactly)")
         run.generators["augment"].manual_seed(augment_seed(run.args.seed, dist.rank) + 7919 * ckpt["epoch"])
     run.progress = Progress(ckpt["epoch"], ckpt["step"], ckpt["best_val_error"], ckpt["best"], ckpt["elapsed_seconds"],
                             EpochSums(**ckpt["partial"]), list(ckpt["metrics"]))

@@ -123,7 +123,7 @@ def test_augmentation_and_a_training_step_never_wait_for_the_gpu():
     device = torch.device("cuda", 0)
     images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (256,), device=device)
-    normalize, gen = Normalize(images), torch.Generator().manual_seed(0)
+    normalize, gen = Normalize(images), torch.Generator(device).manual_seed(0)
     layout = torch.channels_last  # train.py's defaults on a GPU: bf16, channels_last, Hyper-WRN-40-1
     state = TrainState.create(PrimaryNetwork(40, 1).to(device, memory_format=layout), "adam", 1e-3, lambda step: 1.0,
                               Place(device, SINGLE_PROCESS, Precision("bf16"), layout))

@@ -469,3 +469,16 @@ def test_eta_after_a_resume_is_not_inflated_by_the_first_evaluation(monkeypatch)
     assert engine.Run.eta(run) == pytest.approx(2.0 * (3510 - 702))
     run.session_start = (1000.0 - 351 * 3.0, 702 - 351)  # a whole epoch in this session: its own rate
     assert engine.Run.eta(run) == pytest.approx(3.0 * (3510 - 702))
+
+
+def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_fresh_augmentation_stream(tmp_path, cifar_dir, capsys):
+    args = run_args(tmp_path, cifar_dir, "--epochs", "2", "--precise-bn", "0")
+    assert train.main([*args, "--stop-after", "1"]) == 0
+    last = only_run(tmp_path / "ck") / "last.pt"
+    ckpt = load(last)
+    ckpt["rng_per_rank"][0]["augment"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state is 16 bytes
+    torch.save(ckpt, last)
+    capsys.readouterr()
+    assert train.main([*args, "-r"]) == 0
+    assert "augmentation stream was drawn on another kind of device than cpu" in capsys.readouterr().out
+    assert load(last)["epoch"] == 2
