@@ -127,9 +127,10 @@ class StepRunner:
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         model = PrimaryNetwork(40, width, hyper=hyper).to(device, memory_format=memory_format)
         self.precision = Precision(args.amp)
+        compiled = args.compile if compiled is None else compiled
         self.state = TrainState.create(model, "adam" if hyper else "sgd", 1e-4, lambda step: 1.0,
-                                       Place(device, SINGLE_PROCESS, self.precision, memory_format))
-        if args.compile if compiled is None else compiled:  # the whole step, as train.py --compile runs it
+                                       Place(device, SINGLE_PROCESS, self.precision, memory_format), compiled)
+        if compiled:  # the whole step, as train.py --compile runs it
             compile_step(self.state, fullgraph=True)
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
         self.y = torch.randint(0, 10, (batch,), device=device)

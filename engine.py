@@ -112,9 +112,14 @@ class TrainState:
 
     @classmethod
     def create(cls, model: KernelModel, optimizer: str, lr: float, multiplier: Callable[[int], float],
-               place: Place) -> TrainState:
-        """MODEL with a fresh OPTIMIZER ("adam" or "sgd") at base LR times MULTIPLIER(step)."""
-        opt = build_optimizer(model, optimizer, lr)
+               place: Place, compiled: bool = False) -> TrainState:
+        """MODEL with a fresh OPTIMIZER ("adam" or "sgd") at base LR times MULTIPLIER(step).
+
+        On CUDA, an eager step's Adam is torch's fused one: one kernel, and under fp16 it reads
+        the loss scaler's overflow flag on the GPU instead of copying it to the host each step.
+        A step that will be COMPILED keeps the default Adam, which inductor fuses itself.
+        """
+        opt = build_optimizer(model, optimizer, lr, fused=place.device.type == "cuda" and not compiled)
         return cls(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, multiplier), grad_scaler(place.device, place.precision))
 
     def load(self, ckpt: dict) -> None:
@@ -191,11 +196,12 @@ class EpochStats(NamedTuple):
     resumed_seconds: float  # training time spent on the epoch before a resumption in its middle
 
 
-def build_optimizer(model: torch.nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
-    """Adam (the paper's for hyper) or Nesterov SGD with momentum 0.9 (for plain). Neither
-    decays weights itself: the L2 penalty is in the loss (see `train_step`)."""
+def build_optimizer(model: torch.nn.Module, name: str, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    """Adam (the paper's for hyper; FUSED: torch's single-kernel implementation) or Nesterov
+    SGD with momentum 0.9 (for plain; always torch's default implementation). Neither decays
+    weights itself: the L2 penalty is in the loss (see `train_step`)."""
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=fused or None)
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
 
 

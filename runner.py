@@ -179,7 +179,7 @@ def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
     if args.sync_bn and dist.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     state = TrainState.create(model, args.optimizer or schedule.optimizer, args.lr if args.lr is not None else schedule.lr,
-                              schedule.multiplier, place)
+                              schedule.multiplier, place, compiled=args.compile)
     run_dir, log_dir, lock = folders
     return Run(experiment=experiment, args=args, place=place, settings=settings, schedule=schedule, data=data,
                state=state, augment=experiment.augment(vars(args)), generators=generators, run_dir=run_dir,

@@ -19,9 +19,9 @@ def main() -> int:
     models = []
     create = runner.TrainState.create
 
-    def recording(model, *args):  # fit builds the training state once, from the model it trains
+    def recording(model, *args, **kwargs):  # fit builds the training state once, from the model it trains
         models.append(model)
-        return create(model, *args)
+        return create(model, *args, **kwargs)
 
     runner.TrainState.create = recording
     code = train.main(argv)

@@ -167,3 +167,18 @@ def test_16_bit_autocast_on_mps_needs_torch_2_5(version, refused):
             assert choose_precision(amp, "mps", None, version).name == amp
         assert choose_precision(amp, "cuda", (8, 0), version).name == amp  # other devices: as before
     assert choose_precision("auto", "mps", None, version) == FP32 and choose_precision("off", "mps", None, version) == FP32
+
+
+def test_adam_is_fused_for_an_eager_step_on_cuda_only(monkeypatch):
+    import engine
+    from distributed import SINGLE_PROCESS
+
+    chosen = []
+    real = engine.build_optimizer
+    monkeypatch.setattr(engine, "build_optimizer", lambda model, name, lr, fused=False: chosen.append(fused) or real(model, name, lr))
+    model = torch.nn.Linear(2, 2)
+    for device, compiled in [("cuda", False), ("cuda", True), ("cpu", False), ("mps", False)]:
+        engine.TrainState.create(model, "adam", 1e-3, lambda step: 1.0,
+                                 engine.Place(torch.device(device), SINGLE_PROCESS, FP32, torch.contiguous_format), compiled)
+    assert chosen == [True, False, False, False]
+    assert not real(model, "sgd", 0.1, fused=True).defaults.get("fused")  # Nesterov SGD keeps torch's default

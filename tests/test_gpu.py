@@ -112,7 +112,8 @@ def test_one_epoch_on_mps(tmp_path, cifar_dir):
 
 
 @cuda
-def test_augmentation_and_a_training_step_never_wait_for_the_gpu():
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])  # fp16: the loss scaler's overflow flag stays on the GPU (fused Adam)
+def test_augmentation_and_a_training_step_never_wait_for_the_gpu(amp):
     """torch raises on any host-device synchronisation inside this block."""
     from data import Normalize, augment_cifar
     from devices import Precision
@@ -124,16 +125,16 @@ def test_augmentation_and_a_training_step_never_wait_for_the_gpu():
     images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (256,), device=device)
     normalize, gen = Normalize(images), torch.Generator(device).manual_seed(0)
-    layout = torch.channels_last  # train.py's defaults on a GPU: bf16, channels_last, Hyper-WRN-40-1
+    layout, precision = torch.channels_last, Precision(amp)  # train.py's GPU defaults for Hyper-WRN-40-1
     state = TrainState.create(PrimaryNetwork(40, 1).to(device, memory_format=layout), "adam", 1e-3, lambda step: 1.0,
-                              Place(device, SINGLE_PROCESS, Precision("bf16"), layout))
+                              Place(device, SINGLE_PROCESS, precision, layout))
     idx = torch.arange(128, device=device)
-    train_step(state, normalize(augment_cifar(images[idx], gen), layout),
-               labels[idx], 5e-4, Precision("bf16"))  # warm-up: first-call allocations may synchronise
+    for _ in range(2):  # warm-up: first-call allocations may synchronise
+        train_step(state, normalize(augment_cifar(images[idx], gen), layout), labels[idx], 5e-4, precision)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         x = normalize(augment_cifar(images[idx], gen), layout)
-        train_step(state, x, labels[idx], 5e-4, Precision("bf16"))
+        train_step(state, x, labels[idx], 5e-4, precision)
     finally:
         torch.cuda.set_sync_debug_mode("default")
