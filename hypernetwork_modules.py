@@ -243,8 +243,12 @@ class KernelBank(nn.Module):
             total = total + self.hypernet.sq_norm(self.z[getattr(self, f"cut_tiles_{k}")], keep)
         return total
 
-    def forward(self) -> list[torch.Tensor]:
+    def forward(self, memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
         """Generate every layer's kernel.
+
+        Args:
+            memory_format: The kernels' layout: ``torch.channels_last`` for convs that run
+                channels_last, which then use them without converting them first.
 
         Returns:
             One kernel per layer, shape (C_out, C_in, f, f), in the order of `shapes`.
@@ -252,16 +256,31 @@ class KernelBank(nn.Module):
         # Work in the hypernetwork's own contiguous (in, out) order, so that the backward
         # pass (the gradients' concatenation, the GEMMs) stays contiguous too.
         tiles = self.hypernet(self.z)  # (num_tiles, in, out, f, f)
+        last = memory_format == torch.channels_last
         kernels = []
         for t, (rows, cols), shape in zip(tiles.split(self.tiles_per_layer), self.grids, self.shapes):
             t = t.unflatten(0, (rows, cols))  # (rows, cols, in, out, f, f)
-            t = t.permute(0, 3, 1, 2, 4, 5)  # (rows, out, cols, in, f, f)
-            t = t.reshape(rows * t.shape[1], cols * t.shape[3], *shape[2:])  # (rows*out, cols*in, f, f): the one copy
+            c_out, c_in = rows * t.shape[3], cols * t.shape[2]
+            if last:  # the one copy, in (C_out, f, f, C_in) order (a single tile's reshape is a view: copied here)
+                t = t.permute(0, 3, 4, 5, 1, 2).reshape(c_out, *shape[2:], c_in).permute(0, 3, 1, 2)
+                t = t.contiguous(memory_format=torch.channels_last)
+            else:  # the one copy, in (C_out, C_in, f, f) order (a single tile's reshape is a view)
+                t = t.permute(0, 3, 1, 2, 4, 5).reshape(c_out, c_in, *shape[2:])  # from (rows, out, cols, in, f, f)
             kernels.append(t if t.shape == shape else t[: shape[0], : shape[1]])  # cropped to the layer's channels
         return kernels
 
 
 # ----------------------------------------------------------------------------- any CNN
+
+
+def layout_of(module: nn.Module) -> torch.memory_format:
+    """``torch.channels_last`` if MODULE's stored 4-D weights are laid out so (as
+    ``module.to(memory_format=torch.channels_last)`` leaves them), else contiguous: the
+    layout its generated kernels should take."""
+    for p in module.parameters():
+        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+    return torch.contiguous_format
 
 
 def ratio(ours: int, theirs: int) -> str:
@@ -330,7 +349,8 @@ class HyperNetized(nn.Module):
 
     def kernels(self) -> list[torch.Tensor]:
         """The generated weights, in the order of ``generated``: one call per hypernetwork."""
-        made = {key: bank() for key, bank in self.banks.items()}
+        layout = layout_of(self.model)
+        made = {key: bank(layout) for key, bank in self.banks.items()}
         return [made[key][i].reshape(shape) for (key, i), shape in zip(self.places, self.shapes)]
 
     def kernel_sq_norm(self) -> torch.Tensor:

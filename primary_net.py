@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hypernetwork_modules import HyperNetwork, KernelBank
+from hypernetwork_modules import HyperNetwork, KernelBank, layout_of
 from resnet_blocks import WideBasicBlock
 
 STEM_CHANNELS = 16
@@ -103,9 +103,10 @@ class PrimaryNetwork(nn.Module):
                 nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")
 
     def kernels(self) -> list[torch.Tensor]:
-        """The 6N block kernels in use, in block order (generated on each call if hyper)."""
+        """The 6N block kernels in use, in block order (generated on each call if hyper, in
+        the layout of the stem's stored kernel: channels_last after ``to(memory_format=...)``)."""
         if self.hyper:
-            return self.kernel_bank()
+            return self.kernel_bank(layout_of(self.stem))
         return list(self.stored_kernels)
 
     def kernel_sq_norm(self) -> torch.Tensor:

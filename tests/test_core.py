@@ -106,6 +106,25 @@ def test_tiles_land_in_the_right_place():
             torch.testing.assert_close(kernel[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16], tile, rtol=1e-12, atol=1e-12)
 
 
+def test_a_channels_last_model_gets_its_kernels_channels_last_with_the_same_values():
+    """Kernels made in the layout the convs use are not converted by each conv, forward and backward."""
+    torch.manual_seed(0)
+    nchw = PrimaryNetwork(16, 1)  # 16- to 64-channel kernels: one tile, and grids of tiles
+    last = PrimaryNetwork(16, 1)
+    last.load_state_dict(nchw.state_dict())
+    last.to(memory_format=torch.channels_last)
+    kernels = last.kernels()
+    assert all(k.is_contiguous(memory_format=torch.channels_last) and not k.is_contiguous() for k in kernels)
+    assert all(torch.equal(a, b) for a, b in zip(nchw.kernels(), kernels))
+    bank = KernelBank([(24, 40, 3, 3)], HyperNetwork(z_dim=8))  # a grid cut at its edges keeps its values
+    assert torch.equal(bank()[0], bank(torch.channels_last)[0])
+    x = torch.randn(4, 3, 32, 32)
+    nchw(x).square().sum().backward()
+    last(x.contiguous(memory_format=torch.channels_last)).square().sum().backward()
+    grads = [(a.grad, b.grad) for a, b in zip(nchw.kernel_bank.parameters(), last.kernel_bank.parameters())]
+    assert all((a - b).abs().max() <= 1e-4 * a.abs().max() for a, b in grads)  # conv algorithms differ by layout
+
+
 @pytest.mark.parametrize("key", list(PINNED))
 def test_parameter_counts_pinned_and_round_to_paper(key):
     depth, width, hyper = key

@@ -143,6 +143,11 @@ def test_train_eval_to_and_compile():
     compiled = torch.compile(copy.deepcopy(net).float(), backend="aot_eager")  # graph capture, no C++ build
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(compiled(x), net.float()(x))
+    last = copy.deepcopy(net).to(memory_format=torch.channels_last)  # its kernels follow the stem's layout
+    kernels = dict(zip(last.generated, last.kernels()))
+    conv1 = kernels["conv1.weight"]
+    assert conv1.is_contiguous(memory_format=torch.channels_last) and not conv1.is_contiguous()
+    assert all(torch.equal(a, b) for a, b in zip(net.kernels(), last.kernels()))
 
 
 class PlainWRN(nn.Module):
