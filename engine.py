@@ -117,9 +117,11 @@ class TrainState:
 
         On CUDA, an eager step's Adam is torch's fused one: one kernel, and under fp16 it reads
         the loss scaler's overflow flag on the GPU instead of copying it to the host each step.
-        A step that will be COMPILED keeps the default Adam, which inductor fuses itself.
+        A step that will be COMPILED keeps the default Adam, which inductor fuses itself, and
+        capturable (its step counts on the GPU) where the step runs as CUDA graphs.
         """
-        opt = build_optimizer(model, optimizer, lr, fused=place.device.type == "cuda" and not compiled)
+        opt = build_optimizer(model, optimizer, lr, fused=place.device.type == "cuda" and not compiled,
+                              capturable=compiled and uses_cuda_graphs(place))
         return cls(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, multiplier), grad_scaler(place.device, place.precision))
 
     def load(self, ckpt: dict) -> None:
@@ -196,12 +198,14 @@ class EpochStats(NamedTuple):
     resumed_seconds: float  # training time spent on the epoch before a resumption in its middle
 
 
-def build_optimizer(model: torch.nn.Module, name: str, lr: float, fused: bool = False) -> torch.optim.Optimizer:
-    """Adam (the paper's for hyper; FUSED: torch's single-kernel implementation) or Nesterov
-    SGD with momentum 0.9 (for plain; always torch's default implementation). Neither decays
-    weights itself: the L2 penalty is in the loss (see `train_step`)."""
+def build_optimizer(model: torch.nn.Module, name: str, lr: float, fused: bool = False,
+                    capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam (the paper's for hyper; FUSED: torch's single-kernel implementation; CAPTURABLE:
+    safe inside a CUDA graph) or Nesterov SGD with momentum 0.9 (for plain; always torch's
+    default implementation). Neither decays weights itself: the L2 penalty is in the loss
+    (see `train_step`)."""
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=fused or None)
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=fused or None, capturable=capturable)
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
 
 
@@ -248,14 +252,31 @@ def objective_of(forward: Callable, model: KernelModel) -> Callable:
     return objective
 
 
-def compile_step(state: TrainState, fullgraph: bool, backend: str = "inductor") -> None:
+def uses_cuda_graphs(place: Place) -> bool:
+    """Whether a compiled step at PLACE runs as CUDA graphs: on CUDA, in a single process
+    (DDP's gradient hooks run between the graphs)."""
+    return place.device.type == "cuda" and place.dist.world == 1
+
+
+def compile_step(state: TrainState, fullgraph: bool, backend: str = "inductor", cuda_graphs: bool = False) -> None:
     """torch.compile the whole step: kernel generation, forward, loss and penalty as one graph
     (FULLGRAPH: no graph break; AOTAutograd compiles the backward), and the optimizer step.
-    The lr becomes a tensor the schedule fills in place, so an lr change does not recompile."""
+    The lr becomes a tensor the schedule fills in place, so an lr change does not recompile.
+    CUDA_GRAPHS: inductor's "reduce-overhead" mode, each step replayed as CUDA graphs (the
+    optimizer must be capturable: `TrainState.create` with ``compiled=True`` makes it so)."""
     for group in state.optimizer.param_groups:  # on the parameters' device: no copy per step
         group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=group["params"][0].device)
-    state.objective = torch.compile(objective_of(state.forward, state.model), fullgraph=fullgraph, backend=backend)
-    state.step_optimizer = torch.compile(state.optimizer.step, backend=backend)
+    mode = "reduce-overhead" if cuda_graphs else None
+    compiled = torch.compile(objective_of(state.forward, state.model), fullgraph=fullgraph, backend=backend, mode=mode)
+    state.step_optimizer = torch.compile(state.optimizer.step, backend=backend, mode=mode)
+    if not cuda_graphs:
+        state.objective = compiled
+        return
+
+    def objective(x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> tuple[torch.Tensor, ...]:
+        torch.compiler.cudagraph_mark_step_begin()  # a new step: the last step's graph outputs may be overwritten
+        return compiled(x, y, weight_decay)
+    state.objective = objective
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> None:

@@ -37,7 +37,7 @@ from data import Normalize, split_indices
 from devices import choose_compute, configure_backends, pick_device
 from distributed import Distributed, all_gather, augment_seed, broadcast_object
 from engine import (Data, EpochStats, EpochSums, Place, Progress, Run, Settings, TrainState, compile_step, evaluate_run,
-                    objective_of, train_one_epoch)
+                    objective_of, train_one_epoch, uses_cuda_graphs)
 from experiment import DEFAULT_DATA_DIR, Experiment, configuration_name, parse_args
 
 
@@ -226,7 +226,7 @@ def wrap(run: Run) -> None:
             model, device_ids=[place.device.index] if place.device.type == "cuda" else None)
     run.state.forward, run.state.objective = forward, objective_of(forward, model)
     if run.args.compile:  # under DDP, dynamo splits the graph at its gradient buckets
-        compile_step(run.state, fullgraph=place.dist.world == 1)
+        compile_step(run.state, fullgraph=place.dist.world == 1, cuda_graphs=uses_cuda_graphs(place))
     else:  # a compiled run's checkpoint holds its lr as a tensor: eager optimizers take a number
         for group in run.state.optimizer.param_groups:
             group["lr"] = float(group["lr"])

@@ -169,16 +169,24 @@ def test_16_bit_autocast_on_mps_needs_torch_2_5(version, refused):
     assert choose_precision("auto", "mps", None, version) == FP32 and choose_precision("off", "mps", None, version) == FP32
 
 
-def test_adam_is_fused_for_an_eager_step_on_cuda_only(monkeypatch):
+def test_adam_is_fused_for_an_eager_step_on_cuda_and_capturable_for_cuda_graphs(monkeypatch):
     import engine
-    from distributed import SINGLE_PROCESS
+    from distributed import SINGLE_PROCESS, Distributed
 
     chosen = []
     real = engine.build_optimizer
-    monkeypatch.setattr(engine, "build_optimizer", lambda model, name, lr, fused=False: chosen.append(fused) or real(model, name, lr))
+
+    def recording(model, name, lr, fused=False, capturable=False):
+        chosen.append((fused, capturable))
+        return real(model, name, lr)
+
+    monkeypatch.setattr(engine, "build_optimizer", recording)
     model = torch.nn.Linear(2, 2)
-    for device, compiled in [("cuda", False), ("cuda", True), ("cpu", False), ("mps", False)]:
-        engine.TrainState.create(model, "adam", 1e-3, lambda step: 1.0,
-                                 engine.Place(torch.device(device), SINGLE_PROCESS, FP32, torch.contiguous_format), compiled)
-    assert chosen == [True, False, False, False]
+    cases = [("cuda", SINGLE_PROCESS, False), ("cuda", SINGLE_PROCESS, True), ("cuda", Distributed(0, 2), True),
+             ("cpu", SINGLE_PROCESS, False), ("cpu", SINGLE_PROCESS, True), ("mps", SINGLE_PROCESS, False)]
+    for device, dist, compiled in cases:
+        place = engine.Place(torch.device(device), dist, FP32, torch.contiguous_format)
+        engine.TrainState.create(model, "adam", 1e-3, lambda step: 1.0, place, compiled)
+    # eager on CUDA: fused; compiled on one GPU: CUDA graphs, so capturable; under DDP: neither
+    assert chosen == [(True, False), (False, True), (False, False), (False, False), (False, False), (False, False)]
     assert not real(model, "sgd", 0.1, fused=True).defaults.get("fused")  # Nesterov SGD keeps torch's default
