@@ -151,11 +151,11 @@ def edge_tiles(shapes: list[tuple[int, ...]], grids: list[tuple[int, int]], hype
     cut: dict[tuple[int, int], list[int]] = {}
     first = 0
     for (c_out, c_in, *_), (rows, cols) in zip(shapes, grids):
-        for r in range(rows):
-            for c in range(cols):
-                keep = (min(hypernet.in_size, c_in - c * hypernet.in_size), min(hypernet.out_size, c_out - r * hypernet.out_size))
-                if keep != (hypernet.in_size, hypernet.out_size):
-                    cut.setdefault(keep, []).append(first + r * cols + c)
+        edge = sorted({(r, cols - 1) for r in range(rows)} | {(rows - 1, c) for c in range(cols)})  # only these can be cut
+        for r, c in edge:
+            keep = (min(hypernet.in_size, c_in - c * hypernet.in_size), min(hypernet.out_size, c_out - r * hypernet.out_size))
+            if keep != (hypernet.in_size, hypernet.out_size):
+                cut.setdefault(keep, []).append(first + r * cols + c)
         first += rows * cols
     return {keep: torch.tensor(index, dtype=torch.long) for keep, index in cut.items()}
 
