@@ -95,12 +95,14 @@ def prepare_dirs(args: argparse.Namespace, resuming: bool, dist: Distributed) ->
 
 def seed_everything(seed: int, dist: Distributed, device: torch.device) -> dict[str, torch.Generator]:
     """Seed torch, numpy and random; the generators for the data order (on the CPU, the same
-    on every process) and for augmentation (this process's own, on DEVICE: no copies)."""
+    on every process) and for augmentation (this process's own; on a CUDA DEVICE, on it: no
+    copies; elsewhere on the CPU, whose draws are copied to the device)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+    augment_device = device if device.type == "cuda" else torch.device("cpu")
     return {"data_order": torch.Generator().manual_seed(seed + 1),
-            "augment": torch.Generator(device).manual_seed(augment_seed(seed, dist.rank))}
+            "augment": torch.Generator(augment_device).manual_seed(augment_seed(seed, dist.rank))}
 
 
 def read_dataset(experiment: Experiment, args: argparse.Namespace, dist: Distributed) -> tuple:
@@ -200,7 +202,7 @@ def restore(run: Run, ckpt: dict) -> None:
     if len(per_rank) != dist.world:
         why = f"the checkpoint was written by {len(per_rank)} process(es), this job has {dist.world}"
     elif "augment" in unfit:
-        why = f"the checkpoint's augmentation stream was drawn on another kind of device than {run.place.device.type}"
+        why = "the checkpoint's augmentation stream was drawn on another kind of device"
     if why:
         run.log(f"note: {why}: augmentation streams restart from the seed (the run goes on, but not bit-exactly)")
         run.generators["augment"].manual_seed(augment_seed(run.args.seed, dist.rank) + 7919 * ckpt["epoch"])
