@@ -33,7 +33,7 @@ import provenance
 import train
 from checkpointing import atomic_save, atomic_write_text, load_checkpoint, safe_load, write_error
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, format_time, run_cli
-from experiment import default_config, kernel_init, result_flags
+from experiment import acting_value, default_config, kernel_init, result_flags
 from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
 
 EXPERIMENTS = {e.name: e for e in (train.CIFAR10, mnist.MNIST)}  # the experiments, by name
@@ -193,8 +193,11 @@ def run_identity(run: Run) -> str:
 
 
 def as_run_sees_it(run: Run, flag: str, value):
-    """VALUE of FLAG as it acts on RUN: a plain run's --init is its `kernel_init`."""
-    return kernel_init(value, run.hyper) if flag == "init" else value
+    """VALUE of FLAG as it acts on RUN: a plain run's --init is its `kernel_init`; an
+    --optimizer or --lr left to the schedule is the schedule's."""
+    if flag == "init":
+        return kernel_init(value, run.hyper)
+    return acting_value(EXPERIMENTS[run.experiment], {**run.config, flag: value}, flag)
 
 
 def setting(run: Run, flag: str):
@@ -376,11 +379,13 @@ def gap_interval(hyper: list[float], plain: list[float]) -> tuple[float, float, 
 def gap_rows(table: PaperTable, finished: list[Run]) -> list[list[str]]:
     """Hyper minus plain test error of FINISHED runs, for each hyper configuration with several seeds whose
     plain twin (every setting the same but the model, and the hyper-only --init and
-    --z-dim) has several too: the paper's gap, ours with its standard error and 95% interval."""
+    --z-dim; --optimizer and --lr as given, so left to each model's schedule when not given)
+    has several too: the paper's gap, ours with its standard error and 95% interval."""
     groups = [g for g in seed_groups(finished) if len(g) > 1]
 
     def twin(group: list[Run]) -> str:
-        return seed_group(group[0], ignoring=("plain", "init", "z_dim"))
+        given = [group[0].config["optimizer"], group[0].config["lr"]]
+        return seed_group(group[0], ignoring=("plain", "init", "z_dim", "optimizer", "lr")) + json.dumps(given)
 
     plains = {twin(g): g for g in groups if not g[0].hyper}
     rows = []

@@ -176,6 +176,15 @@ def result_flags(config: dict) -> list[str]:
     return [k for k in config if k not in PLACE_FLAGS and k != "experiment"]
 
 
+def acting_value(experiment: Experiment, config: dict, flag: str):
+    """CONFIG's value of FLAG as the run uses it: an --optimizer or --lr left to the schedule
+    (None) is the schedule's own (so ``--lr 0.002`` on a hyper run is its default)."""
+    value = config[flag]
+    if value is None and flag in ("optimizer", "lr"):
+        return getattr(experiment.schedule(argparse.Namespace(**config), 1), flag)
+    return value
+
+
 def default_config(experiment: Experiment, given: dict) -> dict:
     """EXPERIMENT's flags at their defaults, except those in GIVEN (and the defaults that depend on them)."""
     args = build_parser(experiment).parse_args([])
@@ -199,8 +208,8 @@ def configuration_name(experiment: Experiment, config: dict, seed: bool = True) 
     its default (hyper-40-1-epochs-10-precise-bn-0), then seedK for a seed other than 0 (with SEED)."""
     defaults = default_config(experiment, {k: config[k] for k in experiment.named_flags})
     parts = [experiment.run_name(argparse.Namespace(**config))]
-    parts += [flag_text(k, config[k]) for k in result_flags(config)
-              if k not in experiment.named_flags and k != "seed" and config[k] != defaults[k]]
+    parts += [flag_text(k, config[k]) for k in result_flags(config) if k not in experiment.named_flags and k != "seed"
+              and acting_value(experiment, config, k) != acting_value(experiment, defaults, k)]
     if seed and config["seed"]:
         parts.append(f"seed{config['seed']}")
     return "-".join(parts)

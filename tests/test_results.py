@@ -410,8 +410,10 @@ def test_runs_of_two_budgets_never_share_a_seed_group(tmp_path):
         return compare.read_run(tmp_path / name)
 
     runs = [archived("a", 20.0, seed=0, epochs=10), archived("b", 22.0, seed=1, epochs=10, device="cpu", compile=True),
-            archived("c", 80.0, seed=2, epochs=1), archived("d", 21.0, seed=3, epochs=10, precise_bn=0)]
-    assert [[run.name for run in group] for group in compare.seed_groups(runs)] == [["a", "b"], ["c"], ["d"]]
+            archived("c", 80.0, seed=2, epochs=1), archived("d", 21.0, seed=3, epochs=10, precise_bn=0),
+            archived("e", 20.5, seed=4, epochs=10, lr=0.002),  # the lr hyper's schedule gives it anyway
+            archived("f", 30.0, seed=5, epochs=10, lr=0.01)]
+    assert [[run.name for run in group] for group in compare.seed_groups(runs)] == [["a", "b", "e"], ["c"], ["d"], ["f"]]
 
 
 def test_a_run_stopped_in_its_first_epoch_is_noted_not_warned(runs, tmp_path, capsys):

@@ -98,6 +98,8 @@ def test_a_run_name_says_every_setting_that_changes_the_result():
     assert name(train.CIFAR10, "--epochs", "10") == "hyper-40-1-epochs-10"
     assert name(train.CIFAR10, "--seed", "2", "--precise-bn", "0", "--epochs", "10") == "hyper-40-1-epochs-10-precise-bn-0-seed2"
     assert name(train.CIFAR10, "--plain", "--lr", "0.05") == "wrn-40-1-lr-0.05"
+    assert name(train.CIFAR10, "--lr", "0.002", "--optimizer", "adam") == "hyper-40-1"  # the schedule's own, given
+    assert name(train.CIFAR10, "--plain", "--lr", "0.002") == "wrn-40-1-lr-0.002"  # not plain's schedule lr (0.1)
     place = ["--data-dir", "elsewhere", "--no-download", "--device", "cpu", "--amp", "off", "--compile", "--stop-after", "3",
              "--eval-batch-size", "10", "--no-progress", "--checkpoint-dir", "ck", "--log-dir", "tb"]
     assert name(train.CIFAR10, *place) == "hyper-40-1"
