@@ -184,7 +184,7 @@ class Run:
         start, start_step = self.session_start
         step, metrics = self.progress.step, self.progress.metrics
         per_step = (time.time() - start) / max(step - start_step, 1)
-        if metrics and step - start_step < self.schedule.total_steps / self.schedule.epochs:
+        if metrics and step - start_step < self.settings.steps_per_epoch:
             per_step = metrics[-1]["elapsed_seconds"] / metrics[-1]["step"]
         return per_step * (self.schedule.total_steps - step)
 

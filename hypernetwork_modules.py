@@ -274,12 +274,13 @@ class KernelBank(nn.Module):
 
 
 def layout_of(module: nn.Module) -> torch.memory_format:
-    """``torch.channels_last`` if MODULE's stored 4-D weights are laid out so (as
-    ``module.to(memory_format=torch.channels_last)`` leaves them), else contiguous: the
-    layout its generated kernels should take."""
+    """The layout of MODULE's first stored 4-D weight whose two layouts differ (C_in > 1, a
+    kernel larger than 1x1): ``torch.channels_last`` after ``module.to(memory_format=
+    torch.channels_last)``, else contiguous. The layout its generated kernels should take;
+    called on every forward, so it stops at that first weight."""
     for p in module.parameters():
-        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
-            return torch.channels_last
+        if p.dim() == 4 and p.is_contiguous() != p.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     return torch.contiguous_format
 
 

@@ -467,6 +467,7 @@ def test_eta_after_a_resume_is_not_inflated_by_the_first_evaluation(monkeypatch)
     schedule = Schedule("adam", 0.002, 10, 3510, lambda step: 1.0)
     metrics = [{"step": 351, "elapsed_seconds": 702.0}]
     run = types.SimpleNamespace(session_start=(906.0, 700), schedule=schedule,
+                                settings=types.SimpleNamespace(steps_per_epoch=351),
                                 progress=engine.Progress(epoch=2, step=702, metrics=metrics))
     assert engine.Run.eta(run) == pytest.approx(2.0 * (3510 - 702))
     run.session_start = (1000.0 - 351 * 3.0, 702 - 351)  # a whole epoch in this session: its own rate
