@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hypernetwork_modules import HyperNetwork, KernelBank, layout_of
-from resnet_blocks import WideBasicBlock
+from resnet_blocks import WideBasicBlock, bn_fed
 
 STEM_CHANNELS = 16
 TILE = 16  # basic kernels are TILE x TILE x 3 x 3 (paper Sec. 4.2)
@@ -130,7 +130,7 @@ class PrimaryNetwork(nn.Module):
         """
         if kernels is None:
             kernels = self.kernels()
-        h = self.stem_bn(self.stem(x))  # (N, 16, 32, 32)
+        h = self.stem_bn(F.conv2d(x, self.stem.weight, bn_fed(self.stem.bias), padding=1))  # (N, 16, 32, 32)
         for i, block in enumerate(self.blocks):
             h = block(h, kernels[2 * i], kernels[2 * i + 1])  # (N, 16k|32k|64k, 32|16|8, 32|16|8)
         h = F.relu(self.bn(h))

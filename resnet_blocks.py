@@ -1,7 +1,8 @@
 """The pre-activation wide basic block, with its 3x3 kernels passed in.
 
 The block owns everything except its two 3x3 kernels: BatchNorms, conv biases and the
-optional 1x1 projection shortcut. `forward(x, w1, w2)` takes the kernels, so the plain
+optional 1x1 projection shortcut. Each conv bias feeds a training-mode BatchNorm, so its
+gradient is exactly zero and is passed back as such (`bn_fed`). `forward(x, w1, w2)` takes the kernels, so the plain
 Wide-ResNet (stored kernels) and the HyperResNet (generated kernels) share this code.
 
     x -> BN -> ReLU -> conv3x3(w1, stride) -> BN -> ReLU -> conv3x3(w2) -> (+) -> out
@@ -15,6 +16,32 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SHORTCUTS = ("pad", "conv")
+
+
+class _ZeroGradient(torch.autograd.Function):
+    """The identity, whose gradient is exactly zero."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(grad)
+
+
+def bn_fed(bias: torch.Tensor) -> torch.Tensor:
+    """BIAS as it is, with its gradient set to its exact value, zero.
+
+    For a conv bias whose every path leads into a training-mode BatchNorm (in the
+    Wide-ResNet all of them: the stem's, and both of each block's, whose residual stream is
+    read only by BatchNorms). BatchNorm subtracts each channel's batch mean, so a
+    per-channel shift does not change the loss. Computed, its gradient is rounding noise,
+    larger under 16-bit autocast than in float32, which Adam would scale up to steps of
+    about the lr; passing zero trains the same function on every device. The biases stay
+    parameters (the paper counts them) and keep their initial values.
+    """
+    return _ZeroGradient.apply(bias)
 
 
 class WideBasicBlock(nn.Module):
@@ -64,9 +91,9 @@ class WideBasicBlock(nn.Module):
         """
         h = F.relu(self.bn1(x))
         shortcut = self.proj(h) if self.proj is not None else self._pad_shortcut(x)
-        h = F.conv2d(h, w1, self.bias1, self.stride, padding=1)  # (N, out, H/s, W/s)
+        h = F.conv2d(h, w1, bn_fed(self.bias1), self.stride, padding=1)  # (N, out, H/s, W/s)
         h = F.relu(self.bn2(h))
-        h = F.conv2d(h, w2, self.bias2, 1, padding=1)
+        h = F.conv2d(h, w2, bn_fed(self.bias2), 1, padding=1)
         return h + shortcut
 
     def _pad_shortcut(self, x: torch.Tensor) -> torch.Tensor:

@@ -168,11 +168,54 @@ def test_every_parameter_gets_a_gradient(hyper):
     loss = nn.functional.cross_entropy(net(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,)))
     loss.backward()
     for name, p in net.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        if name in conv_biases(net):
+            assert p.grad is not None and not p.grad.any(), name  # exactly zero: BatchNorm follows
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
     if hyper:
         assert net.kernel_bank.z.grad.abs().sum(dim=1).gt(0).all(), "every single z must get a gradient"
     else:
         assert not any(isinstance(m, (HyperNetwork, KernelBank)) for m in net.modules())
+
+
+def conv_biases(net: PrimaryNetwork) -> list[str]:
+    """Names of the stem's and every block's conv biases: each feeds a training-mode BatchNorm."""
+    return [n for n, _ in net.named_parameters() if n == "stem.bias" or n.endswith((".bias1", ".bias2"))]
+
+
+@pytest.mark.parametrize("shortcut", ["pad", "conv"])
+def test_a_shift_of_every_conv_bias_leaves_the_training_loss_unchanged(shortcut):
+    """Why their gradient is exactly zero: every path from a conv bias ends in a training-mode BN."""
+    torch.manual_seed(0)
+    net = PrimaryNetwork(16, 1, hyper=True, shortcut=shortcut).double()
+    x, y = torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))
+    before = nn.functional.cross_entropy(net(x), y)
+    params = dict(net.named_parameters())
+    assert len(conv_biases(net)) == 1 + 2 * len(net.blocks)
+    with torch.no_grad():
+        for name in conv_biases(net):
+            params[name].normal_()
+    after = nn.functional.cross_entropy(net(x), y)
+    assert torch.allclose(after, before, rtol=0, atol=1e-9) and not torch.equal(net.stem.bias, torch.zeros(16))
+
+
+@pytest.mark.parametrize("hyper", [True, False])
+def test_conv_biases_do_not_move_under_bf16_autocast_adam(hyper):
+    """Their rounded gradient would move them by ~lr per Adam step; their exact one is zero."""
+    torch.manual_seed(0)
+    net = PrimaryNetwork(10, 1, hyper=hyper)
+    initial = {name: p.detach().clone() for name, p in net.named_parameters()}
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(3):
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = nn.functional.cross_entropy(net(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    params = dict(net.named_parameters())
+    for name in conv_biases(net):
+        assert torch.equal(params[name], initial[name]), name
+    assert not torch.equal(params["stem.weight"], initial["stem.weight"])
 
 
 @pytest.mark.parametrize("hyper", [True, False])
