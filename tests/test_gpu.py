@@ -43,6 +43,8 @@ def test_one_epoch_with_the_device_defaults(plain, tmp_path, cifar_dir):
     expected = choose_precision("auto", "cuda", capability(torch.device("cuda", 0))).name
     assert ckpt["placement"] == {"device": "cuda", "precision": expected, "processes": 1, "channels_last": True}
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    block_biases = [v for k, v in ckpt["model"].items() if k.endswith((".bias1", ".bias2"))]
+    assert block_biases and not any(b.any() for b in block_biases)  # 16-bit autocast left them at zero
 
 
 @cuda
