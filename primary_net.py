@@ -130,7 +130,7 @@ class PrimaryNetwork(nn.Module):
         """
         if kernels is None:
             kernels = self.kernels()
-        h = self.stem_bn(F.conv2d(x, self.stem.weight, bn_fed(self.stem.bias), padding=1))  # (N, 16, 32, 32)
+        h = self.stem_bn(F.conv2d(x, self.stem.weight, bn_fed(self.stem.bias), padding=self.stem.padding))  # (N, 16, 32, 32)
         for i, block in enumerate(self.blocks):
             h = block(h, kernels[2 * i], kernels[2 * i + 1])  # (N, 16k|32k|64k, 32|16|8, 32|16|8)
         h = F.relu(self.bn(h))

@@ -2,8 +2,9 @@
 
 The block owns everything except its two 3x3 kernels: BatchNorms, conv biases and the
 optional 1x1 projection shortcut. Each conv bias feeds a training-mode BatchNorm, so its
-gradient is exactly zero and is passed back as such (`bn_fed`). `forward(x, w1, w2)` takes the kernels, so the plain
-Wide-ResNet (stored kernels) and the HyperResNet (generated kernels) share this code.
+gradient is exactly zero and is passed back as such (`bn_fed`). `forward(x, w1, w2)` takes
+the kernels, so the plain Wide-ResNet (stored kernels) and the HyperResNet (generated
+kernels) share this code.
 
     x -> BN -> ReLU -> conv3x3(w1, stride) -> BN -> ReLU -> conv3x3(w2) -> (+) -> out
     x -------------------------- shortcut ------------------------------------^
@@ -23,7 +24,7 @@ class _ZeroGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
+        return x.view_as(x)  # a view: no copy, no kernel launch
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:

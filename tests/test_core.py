@@ -167,8 +167,9 @@ def test_every_parameter_gets_a_gradient(hyper):
     net.fc.bias.data.normal_()  # zero-initialised biases still get gradients; keep it generic
     loss = nn.functional.cross_entropy(net(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,)))
     loss.backward()
+    biases = conv_biases(net)
     for name, p in net.named_parameters():
-        if name in conv_biases(net):
+        if name in biases:
             assert p.grad is not None and not p.grad.any(), name  # exactly zero: BatchNorm follows
         else:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
