@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import json
 import random
 import signal
@@ -441,12 +442,13 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
 def main(experiment: Experiment, argv: list[str] | None = None) -> int:
     """The command line of EXPERIMENT: 0 on success, 1 with one line on stderr for a user error."""
     report = distributed.is_main_process()  # under torchrun, one process reports
+    if distributed.world_size() > 1:  # torchrun reports a crashed worker's signal; this adds its Python stack
+        faulthandler.enable()
     try:
         stopped = fit(experiment, argv).get("stopped")
     except UserError as e:
         if report:
             print(f"error: {e}", file=sys.stderr)
-        distributed.shut_down(after_error=True)
         return 1
     except KeyboardInterrupt:  # before training began: the signal handlers were not yet in place
         if report:

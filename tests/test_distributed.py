@@ -195,3 +195,11 @@ def test_only_rank_0_may_download_the_dataset(data, tmp_path, monkeypatch):
         with as_rank(rank, 2, tmp_path / f"store{rank}", monkeypatch):
             assert runner.main(experiment, argv) == 0
     assert calls == [True, False]
+
+
+def test_a_crashed_process_reports_its_python_stack(data, tmp_path):
+    """torchrun alone reports only 'Signal 6 (SIGABRT)'; the stack names where the run was."""
+    proc = torchrun("tests/ddp_abort.py", *flags(tmp_path, data))
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    assert "Fatal Python error: Aborted" in err and "crash_inside_the_run" in err, err[-2000:]
