@@ -279,8 +279,10 @@ def layout_of(module: nn.Module) -> torch.memory_format:
     torch.channels_last)``, else contiguous. The layout its generated kernels should take;
     called on every forward, so it stops at that first weight."""
     for p in module.parameters():
-        if p.dim() == 4 and p.is_contiguous() != p.is_contiguous(memory_format=torch.channels_last):
-            return torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        if p.dim() == 4:
+            nhwc = p.is_contiguous(memory_format=torch.channels_last)
+            if nhwc != p.is_contiguous():
+                return torch.channels_last if nhwc else torch.contiguous_format
     return torch.contiguous_format
 
 
