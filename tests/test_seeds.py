@@ -73,6 +73,7 @@ def test_ctrl_c_is_one_line_and_every_running_seed_saves_its_step(tmp_path, mnis
     running seed, signalled in turn, saved a checkpoint that the same command continues."""
     ck = tmp_path / "ck"
     flags = ["--val-size", "20", "--batch-size", "10", "--no-download", "--device", "cpu", "--epochs", "500",
+             "--patience", "500",  # fake MNIST reaches 0% validation error at once: no early stop within seconds
              "--data-dir", str(mnist_dir), "--checkpoint-dir", str(ck), "--log-dir", str(tmp_path / "runs")]
     proc = subprocess.Popen([sys.executable, "seeds.py", "mnist.py", "--seeds", "0", "1", "--jobs", "2", "--", *flags],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
