@@ -75,8 +75,11 @@ def test_ctrl_c_is_one_line_and_every_running_seed_saves_its_step(tmp_path, mnis
     flags = ["--val-size", "20", "--batch-size", "10", "--no-download", "--device", "cpu", "--epochs", "500",
              "--patience", "500",  # fake MNIST reaches 0% validation error at once: no early stop within seconds
              "--data-dir", str(mnist_dir), "--checkpoint-dir", str(ck), "--log-dir", str(tmp_path / "runs")]
+    # SIGINT handled as in a terminal, also when the suite runs as a script's background job
+    # (`pytest &`), which starts it, and so seeds.py, with SIGINT ignored
     proc = subprocess.Popen([sys.executable, "seeds.py", "mnist.py", "--seeds", "0", "1", "--jobs", "2", "--", *flags],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lasts = [seeds.seed_command("mnist.py", seed, flags)[1] / "last.pt" for seed in (0, 1)]
     deadline = time.time() + 120
     while not all(last.exists() for last in lasts) and time.time() < deadline:
