@@ -55,13 +55,14 @@ def init_distributed(device: torch.device) -> Distributed:
     return dist
 
 
-def shut_down() -> None:
-    """Leave the process group, if one was joined. gloo processes first wait up to 10 s for
-    each other, on every path, so that none tears down its connections while another still
-    uses them (after an error, that aborted a process now and then)."""
+def shut_down(after_error: bool = False) -> None:
+    """Leave the process group, if one was joined. After an error that every process met
+    (they share rank 0's), gloo processes first wait up to 10 s for each other, so that
+    none tears down its connections while another still uses them (that aborted a
+    process now and then)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
-    if torch.distributed.get_backend() == "gloo":
+    if after_error and torch.distributed.get_backend() == "gloo":
         try:
             torch.distributed.monitored_barrier(timeout=timedelta(seconds=10))
         except RuntimeError:  # a process that did not arrive: leave anyway

@@ -449,6 +449,7 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> int:
     except UserError as e:
         if report:
             print(f"error: {e}", file=sys.stderr)
+        distributed.shut_down(after_error=True)
         return 1
     except KeyboardInterrupt:  # before training began: the signal handlers were not yet in place
         if report:
