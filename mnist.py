@@ -30,7 +30,6 @@ chooses where the generated kernel's initial scale lives (see `MnistNet`).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
 import torch
@@ -41,6 +40,7 @@ from cli import positive_int
 from data import augment_mnist, load_mnist, stretch_mnist
 from experiment import Experiment, FlagDefaults, Schedule, kernel_init
 from hypernetwork_modules import HyperNetwork, KernelBank
+from distributed import exit_process
 from runner import main as run_main
 
 # Paper Table 7: test error (%) and parameters of the second layer (its kernel for "normal").
@@ -228,4 +228,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -13,13 +13,13 @@ runner.py, checkpointing.py).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
 from cli import positive_int
 from data import augment_cifar, load_cifar10
 from experiment import SCALE_INITS, Experiment, FlagDefaults, Schedule, kernel_init
 from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_name
+from distributed import exit_process
 from runner import main as run_main
 
 INITS = SCALE_INITS  # --init: where a HyperResNet's initial kernel scale lives (the first: default)
@@ -119,4 +119,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -5,9 +5,9 @@ import os
 import subprocess
 import re
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import HANG, REPO
+
 LIBRARY = ["hypernetwork_modules", "resnet_blocks", "primary_net", "target_hypernetwork"]
 
 
@@ -36,6 +36,6 @@ def test_installed_modules_import_from_another_directory(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = ("import hypernetwork_modules, primary_net, resnet_blocks, target_hypernetwork, importlib.util as u; "
             "net = primary_net.PrimaryNetwork(10, 1); print(len(net.kernels()), u.find_spec('engine') is None)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["6", "True"]

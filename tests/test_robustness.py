@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,9 @@ import checkpointing
 import compare
 import export
 import train
-from conftest import error_line, only_run, run_folder, write_fake_cifar
+from conftest import HANG, REPO, error_line, only_run, paused, run_folder, wait_for_line, write_fake_cifar
 from experiment import parse_args
 
-REPO = Path(__file__).resolve().parent.parent
 Usage = namedtuple("Usage", "total used free")
 SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu"]
 
@@ -168,57 +166,54 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # bit-identical means the s
 def uninterrupted(tmp_path_factory, signal_data) -> dict:
     root = tmp_path_factory.mktemp("straight")
     result = subprocess.run([sys.executable, "train.py", *run_args(root, signal_data, "--epochs", "3")], cwd=REPO,
-                            env=ONE_THREAD, capture_output=True, text=True, timeout=240)
+                            env=ONE_THREAD, capture_output=True, text=True, timeout=HANG)
     assert result.returncode == 0, result.stderr
     return load(only_run(root / "ck") / "last.pt")
 
 
-def start(root: Path, data: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "train.py", *run_args(root, data, "--epochs", "3")], cwd=REPO, env=ONE_THREAD,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+EPOCH2_STEP5 = 35  # the 35th training step: step 5 of epoch 2's 30
 
 
-def wait_for_first_epoch(proc: subprocess.Popen, last: Path) -> None:
-    deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, proc.communicate()
-    time.sleep(0.4)  # into epoch 2's training steps
+def start(root: Path, data: Path, signals: int = 1) -> subprocess.Popen:
+    """A 3-epoch run held before EPOCH2_STEP5 until it is signalled (SIGNALS 2: also in the save that follows)."""
+    command = paused(EPOCH2_STEP5, signals, "train.py", run_args(root, data, "--epochs", "3"))
+    proc = subprocess.Popen([sys.executable, *command], cwd=REPO, env=ONE_THREAD, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_line(proc, f"paused before step {EPOCH2_STEP5}")
+    return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signals", [("SIGTERM",), ("SIGINT", "SIGINT")])  # both signals; a second one during the save
 def test_signal_mid_epoch_saves_that_step_and_resume_is_exact(signals, tmp_path, signal_data, uninterrupted):
-    proc = start(tmp_path, signal_data)
+    proc = start(tmp_path, signal_data, len(signals))
     last = run_folder(train.CIFAR10, run_args(tmp_path, signal_data, "--epochs", "3")) / "last.pt"
-    wait_for_first_epoch(proc, last)
-    sent = time.time()
-    for name in signals:  # a second signal lands while the first one's save is under way
-        os.kill(proc.pid, getattr(signal, name))
-        time.sleep(0.005)
-    out, err = proc.communicate(timeout=60)
-    assert time.time() - sent < 20, "a preempted job must exit well within a 30 s grace period"
+    os.kill(proc.pid, getattr(signal, signals[0]))
+    if len(signals) > 1:
+        wait_for_line(proc, "paused in the save")
+        os.kill(proc.pid, getattr(signal, signals[1]))
+    out, err = proc.communicate(timeout=HANG)
     assert proc.returncode == 128 + getattr(signal, signals[0]), err
     saved = load(last)
-    position = saved["partial"]["position"]
-    assert saved["epoch"] == 1 and 1 <= position < 30 and saved["step"] == 30 + position  # mid-epoch, not a boundary
-    assert f"{signals[0]}: saved {last} at step {saved['step']} (epoch 2, step {position} of 30)" in out
+    assert saved["epoch"] == 1 and saved["step"] == EPOCH2_STEP5 and saved["partial"]["position"] == 5  # the step in flight, no more
+    assert f"{signals[0]}: saved {last} at step {EPOCH2_STEP5} (epoch 2, step 5 of 30)" in out
     command = next(line for line in out.splitlines() if "continue with: " in line).split("continue with: ")[1].split()
     assert command == ["python", "train.py", "-r", str(last)]  # the path: it finds the run wherever it was named
     assert epochs_in_metrics(last.parent) == [1]
 
     resumed = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=ONE_THREAD, capture_output=True, text=True,
-                             timeout=240)  # as printed
+                             timeout=HANG)  # as printed
     assert resumed.returncode == 0, resumed.stderr
-    assert f"| resumed at step {saved['step']} (epoch 2, step {position} of 30)" in resumed.stdout  # not "epoch 1"
+    assert f"| resumed at step {EPOCH2_STEP5} (epoch 2, step 5 of 30)" in resumed.stdout  # not "epoch 1"
     assert_same_weights(load(last), uninterrupted)
     assert epochs_in_metrics(last.parent) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_second_process_on_the_same_run_is_refused(tmp_path, signal_data, capsys):
     proc = start(tmp_path, signal_data)
     last = run_folder(train.CIFAR10, run_args(tmp_path, signal_data, "--epochs", "3")) / "last.pt"
     try:
-        wait_for_first_epoch(proc, last)
         before = last.read_bytes()
         line = error_line(train.main([*run_args(tmp_path, signal_data, "--epochs", "3"), "-r"]), capsys)
         assert "another process is training the run" in line
@@ -226,7 +221,7 @@ def test_second_process_on_the_same_run_is_refused(tmp_path, signal_data, capsys
     finally:
         proc.kill()
         proc.communicate()
-    assert load(last)["epoch"] >= 1 and before  # the first process's checkpoint is whole
+    assert load(last)["epoch"] == 1 and last.read_bytes() == before  # the first process's checkpoint is whole
 
 
 # ----------------------------------------------------------------------------- the other scripts

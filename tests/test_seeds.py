@@ -6,15 +6,14 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import compare
 import diagrams
 import seeds
+from conftest import HANG, REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
@@ -75,17 +74,16 @@ def test_ctrl_c_is_one_line_and_every_running_seed_saves_its_step(tmp_path, mnis
     flags = ["--val-size", "20", "--batch-size", "10", "--no-download", "--device", "cpu", "--epochs", "500",
              "--patience", "500",  # fake MNIST reaches 0% validation error at once: no early stop within seconds
              "--data-dir", str(mnist_dir), "--checkpoint-dir", str(ck), "--log-dir", str(tmp_path / "runs")]
-    # SIGINT handled as in a terminal, also when the suite runs as a script's background job
-    # (`pytest &`), which starts it, and so seeds.py, with SIGINT ignored
     proc = subprocess.Popen([sys.executable, "seeds.py", "mnist.py", "--seeds", "0", "1", "--jobs", "2", "--", *flags],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lasts = [seeds.seed_command("mnist.py", seed, flags)[1] / "last.pt" for seed in (0, 1)]
-    deadline = time.time() + 120
-    while not all(last.exists() for last in lasts) and time.time() < deadline:
+    for _ in range(HANG * 10):  # every seed is training once it has saved its first epoch
+        if all(last.exists() for last in lasts) or proc.poll() is not None:
+            break
         time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=HANG)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("interrupted: each running seed saved where it stopped")
     for last in lasts:

@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from cli import UserError
-from conftest import write_fake_cifar
+from conftest import HANG, write_fake_cifar
 from target_hypernetwork import DEFAULT_ENCODER_HIDDEN, TargetHyperNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -533,6 +533,6 @@ def test_example_runs_as_a_script_from_the_repo_root():
     cmd = [sys.executable, "examples/library_style.py"]
     cmd += ["--steps", "2", "--hidden", "8", "--num-chunks", "4", "--log-every", "1"]
     env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}  # must find target_hypernetwork by itself
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG)
     assert done.returncode == 0, done.stderr
     assert "step     2" in done.stdout

@@ -1,6 +1,6 @@
 """Runs train.py under torchrun and saves each process's final model state (for the tests).
 
-    torchrun --standalone --nproc-per-node 2 tests/ddp_worker.py OUT_DIR [train.py flags]
+    torchrun --standalone --nproc-per-node 2 tests/workers/train_and_save.py OUT_DIR [train.py flags]
 """
 
 import os
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import runner  # noqa: E402
 import train  # noqa: E402
+from distributed import exit_process  # noqa: E402
 
 
 def main() -> int:
@@ -30,4 +31,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -1,7 +1,7 @@
 """Trains a hypernetized CNN for a few steps under torchrun (gloo, CPU) and saves each
 process's final state (for tests/test_distributed.py).
 
-    torchrun --standalone --nproc-per-node 2 tests/ddp_hypernetize.py OUT_DIR
+    torchrun --standalone --nproc-per-node 2 tests/workers/hypernetize_ddp.py OUT_DIR
 """
 
 import os
@@ -13,7 +13,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from distributed import exit_process  # noqa: E402
 from hypernetwork_modules import hypernetize  # noqa: E402
 
 STEPS, BATCH = 3, 8  # BATCH: the global batch, split evenly over the processes
@@ -54,4 +55,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
