@@ -276,3 +276,41 @@ def test_paper_table_lists_four_rows_with_counts():
     for count in PINNED.values():
         assert f"{count:,}" in table
     assert "| hyper-40-2 | 147,610 | 0.148 | 0.148 | 7.23% | 966 | 36 |" in table
+
+
+@pytest.mark.parametrize("hyper", [True, False])
+def test_kernel_sq_norm_equals_sum_of_squares_of_generated_kernels(hyper):
+    torch.manual_seed(0)
+    net = PrimaryNetwork(10, 2, hyper=hyper).double()
+    if hyper:  # non-zero biases, so every term of the Gram identity matters
+        torch.nn.init.normal_(net.kernel_bank.hypernet.w_in.bias)
+        torch.nn.init.normal_(net.kernel_bank.hypernet.w_out.bias)
+    params = list(net.parameters())
+    explicit = sum(k.pow(2).sum() for k in net.kernels())
+    cheap = net.kernel_sq_norm()
+    torch.testing.assert_close(cheap, explicit, rtol=1e-12, atol=0)
+    for (name, _), e, g in zip(net.named_parameters(), torch.autograd.grad(explicit, params, allow_unused=True),
+                               torch.autograd.grad(cheap, params, allow_unused=True)):
+        if e is None:
+            assert g is None or not g.any(), name
+        else:
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_sq_norm_is_float32_under_bf16_autocast():
+    net = PrimaryNetwork(10, 1, hyper=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = net.kernel_sq_norm()
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, sum(k.pow(2).sum() for k in net.kernels()), rtol=1e-4, atol=0)
+
+
+def test_plain_wrn_kernels_start_at_kaiming_fan_in_scale():
+    """Bug: the plain WRN's stored kernels drawn at Kaiming fan-out (mode="fan_out")."""
+    torch.manual_seed(0)
+    kernels = PrimaryNetwork(10, 2, hyper=False).kernels()
+    assert sum(k.shape[0] != k.shape[1] for k in kernels) == 3  # layers where fan-in and fan-out differ (by 2x)
+    for k in kernels:
+        fan_in = k.shape[1] * k.shape[2] * k.shape[3]
+        ratio = k.std().item() / (2 / fan_in) ** 0.5
+        assert abs(ratio - 1) < 0.1, (tuple(k.shape), ratio)  # fan-out would give 0.71

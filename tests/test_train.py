@@ -1,5 +1,6 @@
 """train.py: the CLI end to end, exact resume, crash safety, bad input, the data pipeline."""
 
+import dataclasses
 import math
 import os
 import pickle
@@ -17,11 +18,11 @@ import checkpointing
 import data
 import engine
 import mnist
+import runner
 import train
-from experiment import Schedule, parse_args
-from conftest import error_line, only_run, run_folder, write_fake_cifar
+from experiment import Experiment, Schedule, parse_args
+from conftest import HANG, REPO, as_rank, error_line, only_run, paused, run_folder, wait_for_line, write_fake_cifar
 
-REPO = Path(__file__).resolve().parent.parent
 # 200 fake images: 160 train + 40 val, 40 test; batch 32 -> 5 steps an epoch.
 SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu"]
 
@@ -32,7 +33,7 @@ def run_args(tmp_path: Path, cifar_dir: Path, *extra: str) -> list[str]:
 
 
 def cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=HANG, **kwargs)
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -144,19 +145,17 @@ def test_resume_is_bit_identical(tmp_path, cifar_dir):
     assert (only_run(tmp_path / "b" / "ck") / "metrics.jsonl").read_text().count("\n") == 2
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path):
     data = write_fake_cifar(tmp_path / "data", per_batch=100)  # 460 train images: 14 steps an epoch
     args = run_args(tmp_path / "killed", data, "--epochs", "3")
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    last = run_folder(train.CIFAR10, args) / "last.pt"
-    deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into epoch 2
-    assert proc.poll() is None, "run ended before it could be killed"
+    proc = subprocess.Popen([sys.executable, *paused(19, 1, "train.py", args)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_line(proc, "paused before step 19")  # step 5 of epoch 2
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert load(last)["epoch"] in (1, 2)  # whatever was last saved is intact
+    proc.communicate()
+    last = run_folder(train.CIFAR10, args) / "last.pt"
+    assert load(last)["epoch"] == 1  # what was last saved is intact
     resumed = cli([*args, "-r"])
     assert resumed.returncode == 0, resumed.stderr
     assert cli(run_args(tmp_path / "straight", data, "--epochs", "3")).returncode == 0
@@ -343,48 +342,6 @@ def test_bad_resume_file_is_one_clear_line(kind, tmp_path, cifar_dir):
 # ----------------------------------------------------------------------------- data pipeline
 
 
-def test_augment_crops_and_flips_within_the_padded_image():
-    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    out = data.augment_cifar(x, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape and out.dtype == torch.uint8
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    flipped = 0
-    for img, src in zip(out, padded):
-        windows = [src[:, r : r + 32, c : c + 32] for r in range(5) for c in range(5)]
-        plain = any(torch.equal(img, w) for w in windows)
-        mirrored = any(torch.equal(img, w.flip(2)) for w in windows)
-        assert plain or mirrored
-        flipped += mirrored and not plain
-    assert 10 < flipped < 54  # about half are flipped
-    again = data.augment_cifar(x, torch.Generator().manual_seed(0))
-    assert torch.equal(out, again)
-
-
-def test_normalize_standardises_per_channel():
-    x = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8)
-    out = data.Normalize(x)(x, torch.contiguous_format)
-    torch.testing.assert_close(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
-
-
-def test_split_is_disjoint_and_deterministic():
-    tr, val = data.split_indices(50_000, 5_000)
-    assert len(tr) == 45_000 and len(val) == 5_000
-    assert len(set(tr.tolist()) | set(val.tolist())) == 50_000
-    tr2, val2 = data.split_indices(50_000, 5_000)
-    assert torch.equal(val, val2) and torch.equal(tr, tr2)
-
-
-def test_read_cifar_batch_gives_images_in_official_layout(tmp_path):
-    root = write_fake_cifar(tmp_path / "d", per_batch=3)
-    x, y = data.read_cifar_batch(root / "cifar-10-batches-py" / "data_batch_1")
-    with open(root / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
-        raw = pickle.load(f, encoding="bytes")
-    assert x.shape == (3, 3, 32, 32) and x.dtype == torch.uint8
-    assert x[1, 2, 0, 5] == raw[b"data"][1][2 * 1024 + 5]  # blue plane, row 0, column 5
-    assert y.tolist() == raw[b"labels"]
-
-
 def test_schedule_rescales_paper_boundaries():
     args = parse_args(train.CIFAR10, ["--epochs", "4"])[0]
     sched, total, epochs = train.schedule_for(args, steps_per_epoch=100)
@@ -485,3 +442,72 @@ def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_fresh_augmentat
     assert train.main([*args, "-r"]) == 0
     assert "augmentation stream was drawn on another kind of device" in capsys.readouterr().out
     assert load(last)["epoch"] == 2
+
+
+def tiny_args(tmp_path, data_dir, *extra: str) -> list[str]:
+    """`run_args` for `tiny_cifar`: 40 training images, 10 validation; batch 8 (5 steps an epoch)."""
+    return run_args(tmp_path, data_dir, "--val-size", "10", "--batch-size", "8", *extra)
+
+
+def stamped_cifar(seen: list[torch.Tensor]) -> Experiment:
+    """CIFAR-10 whose training images carry their own index (two pixels), and an
+    augmentation that records the indices of every batch it is given (and changes nothing)."""
+
+    def load_data(data_dir, download):
+        train_x, train_y, test_x, test_y = data.load_cifar10(data_dir, download)
+        index = torch.arange(len(train_x))
+        train_x = train_x.clone()
+        train_x[:, 0, 0, 0], train_x[:, 0, 0, 1] = (index % 256).to(torch.uint8), (index // 256).to(torch.uint8)
+        return train_x, train_y, test_x, test_y
+
+    def record(x, gen):
+        seen.append(x[:, 0, 0, 0].long() + 256 * x[:, 0, 0, 1].long())
+        return x
+
+    return dataclasses.replace(train.CIFAR10, load_data=load_data, augment=lambda config: record)
+
+
+def test_every_step_trains_on_a_whole_batch(tmp_path, tiny_cifar):
+    """Bug: a short last batch (steps per epoch rounded up, or the last slice taken short)."""
+    seen = []
+    args = tiny_args(tmp_path, tiny_cifar, "--epochs", "1", "--batch-size", "12")  # 40 images: 3 batches and 4 over
+    assert runner.main(stamped_cifar(seen), args) == 0
+    assert [len(batch) for batch in seen] == [12, 12, 12]
+    assert len(set(torch.cat(seen).tolist())) == 36  # no image twice in an epoch
+    assert load(only_run(tmp_path / "ck") / "last.pt")["step"] == 40 // 12
+
+
+def test_torchrun_ranks_train_on_disjoint_halves_of_each_global_batch(tmp_path, tiny_cifar, monkeypatch):
+    """Bug: every process training on the same share of the global batch (idx[:local_batch])."""
+    shares = []
+    for rank in (0, 1):
+        seen = []
+        with as_rank(rank, 2, tmp_path / f"store{rank}", monkeypatch):
+            assert runner.main(stamped_cifar(seen), tiny_args(tmp_path / f"rank{rank}", tiny_cifar, "--epochs", "1")) == 0
+        shares.append(seen)
+    assert [len(s) for s in shares] == [5, 5] and all(len(b) == 4 for s in shares for b in s)
+    for a, b in zip(*shares):  # step by step: the two halves of one global batch of 8
+        assert not set(a.tolist()) & set(b.tolist())
+    every = torch.cat([torch.cat(s) for s in shares]).tolist()
+    assert len(every) == len(set(every)) == 40  # together: each training image once in the epoch
+
+
+def test_explicit_optimizer_and_lr_are_honoured(tmp_path, tiny_cifar):
+    """Bug: an explicit --optimizer (or --lr) silently replaced by the schedule's default."""
+    assert train.main(tiny_args(tmp_path, tiny_cifar, "--epochs", "1", "--optimizer", "sgd", "--lr", "0.05")) == 0
+    group = load(only_run(tmp_path / "ck") / "last.pt")["optimizer"]["param_groups"][0]
+    assert group.get("nesterov") is True and "betas" not in group and group["initial_lr"] == 0.05
+    assert train.main(tiny_args(tmp_path / "plain", tiny_cifar, "--epochs", "1", "--optimizer", "adam", "--plain")) == 0
+    group = load(only_run(tmp_path / "plain" / "ck") / "last.pt")["optimizer"]["param_groups"][0]
+    assert "betas" in group and "nesterov" not in group and group["initial_lr"] == 0.1  # the plain schedule's lr
+
+
+def test_resume_refuses_a_different_epochs(tmp_path, tiny_cifar, capsys):
+    """Bug: --epochs among the resumable changes (the schedule silently rescaled mid-run)."""
+    args = tiny_args(tmp_path, tiny_cifar, "--epochs", "2")
+    assert train.main([*args, "--stop-after", "1"]) == 0
+    last = only_run(tmp_path / "ck") / "last.pt"
+    before = last.read_bytes()
+    capsys.readouterr()
+    assert "--epochs" in error_line(train.main([*args, "-r", str(last), "--epochs", "3"]), capsys)
+    assert last.read_bytes() == before
