@@ -70,6 +70,10 @@ def test_one_set_of_files_and_identical_parameters_on_both_ranks(reference):
     assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "last.pt", "metrics.jsonl"]  # rank 0 alone wrote
     assert len(list((only_run(root / "runs")).iterdir())) == 1  # one TensorBoard event file
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(only_run(root / "runs"))).Reload()  # all there, though the workers skip finalization
+    assert [e.step for e in events.Scalars("train/loss")] == [r["step"] for r in records]
     assert [r["epoch"] for r in records] == list(range(1, int(EPOCHS) + 1))
     assert all(r["processes"] == 2 for r in records)
     assert out.count("final: hyper-10-1") == 1 and "x 2 processes" in out  # rank 0 alone reports
@@ -82,6 +86,18 @@ def test_one_set_of_files_and_identical_parameters_on_both_ranks(reference):
     assert not torch.equal(saved["rng_per_rank"][0]["augment"], saved["rng_per_rank"][1]["augment"])
     init = train.build_model(saved["config"]).state_dict()
     assert not torch.equal(init["kernel_bank.z"], rank0["kernel_bank.z"])  # it did train
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_a_torchrun_worker_exits_with_its_code_and_output_but_skips_finalization(world):
+    """exit_process: a torchrun worker's buffered output and exit code survive os._exit, and
+    the interpreter's finalization (where gloo's threads can abort) never runs; alone, it does."""
+    code = ("import atexit, sys, distributed; atexit.register(print, 'finalized'); "
+            "sys.stdout.write('buffered'); sys.stderr.write('unflushed'); distributed.exit_process(7)")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "WORLD_SIZE": world}  # output buffered
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG)
+    assert done.returncode == 7 and done.stderr == "unflushed"
+    assert done.stdout == ("buffered" if world == "2" else "bufferedfinalized\n")
 
 
 def test_two_process_evaluation_equals_one_process_evaluation(reference, data):
