@@ -379,12 +379,15 @@ def gap_interval(hyper: list[float], plain: list[float]) -> tuple[float, float, 
 def gap_rows(table: PaperTable, finished: list[Run]) -> list[list[str]]:
     """Hyper minus plain test error of FINISHED runs, for each hyper configuration with several seeds whose
     plain twin (every setting the same but the model, and the hyper-only --init and
-    --z-dim; --optimizer and --lr as given, so left to each model's schedule when not given)
-    has several too: the paper's gap, ours with its standard error and 95% interval."""
+    --z-dim; --optimizer and --lr as given, so left to each model's schedule when not given
+    or given at the schedule's own value) has several too: the paper's gap, ours with its
+    standard error and 95% interval."""
     groups = [g for g in seed_groups(finished) if len(g) > 1]
 
     def twin(group: list[Run]) -> str:
-        given = [group[0].config["optimizer"], group[0].config["lr"]]
+        first = group[0]  # its seeds act alike, though one may give a schedule's value that another leaves to it
+        given = [None if setting(first, k) == as_run_sees_it(first, k, None) else first.config[k]
+                 for k in ("optimizer", "lr")]
         return seed_group(group[0], ignoring=("plain", "init", "z_dim", "optimizer", "lr")) + json.dumps(given)
 
     plains = {twin(g): g for g in groups if not g[0].hyper}

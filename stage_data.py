@@ -75,15 +75,24 @@ def unpack(staged: Path, dest: Path) -> Path:
     target = dest / manifest["folder"]
     if target.exists():
         raise UserError(f"{target} exists: move it away first")
+    made = [p for p in (dest, *dest.parents) if not p.exists()]
     writable_dir(dest, "destination")
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # Python >= 3.10.12
-        for name, digest in manifest["files"].items():
-            path = Path(tmp) / name
-            if not path.is_file() or sha256(path.read_bytes()) != digest:
-                raise UserError(f"{name} did not unpack as packed")
-        (Path(tmp) / manifest["folder"]).rename(target)
+    try:
+        with tempfile.TemporaryDirectory(dir=dest) as tmp:
+            with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+                tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # Python >= 3.10.12
+            for name, digest in manifest["files"].items():
+                path = Path(tmp) / name
+                if not path.is_file() or sha256(path.read_bytes()) != digest:
+                    raise UserError(f"{name} did not unpack as packed")
+            (Path(tmp) / manifest["folder"]).rename(target)
+    except BaseException:
+        for folder in made:  # a refused unpack leaves no folder behind that it made
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     return target
 
 

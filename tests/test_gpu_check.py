@@ -42,3 +42,29 @@ def test_a_section_cut_at_its_limit_is_reported_and_the_others_still_run(tmp_pat
 def test_without_a_gpu_it_says_so_in_one_line(tmp_path, capsys):
     assert "no CUDA GPU here" in error_line(gpu_check.main(["--out", str(tmp_path / "check")]), capsys)
     assert not (tmp_path / "check").exists()  # a refused check writes nothing
+
+
+def reported(out: Path) -> tuple[list[str], list[str]]:
+    """The sections that OUT/report.json and OUT/report.md hold now (none before the first is written)."""
+    saved = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {"sections": []}
+    text = (out / "report.md").read_text() if (out / "report.md").exists() else ""
+    return [s["section"] for s in saved["sections"]], [s for s in ("tests", "bench", "syncs", "mnist") if f"## {s}:" in text]
+
+
+def test_the_report_on_disk_holds_every_finished_section_before_the_next_starts(tmp_path, monkeypatch, capsys):
+    """When section k+1 starts, report.json and report.md already hold sections 1..k; a failed one stays reported."""
+    out, seen = tmp_path / "check", []
+
+    def section(name, command, limit):
+        seen.append((name, *reported(out)))
+        status = "failed (exit 1)" if name == "bench" else "passed"
+        return {"section": name, "status": status, "seconds": 1.0, "command": command[1:], "tail": [f"{name} done"]}
+
+    env = {"torch": "2.14.1", "python": "3.11.7", "device": "a CPU", "commit": "05a27ff", "dirty": False, "cuda": None}
+    monkeypatch.setattr(gpu_check, "environment", lambda device: env)
+    monkeypatch.setattr(gpu_check, "run_section", section)
+    assert "section(s) bench did not pass" in error_line(gpu_check.main(["--dry-run", "--out", str(out)]), capsys)
+    names = ["tests", "bench", "syncs", "mnist"]
+    assert seen == [(name, names[:k], names[:k]) for k, name in enumerate(names)]
+    assert reported(out) == (names, names)
+    assert json.loads((out / "report.json").read_text())["sections"][1]["status"] == "failed (exit 1)"

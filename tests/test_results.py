@@ -456,3 +456,56 @@ def test_the_hyper_plain_gap_over_seeds_with_its_welch_interval(tmp_path):
     (table,) = [t for t in compare.paper_tables() if t.experiment == "cifar10"]
     (row,) = compare.gap_rows(table, runs)
     assert row[2:] == ["3, 3", "+1.29", "+2.50", "0.65", "-0.28 - +5.28"]
+
+
+def test_the_welch_interval_weighs_each_side_by_its_own_number_of_seeds():
+    """Hyper 20, 21 (n 2) against plain 18 to 21 (n 4): Welch-Satterthwaite's 3.69 degrees of freedom, rounded down."""
+    hyper, plain = [20.0, 21.0], [18.0, 19.0, 20.0, 21.0]
+    a, b = 0.5 / 2, (5 / 3) / 4  # each side's sample variance over its own n
+    df = (a + b) ** 2 / (a**2 / 1 + b**2 / 3)
+    assert 3 < df < 4
+    t = 3.182  # Student's t, 97.5% quantile, 3 degrees of freedom
+    gap, se, half = compare.gap_interval(hyper, plain)
+    assert gap == pytest.approx(1.0) and se == pytest.approx((a + b) ** 0.5)
+    assert half == pytest.approx(t * (a + b) ** 0.5)
+    assert (gap - half, gap + half) == pytest.approx((-1.598, 3.598), abs=1e-3)
+    swapped_gap, swapped_se, swapped_half = compare.gap_interval(plain, hyper)  # the same Welch df either way round
+    assert (swapped_gap, swapped_se, swapped_half) == pytest.approx((-gap, se, half))
+
+
+def archived_seeds(folder: Path, errors: dict[int, float], **flags) -> list[compare.Run]:
+    """Finished 10-epoch CIFAR-10 runs of FLAGS under FOLDER: for each seed of ERRORS, one with that test error."""
+    runs = []
+    for seed, error in errors.items():
+        run_dir = folder / f"seed{seed}"
+        write_archived_run(run_dir, {"epoch": 10, "step": 3510, "val_error": error, "test_error": error}, 10, 3510,
+                           **{"epochs": 10, "seed": seed, **flags})
+        runs.append(compare.read_run(run_dir))
+    return runs
+
+
+def test_a_hyper_run_with_its_own_lr_or_optimizer_has_no_default_plain_twin(tmp_path):
+    """Hyper seeds with an --lr or --optimizer other than their schedule's never pair with the default plain seeds."""
+    (table,) = [t for t in compare.paper_tables() if t.experiment == "cifar10"]
+    plain = archived_seeds(tmp_path / "plain", {0: 18.0, 1: 19.0}, plain=True)
+    default = archived_seeds(tmp_path / "hyper", {0: 20.0, 1: 22.0})
+    other_lr = archived_seeds(tmp_path / "hyper-lr", {0: 30.0, 1: 32.0}, lr=0.01)
+    other_optimizer = archived_seeds(tmp_path / "hyper-sgd", {0: 40.0, 1: 42.0}, optimizer="sgd")
+    assert len(compare.seed_groups(plain + default + other_lr + other_optimizer)) == 4
+    for hyper in (other_lr, other_optimizer):
+        assert compare.gap_rows(table, plain + hyper) == []
+    (row,) = compare.gap_rows(table, plain + other_lr + default + other_optimizer)
+    assert row[2:5] == ["2, 2", "+1.29", "+2.50"]
+
+
+@pytest.mark.parametrize("given_first", [True, False])
+def test_hyper_seeds_given_their_schedules_own_lr_pair_with_the_default_plain_twin(given_first, tmp_path):
+    """--lr 0.002 on a hyper run is its schedule's lr: its seeds pair with the default plain seeds, in either order."""
+    (table,) = [t for t in compare.paper_tables() if t.experiment == "cifar10"]
+    plain = archived_seeds(tmp_path / "plain", {0: 18.0, 1: 19.0}, plain=True)
+    given = archived_seeds(tmp_path / "given", {0: 20.0}, lr=0.002)
+    left = archived_seeds(tmp_path / "left", {1: 22.0})
+    hyper = given + left if given_first else left + given
+    (row,) = compare.gap_rows(table, plain + hyper)
+    assert row[2:5] == ["2, 2", "+1.29", "+2.50"]
+    assert compare.gap_rows(table, plain + archived_seeds(tmp_path / "all-given", {0: 20.0, 1: 22.0}, lr=0.002)) != []

@@ -1,6 +1,7 @@
 """stage_data.py: a dataset folder in small parts, back whole and checked, or one clear line."""
 
 import json
+import tarfile
 
 from conftest import error_line, write_fake_cifar
 import stage_data
@@ -33,3 +34,26 @@ def test_a_damaged_or_missing_part_is_one_line_and_writes_nothing(tmp_path, caps
     line = error_line(stage_data.main(["unpack", str(staged), str(tmp_path / "there")]), capsys)
     assert "lacks part-001" in line and not (tmp_path / "there").exists()
     assert set(json.loads((staged / "manifest.json").read_text())["files"]) == {f"cifar-10-batches-py/{p.name}" for p in data.iterdir()}
+
+
+def test_a_file_that_unpacks_other_than_packed_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """A file whose SHA-256 differs from the manifest's (its parts intact) stops unpack, and no folder is left."""
+    data = write_fake_cifar(tmp_path / "data", per_batch=10) / "cifar-10-batches-py"
+    staged = tmp_path / "staged"
+    assert stage_data.main(["pack", str(data), str(staged)]) == 0
+    manifest = json.loads((staged / "manifest.json").read_text())
+    part = staged / "part-000"
+    with tarfile.open(part) as tar:
+        start = tar.getmember("cifar-10-batches-py/data_batch_1").offset_data
+    changed = bytearray(part.read_bytes())
+    changed[start + 100] ^= 1  # a byte of data_batch_1's contents
+    part.write_bytes(bytes(changed))
+    manifest["parts"]["part-000"] = stage_data.sha256(bytes(changed))  # the part itself checks out
+    (staged / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    line = error_line(stage_data.main(["unpack", str(staged), str(tmp_path / "there")]), capsys)
+    assert line == "error: cifar-10-batches-py/data_batch_1 did not unpack as packed"
+    assert not (tmp_path / "there").exists()
+    (tmp_path / "mine").mkdir()
+    error_line(stage_data.main(["unpack", str(staged), str(tmp_path / "mine")]), capsys)
+    assert list((tmp_path / "mine").iterdir()) == []  # a destination that was there stays as it was
