@@ -509,3 +509,16 @@ def test_hyper_seeds_given_their_schedules_own_lr_pair_with_the_default_plain_tw
     (row,) = compare.gap_rows(table, plain + hyper)
     assert row[2:5] == ["2, 2", "+1.29", "+2.50"]
     assert compare.gap_rows(table, plain + archived_seeds(tmp_path / "all-given", {0: 20.0, 1: 22.0}, lr=0.002)) != []
+
+
+def test_compare_shows_the_test_error_of_the_best_validation_epoch(tmp_path):
+    """Bug: compare.py's run table showing the lowest test error over epochs."""
+    errors = [(30.0, 31.25), (20.0, 22.5), (25.0, 18.75)]  # (val, test): epoch 2 is best on val, epoch 3 on test
+    metrics = [{"epoch": e, "step": 5 * e, "val_error": v, "test_error": t, "device": "cpu", "processes": 1}
+               for e, (v, t) in enumerate(errors, 1)]
+    best = {k: metrics[1][k] for k in ("epoch", "step", "val_error", "test_error")}
+    write_archived_run(tmp_path / "runs" / "guard", best, 3, 15, metrics, depth=10, plain=True, epochs=3, batch_size=32)
+    out = tmp_path / "results.md"
+    assert compare.main(["--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    (row,) = table_rows(out.read_text())["wrn-10-1, z_dim 64, shortcut pad"]
+    assert row[2:6] == ["`guard`", "22.50%", "20.00%", "2"]
