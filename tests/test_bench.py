@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 import bench
 
 
+@pytest.mark.slow
 def test_bench_runs_with_tiny_sizes(tmp_path, capsys):
     out = tmp_path / "bench.json"
     report = tmp_path / "bench.md"

@@ -90,6 +90,7 @@ def test_checkpoint_is_fsynced_before_it_is_renamed_into_place(tmp_path, monkeyp
     assert load(tmp_path / "last.pt") == {"epoch": 1}
 
 
+@pytest.mark.slow
 def test_a_killed_saves_temporary_file_is_removed_on_resume(tmp_path, tiny_cifar):
     """Bug: the next start no longer removes the .last.pt.XXXX.tmp a killed save left behind."""
     args = tiny_args(tmp_path, tiny_cifar, "--epochs", "2")

@@ -31,6 +31,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_the_whole_step_is_one_graph_and_an_lr_change_does_not_recompile():
     torch.manual_seed(0)
     model = PrimaryNetwork(10, 1)
@@ -46,6 +47,7 @@ def test_the_whole_step_is_one_graph_and_an_lr_change_does_not_recompile():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs > 0
 
 
+@pytest.mark.slow
 def test_a_compiled_run_resumes_exactly(tmp_path, cifar_dir, monkeypatch):
     monkeypatch.setattr(runner, "compile_step", FAST)
     straight = run_args(tmp_path / "a", cifar_dir, "--epochs", "2", "--compile")
@@ -62,6 +64,7 @@ def test_a_compiled_run_resumes_exactly(tmp_path, cifar_dir, monkeypatch):
     assert isinstance(load(only_run(tmp_path / "c" / "ck") / "last.pt")["optimizer"]["param_groups"][0]["lr"], float)
 
 
+@pytest.mark.slow
 def test_inductor_matches_eager(tmp_path, mnist_dir):
     """Inductor reorders floating-point sums, so a compiled run is close to an eager one, not
     equal: each epoch's mean training loss within 1e-4 (relative) over two epochs of MNIST."""

@@ -21,6 +21,7 @@ from data import Normalize, load_cifar10
 from devices import FP32
 from conftest import HANG, REPO, WORKERS, as_rank, only_run, paused, run_folder, wait_for_line, write_fake_cifar
 
+pytestmark = pytest.mark.slow  # every test here starts torchrun, a subprocess or a training run
 EPOCHS = "3"
 STEPS_PER_EPOCH = (5 * 40 - 20) // 32  # write_fake_cifar's 200 training images, 20 held out, global batches of 32
 

@@ -14,6 +14,7 @@ from conftest import error_line
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_dry_run_passes_every_section_and_writes_the_report(tmp_path):
     out = tmp_path / "check"
     done = subprocess.run([sys.executable, "gpu_check.py", "--dry-run", "--out", str(out)], cwd=REPO,
@@ -30,6 +31,7 @@ def test_dry_run_passes_every_section_and_writes_the_report(tmp_path):
     assert "host syncs are checked on CUDA only" in text  # the CPU says what it did not check
 
 
+@pytest.mark.slow
 def test_a_section_cut_at_its_limit_is_reported_and_the_others_still_run(tmp_path, capsys):
     out = tmp_path / "check"
     code = gpu_check.main(["--dry-run", "--out", str(out), "--section-limit", "1"])

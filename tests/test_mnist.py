@@ -94,6 +94,7 @@ def test_augment_shifts_by_at_most_one_pixel_and_never_flips():
     assert {r for r, _ in where} == {9, 10, 11} and {c for _, c in where} == {2, 3, 4}
 
 
+@pytest.mark.slow
 def test_missing_data_is_one_line(tmp_path, capsys):
     line = error_line(mnist.main(run_args(tmp_path, tmp_path)), capsys)  # a folder without the dataset
     assert "no MNIST at" in line and "MNIST/raw" in line
@@ -115,6 +116,7 @@ def test_truncated_or_foreign_file_is_one_line(tmp_path, capsys):
 # ----------------------------------------------------------------------------- the loop
 
 
+@pytest.mark.slow
 def test_run_resume_and_early_stop(tmp_path, mnist_dir, capsys):
     args = run_args(tmp_path, mnist_dir, "--epochs", "3")
     assert mnist.main([*args, "--stop-after", "1"]) == 0
@@ -138,6 +140,7 @@ def test_run_resume_and_early_stop(tmp_path, mnist_dir, capsys):
     assert "early stop after epoch" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_checkpoints_of_the_other_experiment_are_refused(tmp_path, mnist_dir, cifar_dir, capsys):
     assert mnist.main(run_args(tmp_path, mnist_dir, "--epochs", "1")) == 0
     foreign = only_run(tmp_path / "ck") / "last.pt"

@@ -162,6 +162,7 @@ def test_output_slicing_transposes_the_generated_kernel():
 # ----------------------------------------------------------------------------- end to end, and compare.py
 
 
+@pytest.mark.slow
 def test_notebook_run_end_to_end_and_kept_out_of_table7(tmp_path, mnist_dir, capsys):
     folders = ["--data-dir", str(mnist_dir), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "tb")]
     assert mnist.main([*SMALL, *folders, "--protocol", "notebook", "--epochs", "2"]) == 0

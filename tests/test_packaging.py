@@ -6,6 +6,8 @@ import subprocess
 import re
 import sys
 
+import pytest
+
 from conftest import HANG, REPO
 
 LIBRARY = ["hypernetwork_modules", "resnet_blocks", "primary_net", "target_hypernetwork"]
@@ -30,6 +32,7 @@ def test_the_library_needs_torch_alone():
     assert imported - set(sys.stdlib_module_names) - set(LIBRARY) == {"torch"}
 
 
+@pytest.mark.slow
 def test_installed_modules_import_from_another_directory(tmp_path):
     """After the README's install (`pip install -r requirements.txt`, which installs this
     project), the library imports outside the clone; the training modules stay private."""

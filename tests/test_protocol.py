@@ -26,6 +26,7 @@ def run_args(root: Path, data_dir: Path, *extra: str) -> list[str]:
     return [*SMALL, "--data-dir", str(data_dir), "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"), *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plain,epochs,base,factors", [
     (False, 4, 0.002, [1, 0.5, 0.1, 0.025]),  # Adam, Table 9: boundaries at 1/4, 1/2, 3/4 of the steps
     (True, 5, 0.1, [1, 0.2, 0.04, 0.008, 0.0016]),  # Nesterov SGD, Table 8: at fifths
@@ -67,6 +68,7 @@ def test_l2_penalty_is_exactly_half_wd_times_the_kernels_sum_of_squares(hyper):
         torch.testing.assert_close(p0 - p1, g, rtol=1e-4, atol=1e-6)  # the loss itself is float32
 
 
+@pytest.mark.slow
 def test_normalisation_statistics_come_from_the_training_split_only(tmp_path, monkeypatch):
     root = data.write_synthetic_cifar(tmp_path / "d")
     all_x, _, _, _ = data.load_cifar10(root, download=False)
@@ -84,6 +86,7 @@ def test_normalisation_statistics_come_from_the_training_split_only(tmp_path, mo
     assert not set(ckpt["train_indices"].tolist()) & set(ckpt["val_indices"].tolist())
 
 
+@pytest.mark.slow
 def test_metrics_hold_each_epoch_once_after_an_interrupted_epoch(tmp_path, cifar_dir):
     args = run_args(tmp_path, cifar_dir, "--epochs", "3")
     assert train.main([*args, "--stop-after", "1"]) == 0

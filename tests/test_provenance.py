@@ -13,6 +13,7 @@ from test_train import load, run_args
 from conftest import as_rank, only_run
 
 
+@pytest.mark.slow
 def test_collect_names_torch_python_the_device_and_this_clone():
     here = provenance.collect(torch.device("cpu"), processes=1)
     assert here["torch"] == str(torch.__version__) and here["python"] == platform.python_version()
@@ -27,6 +28,7 @@ def test_outside_a_git_clone_the_commit_is_unknown(monkeypatch, tmp_path):
     assert provenance.git_state() == (provenance.UNKNOWN, provenance.UNKNOWN)
 
 
+@pytest.mark.slow
 def test_a_run_records_its_place_once_and_again_when_it_moves(tmp_path, cifar_dir):
     args = run_args(tmp_path, cifar_dir, "--epochs", "3", "--stop-after", "1")
     assert train.main(args) == 0
@@ -54,6 +56,7 @@ def test_describe_is_short_and_says_unknown_for_runs_that_did_not_record():
     assert provenance.describe([{"from_step": 0, **provenance.unknown()}]) == "unknown"
 
 
+@pytest.mark.slow
 def test_compare_shows_where_each_run_ran(tmp_path, cifar_dir):
     assert train.main(run_args(tmp_path, cifar_dir, "--epochs", "1")) == 0
     (run,) = compare.find_runs([tmp_path / "ck"])

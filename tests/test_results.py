@@ -102,6 +102,7 @@ def write_report(runs_dirs: list[Path], out: Path, *extra: str) -> str:
 # ----------------------------------------------------------------------------- compare.py
 
 
+@pytest.mark.slow
 def test_tables_hold_the_runs_results_and_live_counts(runs, tmp_path, capsys):
     out = tmp_path / "results" / "results.md"
     text = write_report([runs.checkpoints, runs.extra], out)
@@ -137,6 +138,7 @@ def test_tables_hold_the_runs_results_and_live_counts(runs, tmp_path, capsys):
     assert f"Rows from `{runs.checkpoints / 'mnist-plain'}`, `{runs.checkpoints / 'mnist-hyper'}`; trained on cpu." in text
 
 
+@pytest.mark.slow
 def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
     archive = tmp_path / "archive"
     first = write_report([runs.checkpoints, runs.extra], tmp_path / "a.md", "--archive", str(archive))
@@ -172,6 +174,7 @@ def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
     assert torch.equal(from_archive.init, from_checkpoint.init) and torch.equal(from_archive.trained, from_checkpoint.trained)
 
 
+@pytest.mark.slow
 def test_archive_on_a_full_disk_is_one_line_and_keeps_the_older_copy(runs, tmp_path, capsys, monkeypatch):
     archive = tmp_path / "archive"
     write_report([runs.checkpoints], tmp_path / "a.md", "--archive", str(archive))
@@ -205,6 +208,7 @@ def test_archive_on_a_full_disk_is_one_line_and_keeps_the_older_copy(runs, tmp_p
     assert {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before  # every file whole, no temporary left
 
 
+@pytest.mark.slow
 def test_archive_never_replaces_another_run_of_the_same_name(runs, tmp_path, capsys):
     archive = tmp_path / "archive"
     write_report([runs.checkpoints], tmp_path / "a.md", "--archive", str(archive))
@@ -222,6 +226,7 @@ def test_archive_never_replaces_another_run_of_the_same_name(runs, tmp_path, cap
     assert not (tmp_path / "b.md").exists()  # the report neither: the line says nothing was archived
 
 
+@pytest.mark.slow
 def test_plain_runs_of_either_scale_init_are_one_configuration(runs):
     for name, hyper in (("mnist-plain", False), ("mnist-hyper", True), ("wrn-10-1", False), ("hyper-10-1", True)):
         run = compare.read_run(runs.checkpoints / name)
@@ -232,6 +237,7 @@ def test_plain_runs_of_either_scale_init_are_one_configuration(runs):
         assert len(compare.seed_groups([run, other])) == (2 if hyper else 1), name
 
 
+@pytest.mark.slow
 def test_unreadable_runs_are_skipped_with_one_warning_each(runs, tmp_path, capsys):
     root = tmp_path / "runs"
     shutil.copytree(runs.checkpoints / "mnist-hyper", root / "good")
@@ -258,6 +264,7 @@ def test_unreadable_runs_are_skipped_with_one_warning_each(runs, tmp_path, capsy
     assert row[5] == "`mnist-hyper`" and row[6] == f"{best(root / 'good')['test_error']:.2f}%"
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line(runs, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -302,6 +309,7 @@ def assert_picture(path: Path) -> None:
     assert image.std() > 0.05 and len(np.unique(image.reshape(-1, 3), axis=0)) > 50
 
 
+@pytest.mark.slow
 def test_diagrams_draws_every_figure(runs, tmp_path, capsys):
     out = tmp_path / "figures"
     assert diagrams.main(["--runs", str(runs.checkpoints), "--out", str(out)]) == 0
@@ -330,6 +338,7 @@ def test_diagrams_without_runs_draws_the_architecture_only(tmp_path, capsys):
     assert len(notes) == 4 and "curves_cifar.png not drawn" in notes[0] and "curves_mnist.png" in notes[1]
 
 
+@pytest.mark.slow
 def test_kernels_start_where_fit_started_and_end_as_trained(runs):
     for name, kernels_at_start in (("hyper-10-1", runs.init_kernels), ("mnist-hyper", None)):
         run = compare.read_run(runs.checkpoints / name)
@@ -416,6 +425,7 @@ def test_runs_of_two_budgets_never_share_a_seed_group(tmp_path):
     assert [[run.name for run in group] for group in compare.seed_groups(runs)] == [["a", "b", "e"], ["c"], ["d"], ["f"]]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_in_its_first_epoch_is_noted_not_warned(runs, tmp_path, capsys):
     ckpt = torch.load(runs.checkpoints / "hyper-10-1" / "last.pt", weights_only=True)
     ckpt.update(epoch=0, step=3, best={}, metrics=[])

@@ -48,6 +48,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
 # ----------------------------------------------------------------------------- torn files
 
 
+@pytest.mark.slow
 def test_torn_metrics_line_does_not_block_resume(tmp_path, cifar_dir):
     args = run_args(tmp_path, cifar_dir, "--epochs", "3")
     assert train.main([*args, "--stop-after", "1"]) == 0
@@ -60,6 +61,7 @@ def test_torn_metrics_line_does_not_block_resume(tmp_path, cifar_dir):
     assert not list(run.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_kill_between_checkpoint_and_metrics_line_loses_no_epoch(tmp_path, cifar_dir):
     """The checkpoint is written before the metrics line; the checkpoint holds the records."""
     args = run_args(tmp_path, cifar_dir, "--epochs", "3")
@@ -74,6 +76,7 @@ def test_kill_between_checkpoint_and_metrics_line_loses_no_epoch(tmp_path, cifar
 # ----------------------------------------------------------------------------- a full disk
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["ENOSPC", "zip writer"])
 def test_full_disk_is_one_line_and_keeps_what_was_saved(failure, tmp_path, cifar_dir, capsys, monkeypatch):
     args = run_args(tmp_path, cifar_dir, "--epochs", "3")
@@ -124,6 +127,7 @@ def test_good_numbers_still_parse():
 # ----------------------------------------------------------------------------- checkpoint formats
 
 
+@pytest.mark.slow
 def test_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path, cifar_dir, capsys):
     args = run_args(tmp_path, cifar_dir, "--epochs", "2")
     assert train.main([*args, "--stop-after", "1"]) == 0
@@ -136,6 +140,7 @@ def test_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path, cifar_dir
     assert "hyperresnet-train-v9" in line and "this code reads" in line
 
 
+@pytest.mark.slow
 def test_checkpoint_of_the_previous_format_is_refused_naming_it(tmp_path, cifar_dir, capsys):
     args = run_args(tmp_path, cifar_dir, "--epochs", "2", "--stop-after", "1")
     assert train.main(args) == 0

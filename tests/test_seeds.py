@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 import compare
@@ -16,6 +17,7 @@ from conftest import HANG, REPO
 
 
 
+@pytest.mark.slow
 def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
     monkeypatch.chdir(REPO)  # the scripts run from the repository root
     ck = tmp_path / "ck"
@@ -49,6 +51,7 @@ def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
     assert sorted(p.name for p in figures.glob("kernels_*")) == [f"kernels_{names[0]}.png"]
 
 
+@pytest.mark.slow
 def test_a_failing_seed_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     code = seeds.main(["mnist.py", "--seeds", "0", "--", "--no-download", "--device", "cpu",
@@ -67,6 +70,7 @@ def test_mean_interval_is_the_t_interval():
     assert low == high == 2.0
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_and_every_running_seed_saves_its_step(tmp_path, mnist_dir):
     """SIGINT to seeds.py alone (as from a scheduler): no traceback, exit 130, and each
     running seed, signalled in turn, saved a checkpoint that the same command continues."""

@@ -473,6 +473,7 @@ def test_mlp_exercise_example_reports_nonzero_gradients(capsys):
     assert "all 5 hypernetwork tensors received non-zero gradients" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_library_style_example_loss_goes_down(capsys):
     argv = ["--steps", "60", "--hidden", "32", "--num-chunks", "16", "--log-every", "30", "--train-size", "256"]
     result = load_example("library_style").main(argv)
@@ -482,6 +483,7 @@ def test_library_style_example_loss_goes_down(capsys):
     assert "ratio:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_dynamic_weights_example_runs_and_dynamic_beats_static(capsys):
     result = load_example("dynamic_weights").main(["--steps", "150", "--train-size", "512", "--mlp-hidden", "8"])
     mse = result["test_mse"]
@@ -490,6 +492,7 @@ def test_dynamic_weights_example_runs_and_dynamic_beats_static(capsys):
     assert "dynamic params for 3 test samples: weight (3, 4, 12), bias (3, 4)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cnn_generator_cifar_example_on_fake_data(tmp_path, capsys):
     example = load_example("cnn_generator_cifar")
     write_fake_cifar(tmp_path / "data", per_batch=20, test_size=20)
@@ -529,6 +532,7 @@ def test_examples_have_help(name, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_example_runs_as_a_script_from_the_repo_root():
     cmd = [sys.executable, "examples/library_style.py"]
     cmd += ["--steps", "2", "--hidden", "8", "--num-chunks", "4", "--log-every", "1"]

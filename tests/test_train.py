@@ -53,6 +53,7 @@ def load(path: Path) -> dict:
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, cifar_dir):
     result = cli(run_args(tmp_path, cifar_dir, "--epochs", "2", "--run-name", "e2e"))
     assert result.returncode == 0, result.stderr
@@ -71,6 +72,7 @@ def test_cli_end_to_end(tmp_path, cifar_dir):
     assert f"{ckpt['num_parameters']:,} parameters" in final
 
 
+@pytest.mark.slow
 def test_plain_run_uses_sgd(tmp_path, cifar_dir):
     assert train.main(run_args(tmp_path, cifar_dir, "--epochs", "1", "--plain")) == 0
     ckpt = load(only_run(tmp_path / "ck") / "last.pt")
@@ -110,6 +112,7 @@ def test_a_run_name_says_every_setting_that_changes_the_result():
     assert name(mnist.MNIST, "--protocol", "notebook", "--epochs", "100") == "mnist-hyper-notebook-epochs-100"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags,precision,channels_last", [
     (["--amp", "bf16"], "bf16", False), (["--amp", "fp16"], "fp16", False), (["--channels-last"], "fp32", True)])
 def test_cuda_default_paths_run_on_cpu(flags, precision, channels_last, tmp_path, cifar_dir):
@@ -131,6 +134,7 @@ def test_cuda_default_paths_run_on_cpu(flags, precision, channels_last, tmp_path
 # ----------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path, cifar_dir):
     straight = run_args(tmp_path / "a", cifar_dir, "--epochs", "2")
     assert train.main(straight) == 0
@@ -247,6 +251,7 @@ def test_unwritable_log_dir_fails_before_training(tmp_path, cifar_dir, capsys):
     assert not list((tmp_path / "ck").glob("*/last.pt"))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, cifar_dir, capsys, monkeypatch):
     args = run_args(tmp_path, cifar_dir, "--epochs", "3")
     real = torch.nn.functional.cross_entropy
@@ -275,6 +280,7 @@ def overflow_at(steps, monkeypatch):
     monkeypatch.setattr(engine.F, "cross_entropy", loss)
 
 
+@pytest.mark.slow
 def test_one_overflowed_fp16_step_is_skipped_and_the_run_goes_on(tmp_path, cifar_dir, monkeypatch):
     """fp16: the GradScaler skips an overflowed step; the run neither stops nor logs an infinite loss."""
     overflow_at(lambda step: step == 3, monkeypatch)
@@ -295,6 +301,7 @@ def test_resume_without_checkpoint_is_an_error(tmp_path, cifar_dir, capsys):
     assert "no checkpoint at" in error_line(train.main([*run_args(tmp_path, cifar_dir), "-r"]), capsys)
 
 
+@pytest.mark.slow
 def test_resume_with_conflicting_model_is_an_error(tmp_path, cifar_dir, capsys):
     args = run_args(tmp_path, cifar_dir, "--epochs", "2", "--run-name", "r")
     assert train.main([*args, "--stop-after", "1"]) == 0
@@ -303,6 +310,7 @@ def test_resume_with_conflicting_model_is_an_error(tmp_path, cifar_dir, capsys):
     assert "--width" in line
 
 
+@pytest.mark.slow
 def test_new_run_does_not_overwrite_an_existing_one(tmp_path, cifar_dir, capsys):
     args = run_args(tmp_path, cifar_dir, "--epochs", "1")
     assert train.main(args) == 0
@@ -312,6 +320,7 @@ def test_new_run_does_not_overwrite_an_existing_one(tmp_path, cifar_dir, capsys)
     assert (only_run(tmp_path / "ck") / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign", "malicious", "incomplete", "mismatched"])
 def test_bad_resume_file_is_one_clear_line(kind, tmp_path, cifar_dir):
     bad = tmp_path / "bad.pt"
@@ -352,6 +361,7 @@ def test_schedule_rescales_paper_boundaries():
     assert epochs == 399 and sched["optimizer"] == "sgd"  # 140k paper steps at 351 steps/epoch
 
 
+@pytest.mark.slow
 def test_checkpoint_lacking_a_flag_is_refused_in_one_line(tmp_path, cifar_dir, capsys):
     args = run_args(tmp_path, cifar_dir, "--epochs", "2", "--stop-after", "1")
     assert train.main(args) == 0
@@ -365,6 +375,7 @@ def test_checkpoint_lacking_a_flag_is_refused_in_one_line(tmp_path, cifar_dir, c
     assert "is incomplete" in line and "--init" in line
     assert last.read_bytes() == before
 
+@pytest.mark.slow
 @pytest.mark.parametrize("progress", ["--progress", "--no-progress"])
 def test_paper_schedule_on_a_cpu_says_once_how_long_it_would_take(progress, tmp_path, cifar_dir, capfd):
     args = [*run_args(tmp_path, cifar_dir, "--stop-after", "2"), progress]  # no --epochs: the paper's 672k steps
@@ -373,6 +384,7 @@ def test_paper_schedule_on_a_cpu_says_once_how_long_it_would_take(progress, tmp_
     assert err.count("note: the paper schedule is 672,000 steps: about ") == 1 and "Use --epochs N" in err
 
 
+@pytest.mark.slow
 def test_the_printed_resume_command_works_as_printed(tmp_path, cifar_dir, capsys, monkeypatch):
     """A run started with its own --data-dir, --checkpoint-dir and --log-dir, then stopped: the
     command it prints resumes it from another folder, where its files are, with nothing added."""
@@ -431,6 +443,7 @@ def test_eta_after_a_resume_is_not_inflated_by_the_first_evaluation(monkeypatch)
     assert engine.Run.eta(run) == pytest.approx(3.0 * (3510 - 702))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_fresh_augmentation_stream(tmp_path, cifar_dir, capsys):
     args = run_args(tmp_path, cifar_dir, "--epochs", "2", "--precise-bn", "0")
     assert train.main([*args, "--stop-after", "1"]) == 0
@@ -467,6 +480,7 @@ def stamped_cifar(seen: list[torch.Tensor]) -> Experiment:
     return dataclasses.replace(train.CIFAR10, load_data=load_data, augment=lambda config: record)
 
 
+@pytest.mark.slow
 def test_every_step_trains_on_a_whole_batch(tmp_path, tiny_cifar):
     """Bug: a short last batch (steps per epoch rounded up, or the last slice taken short)."""
     seen = []
@@ -477,6 +491,7 @@ def test_every_step_trains_on_a_whole_batch(tmp_path, tiny_cifar):
     assert load(only_run(tmp_path / "ck") / "last.pt")["step"] == 40 // 12
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_train_on_disjoint_halves_of_each_global_batch(tmp_path, tiny_cifar, monkeypatch):
     """Bug: every process training on the same share of the global batch (idx[:local_batch])."""
     shares = []
@@ -492,6 +507,7 @@ def test_torchrun_ranks_train_on_disjoint_halves_of_each_global_batch(tmp_path, 
     assert len(every) == len(set(every)) == 40  # together: each training image once in the epoch
 
 
+@pytest.mark.slow
 def test_explicit_optimizer_and_lr_are_honoured(tmp_path, tiny_cifar):
     """Bug: an explicit --optimizer (or --lr) silently replaced by the schedule's default."""
     assert train.main(tiny_args(tmp_path, tiny_cifar, "--epochs", "1", "--optimizer", "sgd", "--lr", "0.05")) == 0
@@ -502,6 +518,7 @@ def test_explicit_optimizer_and_lr_are_honoured(tmp_path, tiny_cifar):
     assert "betas" in group and "nesterov" not in group and group["initial_lr"] == 0.1  # the plain schedule's lr
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_epochs(tmp_path, tiny_cifar, capsys):
     """Bug: --epochs among the resumable changes (the schedule silently rescaled mid-run)."""
     args = tiny_args(tmp_path, tiny_cifar, "--epochs", "2")
