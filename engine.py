@@ -401,7 +401,9 @@ def batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Batch
 def precise_bn(model: KernelModel, images: torch.Tensor, normalize: Normalize, batch_size: int,
                memory_format: torch.memory_format, precision: Precision = FP32) -> bool:
     """Replace every BatchNorm's running statistics by their average over IMAGES in
-    batches of BATCH_SIZE, computed with the kernels as they are now (precise BN).
+    batches of BATCH_SIZE (the last one shorter when BATCH_SIZE does not divide their
+    number), every image counting the same, computed with the kernels as they are now
+    (precise BN).
 
     The running statistics that training keeps (momentum 0.1) lag kernels that move fast;
     these do not. Deterministic (no augmentation, no randomness), the parameters are left
@@ -417,10 +419,11 @@ def precise_bn(model: KernelModel, images: torch.Tensor, normalize: Normalize, b
     model.train()
     with autocast(images.device.type, precision):
         kernels = model.kernels()
-        for n, i in enumerate(range(0, len(images) - batch_size + 1, batch_size)):  # whole batches, like training's
-            for bn in bns:  # a cumulative average, every batch counting the same: momentum=None's factor, given
-                bn.momentum = 1.0 / (n + 1)  # here so that BatchNorm does not read its batch count from the device
-            model(normalize(images[i : i + batch_size], memory_format), kernels)
+        for i in range(0, len(images), batch_size):  # every image, the last batch possibly short
+            batch = images[i : i + batch_size]
+            for bn in bns:  # a cumulative average weighted by batch size (equal batches: momentum=None's 1/n),
+                bn.momentum = len(batch) / (i + len(batch))  # given so that BatchNorm does not read its count from the device
+            model(normalize(batch, memory_format), kernels)
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
     model.train(was_training)

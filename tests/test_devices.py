@@ -190,3 +190,89 @@ def test_adam_is_fused_for_an_eager_step_on_cuda_and_capturable_for_cuda_graphs(
     # eager on CUDA: fused; compiled on one GPU: CUDA graphs, so capturable; under DDP: neither
     assert chosen == [(True, False), (False, True), (False, False), (False, False), (False, False), (False, False)]
     assert not real(model, "sgd", 0.1, fused=True).defaults.get("fused")  # Nesterov SGD keeps torch's default
+
+
+class RecordedDDP(torch.nn.Module):
+    """Stands in for DistributedDataParallel (no process group needed): keeps what it was given."""
+
+    def __init__(self, module, device_ids=None):
+        super().__init__()
+        self.module, self.device_ids = module, device_ids
+
+    def forward(self, *args):
+        return self.module(*args)
+
+
+def wrap_decisions(monkeypatch, device: str, world: int, compiled: bool) -> tuple:
+    """What `runner.wrap` makes of a run on DEVICE in a job of WORLD processes: the step's
+    forward and compile_step's keywords (None when it was not called)."""
+    import argparse
+    import types
+
+    import engine
+    from distributed import Distributed
+
+    calls = []
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", RecordedDDP)
+    monkeypatch.setattr(runner, "compile_step", lambda state, **kwargs: calls.append(kwargs))
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    state = engine.TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
+    place = engine.Place(torch.device(device, 0) if device == "cuda" else torch.device(device), Distributed(0, world))
+    runner.wrap(types.SimpleNamespace(state=state, place=place, args=argparse.Namespace(compile=compiled)))
+    assert len(calls) == int(compiled)
+    return state.forward, calls[0] if calls else None
+
+
+CASES = [(device, world) for device in ("cuda", "cpu", "mps") for world in (1, 2)]
+
+
+@pytest.mark.parametrize("device,world", CASES)
+def test_a_compiled_step_runs_as_cuda_graphs_on_a_single_gpu_only(device, world, monkeypatch):
+    """CUDA graphs exactly for --compile on CUDA in a single process; an eager step never compiles."""
+    import engine
+    from distributed import Distributed
+
+    one_gpu = device == "cuda" and world == 1
+    assert engine.uses_cuda_graphs(engine.Place(torch.device(device), Distributed(0, world))) is one_gpu
+    _, keywords = wrap_decisions(monkeypatch, device, world, compiled=True)
+    assert keywords["cuda_graphs"] is one_gpu
+    assert wrap_decisions(monkeypatch, device, world, compiled=False)[1] is None
+
+
+@pytest.mark.parametrize("device,world", CASES)
+def test_the_step_compiles_as_one_graph_except_when_ddp_wraps_the_model(device, world, monkeypatch):
+    """fullgraph for a single process; under torchrun the model is DDP-wrapped and dynamo may break the graph."""
+    forward, keywords = wrap_decisions(monkeypatch, device, world, compiled=True)
+    assert keywords["fullgraph"] is (world == 1)
+    assert isinstance(forward, RecordedDDP) is (world > 1)
+    if world > 1:
+        assert forward.device_ids == ([0] if device == "cuda" else None)
+    eager, _ = wrap_decisions(monkeypatch, device, world, compiled=False)
+    assert isinstance(eager, RecordedDDP) is (world > 1)
+
+
+class RecordedGenerator:
+    """Stands in for torch.Generator (no CUDA needed): keeps its device and seed."""
+
+    def __init__(self, device="cpu"):
+        self.device = torch.device(device)
+
+    def manual_seed(self, seed):
+        self.seed = seed
+        return self
+
+
+@pytest.mark.parametrize("device,augment_on", [(torch.device("cuda", 1), torch.device("cuda", 1)),
+                                               (torch.device("cpu"), torch.device("cpu")),
+                                               (torch.device("mps"), torch.device("cpu"))])
+def test_the_augmentation_generator_lives_on_a_cuda_device_and_on_the_cpu_elsewhere(device, augment_on, monkeypatch):
+    """On CUDA the augmentation draws on the GPU itself; on the CPU and MPS on the CPU. The data order is always on the CPU."""
+    from distributed import SINGLE_PROCESS, Distributed
+
+    monkeypatch.setattr(torch, "Generator", RecordedGenerator)
+    with torch.random.fork_rng(devices=[]):
+        for dist in (SINGLE_PROCESS, Distributed(1, 2)):
+            generators = runner.seed_everything(3, dist, device)
+            assert generators["augment"].device == augment_on
+            assert generators["data_order"].device == torch.device("cpu")

@@ -234,3 +234,36 @@ def test_torchvisions_families_hypernetize_with_the_defaults(name):
     fresh.load_state_dict(net.state_dict())
     assert torch.equal(fresh(x), out.detach())
     assert torch.equal(model(x), before)  # the caller's model runs as before
+
+
+def assembled(bank, layer: int) -> torch.Tensor:
+    """Layer LAYER's kernel of BANK built here: the hypernetwork on that layer's own z's, each
+    basic kernel placed in its (row, column) of the grid, the grid cropped to the layer's channels."""
+    first = sum(bank.tiles_per_layer[:layer])
+    (rows, cols), (c_out, c_in, f, _) = bank.grids[layer], bank.shapes[layer]
+    hyper = bank.hypernet
+    tiles = hyper(bank.z[first : first + rows * cols])  # (tiles, in, out, f, f): K[:, i] = K_i
+    grid = torch.zeros(rows * hyper.out_size, cols * hyper.in_size, f, f, dtype=tiles.dtype)
+    for r in range(rows):
+        for c in range(cols):
+            grid[r * hyper.out_size : (r + 1) * hyper.out_size, c * hyper.in_size : (c + 1) * hyper.in_size] = \
+                tiles[r * cols + c].transpose(0, 1)
+    return grid[:c_out, :c_in]
+
+
+def test_every_layer_of_a_bank_crops_its_own_tiles():
+    """Three layers of one bank, all with cut tiles: each kernel comes from that layer's own z's,
+    cropped, and the L2 penalty counts each layer's cut tiles from its own z's too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 24, 3), nn.Conv2d(24, 40, 3), nn.Conv2d(40, 20, 3), nn.Conv2d(20, 24, 3))
+    net = hypernetize(model, z_dim=8).double()
+    (bank,) = net.banks.values()
+    assert bank.shapes == [(40, 24, 3, 3), (20, 40, 3, 3), (24, 20, 3, 3)] and bank.tiles_per_layer == [6, 6, 4]
+    with torch.no_grad():
+        torch.nn.init.normal_(bank.hypernet.w_in.bias)  # every term of the generator matters
+        torch.nn.init.normal_(bank.hypernet.w_out.bias)
+    kernels = net.kernels()
+    for layer, kernel in enumerate(kernels):
+        torch.testing.assert_close(kernel, assembled(bank, layer), rtol=1e-12, atol=1e-12, msg=f"layer {layer}")
+    expected = sum(assembled(bank, layer).pow(2).sum() for layer in range(3))
+    torch.testing.assert_close(net.kernel_sq_norm(), expected, rtol=1e-10, atol=0)

@@ -109,3 +109,74 @@ def test_batchnorm_gets_the_cumulative_factor_without_reading_its_counter():
         if "running" in key or "num_batches" in key:
             assert torch.equal(net.state_dict()[key], value), key  # bit for bit
     assert [bn.momentum for bn in engine.batchnorms(net)] == [0.1] * len(bns)  # training's momentum back
+
+
+def per_image_statistics(net: PrimaryNetwork, images: torch.Tensor, normalize, batch: int) -> list:
+    """Each BatchNorm's statistics over IMAGES fed in batches of BATCH (the last one shorter),
+    every image counting the same: the mean over all of them, and the batches' unbiased
+    variances averaged with their sizes as weights."""
+    bns = engine.batchnorms(net)
+    seen = {bn: [] for bn in bns}
+    hooks = [bn.register_forward_pre_hook(lambda m, inputs: seen[m].append(inputs[0])) for bn in bns]
+    net.train()
+    with torch.no_grad():
+        kernels = net.kernels()
+        for i in range(0, len(images), batch):
+            net(normalize(images[i : i + batch], torch.contiguous_format), kernels)
+    for h in hooks:
+        h.remove()
+    statistics = []
+    for bn in bns:
+        sizes = torch.tensor([len(x) for x in seen[bn]], dtype=torch.float64)
+        assert sizes.sum() == len(images)
+        variances = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in seen[bn]])
+        statistics.append((torch.cat(seen[bn]).mean(dim=(0, 2, 3)), (sizes[:, None] * variances).sum(0) / sizes.sum()))
+    return statistics
+
+
+def precise_run(n: int, batch: int):
+    """A float64 WRN-10-1 as `engine.evaluate_run` sees it with --precise-bn N and --batch-size BATCH."""
+    import types
+
+    from distributed import SINGLE_PROCESS
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (100,))
+    base = data.Normalize(images)
+
+    def normalize(x, memory_format):  # float64 all the way, for an exact comparison
+        return base(x, memory_format).double()
+    d = engine.Data(images, labels, images[:4], labels[:4], images[4:8], labels[4:8], torch.arange(100), torch.arange(0),
+                    normalize)
+    settings = engine.Settings(batch, 100 // batch, 0.0, n, 50, False)
+    net = PrimaryNetwork(10, 1).double()
+    place = engine.Place(torch.device("cpu"), SINGLE_PROCESS)
+    return types.SimpleNamespace(state=types.SimpleNamespace(model=net), data=d, place=place, settings=settings)
+
+
+def assert_statistics(net: PrimaryNetwork, expected: list) -> None:
+    bns = engine.batchnorms(net)
+    assert len(bns) == len(expected) > 0
+    for bn, (mean, var) in zip(bns, expected):
+        torch.testing.assert_close(bn.running_mean, mean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(bn.running_var, var, rtol=1e-10, atol=1e-12)
+
+
+def test_a_short_last_batch_counts_each_of_its_images_like_any_other():
+    """--precise-bn 40 with batch 16 (16 + 16 + 8 images): the statistics over exactly the first 40 training images."""
+    run = precise_run(40, 16)
+    expected = per_image_statistics(copy.deepcopy(run.state.model), run.data.train_x[:40], run.data.normalize, 16)
+    errors = engine.evaluate_run(run)
+    assert "val_error_running" in errors
+    assert_statistics(run.state.model, expected)
+    wrong = per_image_statistics(copy.deepcopy(run.state.model), run.data.train_x[:32], run.data.normalize, 16)
+    assert not torch.allclose(wrong[0][0], expected[0][0])  # the last 8 images do count
+
+
+def test_fewer_precise_bn_images_than_a_batch_are_all_used_and_no_more():
+    """--precise-bn 12 with batch 32: the statistics of exactly the first 12 training images, as one batch."""
+    run = precise_run(12, 32)
+    expected = per_image_statistics(copy.deepcopy(run.state.model), run.data.train_x[:12], run.data.normalize, 12)
+    engine.evaluate_run(run)
+    assert_statistics(run.state.model, expected)
