@@ -97,6 +97,7 @@ def test_no_autocast_where_torch_has_none(monkeypatch):
     assert not isinstance(hypernetwork_modules._without_autocast("cpu"), contextlib.nullcontext)
 
 
+@pytest.mark.slow
 def test_resume_may_change_precision_and_memory_format(tmp_path, cifar_dir, capsys):
     """A run started with a GPU's defaults (bf16, channels_last) resumes on a CPU without them."""
     args = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu",
@@ -119,6 +120,7 @@ def test_cudnn_autotuner_is_switched_on_for_cuda_only(monkeypatch):
     assert torch.backends.cudnn.benchmark is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plain", [False, True])
 def test_resuming_with_channels_last_gives_the_optimizer_state_the_parameters_layout(plain, tmp_path, cifar_dir):
     """A contiguous checkpoint resumed channels_last (as a CPU run moved to a GPU is): every

@@ -35,6 +35,7 @@ def load(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
+@pytest.mark.slow
 @cuda
 @pytest.mark.parametrize("plain", [False, True])
 def test_one_epoch_with_the_device_defaults(plain, tmp_path, cifar_dir):
@@ -47,6 +48,7 @@ def test_one_epoch_with_the_device_defaults(plain, tmp_path, cifar_dir):
     assert block_biases and not any(b.any() for b in block_biases)  # 16-bit autocast left them at zero
 
 
+@pytest.mark.slow
 @cuda
 @pytest.mark.parametrize("amp", ["auto", "fp16"])
 def test_resume_on_the_gpu_continues_the_run(amp, tmp_path, cifar_dir):
@@ -65,6 +67,7 @@ def test_resume_on_the_gpu_continues_the_run(amp, tmp_path, cifar_dir):
             torch.testing.assert_close(value, b["model"][key], rtol=5e-2, atol=5e-3)
 
 
+@pytest.mark.slow
 @cuda
 def test_a_compiled_run_resumes_on_the_gpu(tmp_path, cifar_dir):
     """--compile (the whole step) on the GPU: stopped and resumed, it ends where a straight run does."""
@@ -80,6 +83,7 @@ def test_a_compiled_run_resumes_on_the_gpu(tmp_path, cifar_dir):
             torch.testing.assert_close(value, b["model"][key], rtol=5e-2, atol=5e-3)
 
 
+@pytest.mark.slow
 @cuda
 def test_a_checkpoint_moves_from_the_gpu_to_the_cpu_and_back(tmp_path, cifar_dir):
     on_gpu = run_args(tmp_path, cifar_dir, "cuda", "--epochs", "3")
@@ -91,6 +95,7 @@ def test_a_checkpoint_moves_from_the_gpu_to_the_cpu_and_back(tmp_path, cifar_dir
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
 
 
+@pytest.mark.slow
 @cuda
 def test_fp16_with_its_grad_scaler_over_many_steps(tmp_path, cifar_dir):
     assert train.main(run_args(tmp_path, cifar_dir, "cuda", "--epochs", "6", "--amp", "fp16")) == 0
@@ -98,6 +103,7 @@ def test_fp16_with_its_grad_scaler_over_many_steps(tmp_path, cifar_dir):
     assert ckpt["scaler"] and ckpt["scaler"]["scale"] > 0 and all(math.isfinite(m["train_loss"]) for m in ckpt["metrics"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs: not run on this machine")
 def test_torchrun_with_nccl_on_two_gpus(tmp_path, cifar_dir):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py",
@@ -108,6 +114,7 @@ def test_torchrun_with_nccl_on_two_gpus(tmp_path, cifar_dir):
     assert load(only_run(tmp_path / "ck") / "last.pt")["placement"]["processes"] == 2
 
 
+@pytest.mark.slow
 @mps
 def test_one_epoch_on_mps(tmp_path, cifar_dir):
     assert train.main(run_args(tmp_path, cifar_dir, "mps", "--epochs", "1")) == 0

@@ -178,6 +178,7 @@ def test_wrn_40_1_from_ordinary_convs_gives_the_papers_36_kernels_from_242_zs():
     assert sum(p.numel() for p in bank.parameters()) == sum(p.numel() for p in paper.kernel_bank.parameters())
 
 
+@pytest.mark.slow
 def test_resnet18_example_trains_both_models_on_cifar_format_data(tmp_path, capsys):
     import subprocess
     import sys

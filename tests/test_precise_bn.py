@@ -3,6 +3,7 @@
 import copy
 import json
 
+import pytest
 import torch
 
 import data
@@ -11,6 +12,7 @@ import train
 from primary_net import PrimaryNetwork
 from mnist import MnistNet
 from conftest import only_run
+from test_train import load, tiny_args
 
 
 def batch_statistics(net: PrimaryNetwork, images: torch.Tensor, normalize, batch: int) -> list:
@@ -63,6 +65,7 @@ def test_a_model_without_batchnorm_is_left_alone():
     assert net.training and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
 
 
+@pytest.mark.slow
 def test_runs_log_both_errors_and_resume_exactly(tmp_path, cifar_dir):
     common = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu",
               "--data-dir", str(cifar_dir), "--epochs", "2", "--precise-bn", "64"]
@@ -180,3 +183,24 @@ def test_fewer_precise_bn_images_than_a_batch_are_all_used_and_no_more():
     expected = per_image_statistics(copy.deepcopy(run.state.model), run.data.train_x[:12], run.data.normalize, 12)
     engine.evaluate_run(run)
     assert_statistics(run.state.model, expected)
+
+
+@pytest.mark.slow
+def test_precise_bn_statistics_come_from_the_first_training_images(tmp_path, tiny_cifar):
+    """Bug: precise BN computed on validation images (d.val_x[:n]) instead of training images."""
+    assert train.main(tiny_args(tmp_path, tiny_cifar, "--epochs", "1", "--precise-bn", "16")) == 0
+    ckpt = load(only_run(tmp_path / "ck") / "last.pt")
+    images = data.load_cifar10(tiny_cifar, download=False)[0]
+    train_x, val_x = images[ckpt["train_indices"]], images[ckpt["val_indices"]]
+
+    def statistics(source: torch.Tensor) -> dict:
+        model = train.build_model(ckpt["config"])
+        model.load_state_dict(ckpt["model"])
+        engine.precise_bn(model, source[:16], data.Normalize(train_x), 8, torch.contiguous_format)
+        return {k: v for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+    expected, from_val = statistics(train_x), statistics(val_x)
+    assert len(expected) == 2 * len(engine.batchnorms(train.build_model(ckpt["config"])))
+    for key, value in expected.items():
+        torch.testing.assert_close(ckpt["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert any(not torch.allclose(v, from_val[k], rtol=1e-3, atol=1e-4) for k, v in expected.items())  # it can tell

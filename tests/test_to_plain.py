@@ -1,14 +1,12 @@
-"""to_plain: the ordinary copy of a hypernetize'd model trains like any ordinary model.
-
-(primary_net.to_plain's stored kernels are checked by test_speed_pieces.py::test_export_cli_round_trip,
-whose printed parameter count counts only parameters that require a gradient.)
-"""
+"""to_plain: the ordinary copy of a hypernetwork-driven model computes the same function,
+is a copy, and trains like any ordinary model (for primary_net.to_plain and HyperNetized.to_plain)."""
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from hypernetwork_modules import hypernetize
+from primary_net import PrimaryNetwork, to_plain
 from test_hypernetize import SmallCNN
 
 
@@ -36,3 +34,41 @@ def test_a_hypernetized_models_plain_copy_has_trainable_weights_where_they_were_
     assert len(weights) == 4
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in SmallCNN().parameters())
     assert_trainable(plain, weights, torch.randn(4, 3, 16, 16))
+
+
+def test_to_plain_copies_and_leaves_the_hypernetized_model_alone():
+    """HyperNetized.to_plain returns a copy: changing it leaves the hypernetized model and a later copy as they were."""
+    torch.manual_seed(0)
+    net = hypernetize(SmallCNN(), z_dim=8).eval()
+    names = [n for n, _ in net.named_parameters()]
+    x = torch.randn(2, 3, 16, 16)
+    before = net(x)
+    plain = net.to_plain()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(1.0)
+    assert torch.equal(net(x), before)
+    assert [n for n, _ in net.named_parameters()] == names  # still generates conv1 and conv2
+    again = net.to_plain().eval()
+    torch.testing.assert_close(again(x), before, rtol=1e-5, atol=1e-6)  # the second copy is untouched by the first
+
+
+def test_a_hyper_wrns_plain_copy_has_trainable_kernels_where_they_were_generated():
+    """primary_net.to_plain: every formerly generated kernel is a stored parameter, with gradients and optimizer steps."""
+    torch.manual_seed(0)
+    hyper = PrimaryNetwork(10, 1, hyper=True)
+    plain = to_plain(hyper)
+    assert len(plain.kernels()) == len(hyper.kernels())
+    assert_trainable(plain, plain.kernels(), torch.randn(4, 3, 32, 32))
+
+
+def test_to_plain_gives_identical_outputs():
+    torch.manual_seed(0)
+    hyper = PrimaryNetwork(16, 2, hyper=True)
+    hyper(torch.randn(8, 3, 32, 32))  # move BN running stats off their init
+    hyper.eval()
+    plain = to_plain(hyper).eval()
+    assert not plain.hyper and not hasattr(plain, "kernel_bank")
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(plain(x), hyper(x))

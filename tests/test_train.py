@@ -290,6 +290,7 @@ def test_one_overflowed_fp16_step_is_skipped_and_the_run_goes_on(tmp_path, cifar
     assert ckpt["scaler"]["scale"] < 2.0**16  # the scaler saw the overflow and halved its scale
 
 
+@pytest.mark.slow
 def test_fp16_run_whose_every_loss_overflows_stops_in_one_line(tmp_path, cifar_dir, capsys, monkeypatch):
     overflow_at(lambda step: step > 5, monkeypatch)  # from epoch 2 on (5 steps an epoch)
     line = error_line(train.main(run_args(tmp_path, cifar_dir, "--epochs", "3", "--amp", "fp16")), capsys)
