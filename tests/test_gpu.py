@@ -17,7 +17,7 @@ import torch
 
 import train
 from devices import capability, choose_precision
-from conftest import only_run
+from conftest import HANG, only_run
 
 REPO = Path(__file__).resolve().parent.parent
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: not run on this machine")
@@ -109,7 +109,7 @@ def test_torchrun_with_nccl_on_two_gpus(tmp_path, cifar_dir):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py",
                *run_args(tmp_path, cifar_dir, "cuda", "--epochs", "2")]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=HANG)
     assert result.returncode == 0, result.stderr[-3000:]
     assert load(only_run(tmp_path / "ck") / "last.pt")["placement"]["processes"] == 2
 

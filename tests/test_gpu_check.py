@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gpu_check
-from conftest import error_line
+from conftest import HANG, error_line
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_dry_run_passes_every_section_and_writes_the_report(tmp_path):
     out = tmp_path / "check"
     done = subprocess.run([sys.executable, "gpu_check.py", "--dry-run", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG)
     assert done.returncode == 0, done.stdout + done.stderr
     saved = json.loads((out / "report.json").read_text())
     assert [(s["section"], s["status"]) for s in saved["sections"]] == [

@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from conftest import HANG, REPO
 from hypernetwork_modules import HyperNetized, default_layers, hypernetize
 from primary_net import PrimaryNetwork
 
@@ -182,15 +183,12 @@ def test_wrn_40_1_from_ordinary_convs_gives_the_papers_36_kernels_from_242_zs():
 def test_resnet18_example_trains_both_models_on_cifar_format_data(tmp_path, capsys):
     import subprocess
     import sys
-    from pathlib import Path
-
     import data
 
-    repo = Path(__file__).resolve().parent.parent
     root = data.write_synthetic_cifar(tmp_path / "d", per_batch=20, test_size=30)
     result = subprocess.run([sys.executable, "-m", "examples.hypernetize_resnet18", "--data-dir", str(root),
                              "--steps", "2", "--batch-size", "8", "--test-images", "30", "--out", str(tmp_path / "t.md")],
-                            cwd=repo, capture_output=True, text=True, timeout=300)
+                            cwd=REPO, capture_output=True, text=True, timeout=HANG)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| resnet18 |") or line.startswith("| hyper-")]
     assert rows[0].startswith("| resnet18 | 11,181,642 |") and rows[1].startswith("| hyper-resnet18 | 515,818 |")
