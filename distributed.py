@@ -75,8 +75,8 @@ def exit_process(code: int) -> NoReturn:
     """End this process with exit status CODE. A torchrun worker flushes its streams and
     leaves with ``os._exit``: it skips the interpreter's finalization, where torch's gloo
     threads abort a finished worker now and then ("terminate called without an active
-    exception"). Nothing is lost by skipping it: checkpoints and metrics are fsynced when
-    written, and the run closes its TensorBoard writer and leaves the process group first."""
+    exception"). Nothing is lost by skipping it: the run closes every file it writes (and
+    fsyncs its checkpoints), closes its TensorBoard writer and leaves the process group first."""
     if world_size() > 1:
         sys.stdout.flush()
         sys.stderr.flush()
