@@ -15,12 +15,11 @@ from conftest import only_run
 from test_train import load, tiny_args
 
 
-def batch_statistics(net: PrimaryNetwork, images: torch.Tensor, normalize, batch: int) -> list:
-    """Each BatchNorm's (mean, unbiased variance) averaged over the batches, by hooks."""
-    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    seen = {bn: [] for bn in bns}
-    hooks = [bn.register_forward_pre_hook(lambda m, inputs: seen[m].append(
-        (inputs[0].mean(dim=(0, 2, 3)), inputs[0].var(dim=(0, 2, 3), unbiased=True)))) for bn in bns]
+def batchnorm_inputs(net: PrimaryNetwork, images: torch.Tensor, normalize, batch: int) -> dict:
+    """What each BatchNorm of NET sees, batch by batch, when IMAGES go through it in training
+    mode in batches of BATCH (the last one shorter), by hooks."""
+    seen = {bn: [] for bn in engine.batchnorms(net)}
+    hooks = [bn.register_forward_pre_hook(lambda m, inputs: seen[m].append(inputs[0])) for bn in seen]
     net.train()
     with torch.no_grad():
         kernels = net.kernels()
@@ -28,7 +27,14 @@ def batch_statistics(net: PrimaryNetwork, images: torch.Tensor, normalize, batch
             net(normalize(images[i : i + batch], torch.contiguous_format), kernels)
     for h in hooks:
         h.remove()
-    return [(torch.stack([m for m, _ in seen[bn]]).mean(0), torch.stack([v for _, v in seen[bn]]).mean(0)) for bn in bns]
+    return seen
+
+
+def batch_statistics(net: PrimaryNetwork, images: torch.Tensor, normalize, batch: int) -> list:
+    """Each BatchNorm's (mean, unbiased variance) averaged over the batches."""
+    seen = batchnorm_inputs(net, images, normalize, batch)
+    return [(torch.stack([x.mean(dim=(0, 2, 3)) for x in xs]).mean(0),
+             torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in xs]).mean(0)) for xs in seen.values()]
 
 
 def test_statistics_are_the_average_over_the_batches_and_nothing_else_changes():
@@ -118,22 +124,13 @@ def per_image_statistics(net: PrimaryNetwork, images: torch.Tensor, normalize, b
     """Each BatchNorm's statistics over IMAGES fed in batches of BATCH (the last one shorter),
     every image counting the same: the mean over all of them, and the batches' unbiased
     variances averaged with their sizes as weights."""
-    bns = engine.batchnorms(net)
-    seen = {bn: [] for bn in bns}
-    hooks = [bn.register_forward_pre_hook(lambda m, inputs: seen[m].append(inputs[0])) for bn in bns]
-    net.train()
-    with torch.no_grad():
-        kernels = net.kernels()
-        for i in range(0, len(images), batch):
-            net(normalize(images[i : i + batch], torch.contiguous_format), kernels)
-    for h in hooks:
-        h.remove()
+    seen = batchnorm_inputs(net, images, normalize, batch)
     statistics = []
-    for bn in bns:
-        sizes = torch.tensor([len(x) for x in seen[bn]], dtype=torch.float64)
+    for xs in seen.values():
+        sizes = torch.tensor([len(x) for x in xs], dtype=torch.float64)
         assert sizes.sum() == len(images)
-        variances = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in seen[bn]])
-        statistics.append((torch.cat(seen[bn]).mean(dim=(0, 2, 3)), (sizes[:, None] * variances).sum(0) / sizes.sum()))
+        variances = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in xs])
+        statistics.append((torch.cat(xs).mean(dim=(0, 2, 3)), (sizes[:, None] * variances).sum(0) / sizes.sum()))
     return statistics
 
 
