@@ -176,6 +176,23 @@ def uninterrupted(tmp_path_factory, signal_data) -> dict:
     return load(only_run(root / "ck") / "last.pt")
 
 
+@pytest.mark.slow
+def test_the_processes_tests_start_have_sigint_and_sigterm_at_their_defaults():
+    """A suite started with both signals ignored (a background job ignores SIGINT) still
+    starts its processes with them at their defaults, so that the signal tests mean something."""
+    report = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)"
+    suite = ("import signal, subprocess, sys; import conftest; conftest.pytest_configure(None); "
+             f"subprocess.run([sys.executable, '-c', {report!r}])")
+
+    def ignoring():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    done = subprocess.run([sys.executable, "-c", suite], cwd=REPO / "tests", preexec_fn=ignoring, capture_output=True,
+                          text=True, timeout=HANG)
+    assert done.stdout.split() == ["True", "True"], done.stderr
+
+
 EPOCH2_STEP5 = 35  # the 35th training step: step 5 of epoch 2's 30
 
 
