@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import timedelta
 from typing import NamedTuple, NoReturn
 
@@ -61,7 +62,7 @@ def shut_down(after_error: bool = False) -> None:
     (they share rank 0's), gloo processes first wait up to 10 s for each other, so that
     none tears down its connections while another still uses them (that aborted a
     process now and then)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not joined():
         return
     if after_error and torch.distributed.get_backend() == "gloo":
         try:
@@ -69,6 +70,19 @@ def shut_down(after_error: bool = False) -> None:
         except RuntimeError:  # a process that did not arrive: leave anyway
             pass
     torch.distributed.destroy_process_group()
+
+
+def joined() -> bool:
+    """Whether this process is in a process group now."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def await_the_end(seconds: float = 60.0) -> None:
+    """Let rank 0 report an error that every process met before any joined the group: a
+    torchrun worker other than rank 0 waits here, and torchrun ends it (SIGTERM) once rank 0
+    has printed the error and exited. Leaving at once would have torchrun end rank 0 before
+    it could print. Without torchrun's agent, the wait ends after SECONDS."""
+    time.sleep(seconds)
 
 
 def exit_process(code: int) -> NoReturn:

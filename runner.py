@@ -449,6 +449,8 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> int:
     except UserError as e:
         if report:
             print(f"error: {e}", file=sys.stderr)
+        elif not distributed.joined():  # refused before any process joined: torchrun ends this one once rank 0 has reported
+            distributed.await_the_end()
         distributed.shut_down(after_error=True)
         return 1
     except KeyboardInterrupt:  # before training began: the signal handlers were not yet in place

@@ -151,7 +151,8 @@ def test_the_printed_continue_command_works_under_torchrun(data, tmp_path):
 
 
 def test_sync_bn_is_refused_on_cpu_in_one_line(data, tmp_path):
-    proc = torchrun("train.py", *flags(tmp_path, data, "--sync-bn"))
+    """Refused before any process joins the group: rank 0 reports it, however late it gets there."""
+    proc = torchrun(str(WORKERS / "late_rank_0.py"), *flags(tmp_path, data, "--sync-bn"))
     _, err = proc.communicate(timeout=HANG)
     assert proc.returncode != 0
     assert err.count("error: --sync-bn needs CUDA") == 1
