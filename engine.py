@@ -2,9 +2,10 @@
 
     train_one_epoch(run, epoch)    shuffled global batches -> this process's share ->
                                    augment -> normalise -> train_step, with a progress bar
-    train_step(state, x, y, ...)   generate kernels once; cross-entropy + wd/2 * sum K^2;
-                                   backward; optimizer and lr schedule step
-    evaluate(...)                  top-1 error with kernels generated once per pass
+    train_step(state, x, y, ...)   forward (the model generates its kernels once);
+                                   cross-entropy + wd/2 * sum K^2; backward; optimizer
+                                   and lr schedule step
+    evaluate(...)                  top-1 error
 
 `Run` holds everything a run in progress needs; `runner.fit` builds it.
 """
@@ -28,7 +29,8 @@ from cli import UserError, format_time
 from data import Normalize
 from devices import FP32, Precision, autocast, grad_scaler
 from distributed import SINGLE_PROCESS, Distributed, all_sum, broadcast_buffers
-from experiment import Augment, Experiment, KernelModel, Schedule
+from experiment import Augment, Experiment, Schedule
+from hypernetwork_modules import default_layers
 from preemption import StopRequest
 
 
@@ -97,7 +99,7 @@ class Settings:
 class TrainState:
     """What a training step changes: the model, its optimizer, lr schedule and loss scale."""
 
-    model: KernelModel
+    model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None = None  # fp16 only
@@ -111,7 +113,7 @@ class TrainState:
         self.step_optimizer = self.step_optimizer or self.optimizer.step
 
     @classmethod
-    def create(cls, model: KernelModel, optimizer: str, lr: float, multiplier: Callable[[int], float],
+    def create(cls, model: torch.nn.Module, optimizer: str, lr: float, multiplier: Callable[[int], float],
                place: Place, compiled: bool = False) -> TrainState:
         """MODEL with a fresh OPTIMIZER ("adam" or "sgd") at base LR times MULTIPLIER(step).
 
@@ -211,7 +213,8 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float, fused: bool = 
 
 def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, weight_decay: float = 0.0,
                precision: Precision = FP32, clip_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step: generate kernels once; cross-entropy plus L2 on the kernels in use.
+    """One optimisation step: one forward (the model generates its kernels once), cross-entropy
+    plus L2 on the kernels in use.
 
     Args:
         state: The model, optimizer, lr schedule and (fp16) loss scaler; the step changes them.
@@ -242,12 +245,27 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, weight_decay
     return loss.detach(), logits.detach()
 
 
-def objective_of(forward: Callable, model: KernelModel) -> Callable:
-    """What a step minimises, as one function of the batch (the part `compile_step` compiles)."""
+def kernel_sq_norm_of(model: torch.nn.Module) -> Callable[[], torch.Tensor]:
+    """The sum of squares the L2 penalty takes: MODEL's own exact ``kernel_sq_norm()`` where it
+    has one (a hypernetwork's from its Gram matrices, without generating the kernels), else
+    that of the weights `hypernetize` would generate (every square conv but the first, every
+    linear layer but the last), so a plain model and its hypernetized twin pay the same penalty."""
+    if hasattr(model, "kernel_sq_norm"):
+        return model.kernel_sq_norm
+    modules = dict(model.named_modules())
+    weights = [modules[name].weight for name in default_layers(model)]
+    return lambda: sum(w.pow(2).sum() for w in weights)
+
+
+def objective_of(forward: Callable, model: torch.nn.Module) -> Callable:
+    """What a step minimises, as one function of the batch (the part `compile_step` compiles):
+    FORWARD (the model, or it wrapped in DDP) generates its kernels once, then runs."""
+    sq_norm = kernel_sq_norm_of(model)
+
     def objective(x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = forward(x, model.kernels())  # kernels generated once, then the network
+        logits = forward(x)
         loss = F.cross_entropy(logits.float(), y)
-        penalty = 0.5 * weight_decay * model.kernel_sq_norm() if weight_decay else 0.0  # wd/2 * sum K^2, from Gram matrices
+        penalty = 0.5 * weight_decay * sq_norm() if weight_decay else 0.0  # wd/2 * sum K^2
         return loss, loss + penalty, logits
     return objective
 
@@ -374,19 +392,18 @@ def show_progress(run: Run, bar: tqdm, loss: float, accuracy: float, steps_per_s
 
 
 @torch.no_grad()
-def evaluate(model: KernelModel, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
              batch_size: int, memory_format: torch.memory_format, precision: Precision = FP32,
              dist: Distributed | None = None) -> float:
-    """Top-1 error in percent over all IMAGES. Kernels are generated once for the whole pass.
-    Under torchrun each process takes every world-th image and the counts are summed."""
+    """Top-1 error in percent over all IMAGES, in eval mode. Under torchrun each process
+    takes every world-th image and the counts are summed."""
     dist = dist or SINGLE_PROCESS
     mine, my_labels = images[dist.rank :: dist.world], labels[dist.rank :: dist.world]
     model.eval()
     with autocast(images.device.type, precision):
-        kernels = model.kernels()
         wrong = torch.zeros((), dtype=torch.long, device=images.device)
         for i in range(0, len(mine), batch_size):
-            logits = model(normalize(mine[i : i + batch_size], memory_format), kernels)
+            logits = model(normalize(mine[i : i + batch_size], memory_format))
             wrong += (logits.argmax(1) != my_labels[i : i + batch_size]).sum()
     model.train()
     return 100.0 * all_sum(wrong, dist).item() / len(images)
@@ -398,7 +415,7 @@ def batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Batch
 
 
 @torch.no_grad()
-def precise_bn(model: KernelModel, images: torch.Tensor, normalize: Normalize, batch_size: int,
+def precise_bn(model: torch.nn.Module, images: torch.Tensor, normalize: Normalize, batch_size: int,
                memory_format: torch.memory_format, precision: Precision = FP32) -> bool:
     """Replace every BatchNorm's running statistics by their average over IMAGES in
     batches of BATCH_SIZE (the last one shorter when BATCH_SIZE does not divide their
@@ -418,12 +435,11 @@ def precise_bn(model: KernelModel, images: torch.Tensor, normalize: Normalize, b
         bn.reset_running_stats()
     model.train()
     with autocast(images.device.type, precision):
-        kernels = model.kernels()
         for i in range(0, len(images), batch_size):  # every image, the last batch possibly short
             batch = images[i : i + batch_size]
             for bn in bns:  # a cumulative average weighted by batch size (equal batches: momentum=None's 1/n),
                 bn.momentum = len(batch) / (i + len(batch))  # given so that BatchNorm does not read its count from the device
-            model(normalize(batch, memory_format), kernels)
+            model(normalize(batch, memory_format))
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
     model.train(was_training)

@@ -3,7 +3,7 @@
 An `Experiment` (CIFAR-10 in train.py, MNIST in mnist.py) supplies data, augmentation,
 the model, the schedule and names; `runner.fit` supplies the rest, the same for all:
 checkpoints, exact resume, metrics, TensorBoard, torchrun, one-line errors. The model
-it builds must satisfy `KernelModel`.
+it builds is any `nn.Module` with ``forward(x)`` (see `engine.objective_of` for its L2 penalty).
 """
 
 from __future__ import annotations
@@ -11,26 +11,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 
 from cli import ArgumentParser, HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int, run_name, seed
 from data import Splits
 from devices import AMP_CHOICES
-
-
-class KernelModel(Protocol):
-    """What a model must offer the engine (`PrimaryNetwork` and `MnistNet` do)."""
-
-    def kernels(self) -> list[torch.Tensor]:
-        """The kernels in use, generated on each call by a hypernetwork (or stored)."""
-
-    def kernel_sq_norm(self) -> torch.Tensor:
-        """Sum of squares of the kernels in use, for the L2 penalty."""
-
-    def __call__(self, x: torch.Tensor, kernels: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits of a batch, with KERNELS from `kernels()` (generated when None)."""
 
 
 class Schedule(NamedTuple):
@@ -90,7 +77,7 @@ class Experiment:
     defaults: FlagDefaults
     load_data: Callable[[str, bool], Splits]  # (data_dir, download) -> uint8 images and labels
     augment: Callable[[dict], Augment]  # a run's configuration -> its training augmentation
-    build_model: Callable[[dict], KernelModel]  # from a run's configuration (its flags)
+    build_model: Callable[[dict], torch.nn.Module]  # from a run's configuration (its flags)
     schedule: Callable[[argparse.Namespace, int], Schedule]  # (flags, steps per epoch) -> schedule
     run_name: Callable[[argparse.Namespace], str]  # the model's name (hyper-40-1): `configuration_name` adds the rest
     named_flags: tuple[str, ...]  # the flags that `run_name` already says

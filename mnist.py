@@ -64,8 +64,8 @@ def truncated_normal_(t: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 class MnistNet(nn.Module):
     """The paper's two-layer MNIST convnet, its second kernel stored or generated.
 
-    Offers the same ``kernels()`` / ``kernel_sq_norm()`` / ``forward(x, kernels)`` as
-    `PrimaryNetwork`, so the shared loop (runner.py) trains it unchanged.
+    Like `PrimaryNetwork`, it offers ``kernel_sq_norm()``, the exact L2 penalty of the
+    kernel it generates, which the shared loop (engine.py) uses.
 
     Args:
         hyper: Generate the second layer's kernel with a `HyperNetwork` (else store it).
@@ -131,9 +131,9 @@ class MnistNet(nn.Module):
         """What Table 7 compares: the hypernetwork and its z, or the stored kernel."""
         return sum(p.numel() for p in (self.kernel_bank.parameters() if self.hyper else [self.conv2_weight]))
 
-    def forward(self, x: torch.Tensor, kernels: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits (N, num_classes) of images (N, 1, 28, 28); KERNELS from `kernels()` or made here."""
-        (w2,) = self.kernels() if kernels is None else kernels
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) of images (N, 1, 28, 28), the second kernel generated first if hyper."""
+        (w2,) = self.kernels()
         h = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (N, 16, 14, 14)
         h = F.max_pool2d(F.relu(F.conv2d(h, w2, self.conv2_bias, padding=KERNEL // 2)), 2)  # (N, 16, 7, 7)
         return self.fc(h.flatten(1))

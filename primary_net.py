@@ -116,20 +116,10 @@ class PrimaryNetwork(nn.Module):
             return self.kernel_bank.sq_norm()
         return sum(w.pow(2).sum() for w in self.stored_kernels)
 
-    def forward(self, x: torch.Tensor, kernels: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Classify a batch.
-
-        Args:
-            x: Images of shape (N, 3, 32, 32).
-            kernels: Block kernels from `kernels()`; generated here when None. Passing
-                them lets a caller reuse one generation (a training step, a whole
-                evaluation pass).
-
-        Returns:
-            Logits of shape (N, num_classes).
-        """
-        if kernels is None:
-            kernels = self.kernels()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) of images (N, 3, 32, 32): the block kernels are generated
+        once (a hyper network's one hypernetwork call), then the network runs."""
+        kernels = self.kernels()
         h = self.stem_bn(F.conv2d(x, self.stem.weight, bn_fed(self.stem.bias), padding=self.stem.padding))  # (N, 16, 32, 32)
         for i, block in enumerate(self.blocks):
             h = block(h, kernels[2 * i], kernels[2 * i + 1])  # (N, 16k|32k|64k, 32|16|8, 32|16|8)

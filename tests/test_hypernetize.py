@@ -266,3 +266,42 @@ def test_every_layer_of_a_bank_crops_its_own_tiles():
         torch.testing.assert_close(kernel, assembled(bank, layer), rtol=1e-12, atol=1e-12, msg=f"layer {layer}")
     expected = sum(assembled(bank, layer).pow(2).sum() for layer in range(3))
     torch.testing.assert_close(net.kernel_sq_norm(), expected, rtol=1e-10, atol=0)
+
+
+def hypernet_calls(model: nn.Module) -> list:
+    """A list that grows by one on every call of any of MODEL's hypernetworks."""
+    calls: list = []
+    for m in model.modules():
+        if type(m).__name__ == "HyperNetwork":
+            m.register_forward_hook(lambda *a: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["hyper-wrn", "mnist", "hypernetize-resnet18", "resnet18"])
+def test_the_trainer_steps_any_module_generating_each_kernel_once_per_step(name):
+    """engine.train_step takes any nn.Module with forward(x): the paper's networks and a
+    torchvision model, hypernetized or not. Each hypernetwork runs once per step, and the
+    L2 penalty is the sum of squares of the generated (or would-be generated) weights."""
+    import engine
+    import mnist
+
+    torch.manual_seed(0)
+    model, shape = {"hyper-wrn": (lambda: PrimaryNetwork(10, 1), (4, 3, 32, 32)),
+                    "mnist": (lambda: mnist.MnistNet(), (4, 1, 28, 28)),
+                    "hypernetize-resnet18": (lambda: hypernetize(torchvision.models.resnet18(num_classes=10)), (4, 3, 32, 32)),
+                    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (4, 3, 32, 32))}[name]
+    model = model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = engine.TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
+    calls, before = hypernet_calls(model), [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(shape), torch.randint(0, 10, (4,))
+    for step in range(2):
+        loss, logits = engine.train_step(state, x, y, weight_decay=0.1)
+        assert logits.shape == (4, 10) and torch.isfinite(loss)
+    hypernetworks = {"resnet18": 0, "hypernetize-resnet18": len(getattr(model, "banks", ()))}.get(name, 1)
+    assert len(calls) == 2 * hypernetworks
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    if name == "resnet18":  # the weights hypernetize would generate
+        modules = dict(model.named_modules())
+        expected = sum(modules[n].weight.pow(2).sum() for n in default_layers(model))
+        torch.testing.assert_close(engine.kernel_sq_norm_of(model)(), expected)

@@ -22,9 +22,8 @@ def batchnorm_inputs(net: PrimaryNetwork, images: torch.Tensor, normalize, batch
     hooks = [bn.register_forward_pre_hook(lambda m, inputs: seen[m].append(inputs[0])) for bn in seen]
     net.train()
     with torch.no_grad():
-        kernels = net.kernels()
         for i in range(0, len(images), batch):
-            net(normalize(images[i : i + batch], torch.contiguous_format), kernels)
+            net(normalize(images[i : i + batch], torch.contiguous_format))
     for h in hooks:
         h.remove()
     return seen
@@ -105,9 +104,8 @@ def test_batchnorm_gets_the_cumulative_factor_without_reading_its_counter():
         bn.reset_running_stats()
         bn.momentum = None
     with torch.no_grad():
-        kernels = reference.kernels()
         for i in range(0, 96, 32):
-            reference(normalize(images[i : i + 32], torch.contiguous_format), kernels)
+            reference(normalize(images[i : i + 32], torch.contiguous_format))
     factors = []
     hooks = [bn.register_forward_pre_hook(lambda m, inputs: factors.append(m.momentum)) for bn in engine.batchnorms(net)]
     engine.precise_bn(net, images, normalize, 32, torch.contiguous_format)

@@ -57,7 +57,7 @@ def test_l2_penalty_is_exactly_half_wd_times_the_kernels_sum_of_squares(hyper):
     wd = 0.37  # large, so that a wrong factor shows
     reference = copy.deepcopy(model)
     kernels = reference.kernels()
-    loss = F.cross_entropy(reference(x, kernels), y) + wd / 2 * sum(k.pow(2).sum() for k in kernels)
+    loss = F.cross_entropy(reference(x), y) + wd / 2 * sum(k.pow(2).sum() for k in kernels)
     grads = torch.autograd.grad(loss, list(reference.parameters()))
 
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
