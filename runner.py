@@ -14,6 +14,7 @@ Every user error raises `cli.UserError`; `main` prints it as one line.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import faulthandler
 import json
@@ -179,6 +180,7 @@ def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
     schedule = experiment.schedule(args, settings.steps_per_epoch)
 
     model = experiment.build_model(vars(args)).to(device, memory_format=place.memory_format)
+    check_classifies(model, data.normalize(data.train_x[:2], place.memory_format), experiment.run_name(args))
     if args.sync_bn and dist.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     state = TrainState.create(model, args.optimizer or schedule.optimizer, args.lr if args.lr is not None else schedule.lr,
@@ -188,6 +190,21 @@ def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
                state=state, augment=experiment.augment(vars(args)), generators=generators, run_dir=run_dir,
                log_dir=log_dir, lock=lock, provenance=[{"from_step": 0, **provenance.collect(device, dist.world)}],
                cpu_note_due=device.type == "cpu" and args.epochs is None)
+
+
+def check_classifies(model: torch.nn.Module, x: torch.Tensor, name: str) -> None:
+    """Refuse, in one line, a model whose training forward does not give one row of logits per
+    image of X (a torchvision model made for larger images, or one that returns more than
+    logits). Tried on a copy, with the random streams restored: the run starts as if untried."""
+    trial = copy.deepcopy(model).train()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            out = trial(x)
+    except (RuntimeError, ValueError, AssertionError, TypeError) as e:
+        raise UserError(f"{name} cannot classify these {tuple(x.shape[1:])} images: {first_line(e)}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != len(x):
+        raise UserError(f"{name} does not return one row of logits per image in training mode "
+                        f"(it returns {type(out).__name__}): it cannot be trained here")
 
 
 def restore(run: Run, ckpt: dict) -> None:

@@ -4,6 +4,8 @@
     python train.py --plain --width 2       # the WRN-40-2 baseline
     python train.py --epochs 10             # the same schedule squeezed into 10 epochs
     python train.py -r                      # resume the run named by the flags, exactly
+    python train.py --arch resnet18         # hypernetize(torchvision's ResNet-18), same loop
+    python train.py --arch resnet18 --plain # torchvision's ResNet-18 itself
 
 This file is the CIFAR-10 experiment: its flags, model, schedule and paper row. The
 data, the loop, checkpoints and resume are shared with mnist.py (data.py, engine.py,
@@ -15,11 +17,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from cli import positive_int
+import torch
+import torchvision
+
+from cli import UserError, positive_int
 from data import augment_cifar, load_cifar10
-from experiment import SCALE_INITS, Experiment, FlagDefaults, Schedule, kernel_init
-from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_name
 from distributed import exit_process
+from experiment import SCALE_INITS, Experiment, FlagDefaults, Schedule, kernel_init
+from hypernetwork_modules import hypernetize
+from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_name
 from runner import main as run_main
 
 INITS = SCALE_INITS  # --init: where a HyperResNet's initial kernel scale lives (the first: default)
@@ -40,12 +46,37 @@ def wrn_depth(text: str) -> int:
     return depth
 
 
+def arch_name(text: str) -> str:
+    """argparse type: "wrn" (the paper's Wide-ResNet) or a torchvision classification model's name."""
+    if text != "wrn" and text not in torchvision.models.list_models(module=torchvision.models):
+        raise argparse.ArgumentTypeError(f"must be wrn or a torchvision classification model (resnet18, mobilenet_v2, "
+                                         f"...: torchvision.models.list_models()), got {text!r}")
+    return text
+
+
+WRN_ONLY = {"depth": 40, "width": 1, "shortcut": "pad"}  # the flags only --arch wrn reads, at their defaults
+
+
+def check_arch_flags(args: argparse.Namespace, explicit: set[str]) -> None:
+    """Refuse WRN flags on a torchvision model, and an init that `hypernetize` does not offer."""
+    if args.arch == "wrn":
+        return
+    for flag, default in WRN_ONLY.items():
+        if getattr(args, flag) != default:
+            raise UserError(f"--{flag} is a Wide-ResNet flag: it does nothing for --arch {args.arch}")
+    if args.init != INITS[0]:
+        raise UserError(f"--init {args.init} is for --arch wrn: hypernetize keeps the initial scale in the z's")
+
+
 def cifar_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[object], dict]) -> None:
     """The model flags, and the schedule choice."""
     m = groups["model"]
+    m.add_argument("--arch", type=arch_name, **d("wrn"), metavar="NAME",
+                   help="wrn: the paper's Wide-ResNet; or any torchvision classification model (resnet18, ...), "
+                        "hypernetized unless --plain")
     m.add_argument("--depth", type=wrn_depth, **d(40), help="WRN depth, 6N+4")
     m.add_argument("--width", type=positive_int, **d(1), help="widening factor k")
-    m.add_argument("--plain", action="store_true", **d(False), help="train the plain WRN baseline, not the hypernetwork")
+    m.add_argument("--plain", action="store_true", **d(False), help="train the plain model (stored weights), not the hypernetwork")
     m.add_argument("--z-dim", type=positive_int, **d(64), help="size of each z-embedding")
     m.add_argument("--shortcut", choices=["pad", "conv"], **d("pad"), help="shortcut where a block changes shape")
     m.add_argument("--init", choices=INITS, **d(INITS[0]),
@@ -56,14 +87,20 @@ def cifar_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[obj
 
 
 def cifar_run_name(args: argparse.Namespace) -> str:
-    """hyper-40-1, wrn-40-2, ..., and the init where it is not the default (hyper-40-1-init-scale-in-hypernet)."""
+    """hyper-40-1, wrn-40-2, ..., and the init where it is not the default (hyper-40-1-init-scale-in-hypernet);
+    hyper-resnet18 or resnet18 for a torchvision model."""
     hyper = not args.plain
+    if args.arch != "wrn":
+        return f"hyper-{args.arch}" if hyper else args.arch
     name = model_name(args.depth, args.width, hyper)
     return name if kernel_init(args.init, hyper) == kernel_init(INITS[0], hyper) else f"{name}-init-{args.init}"
 
 
-def build_model(config: dict) -> PrimaryNetwork:
+def build_model(config: dict) -> torch.nn.Module:
     """The network a run's configuration (its arguments, as saved in checkpoints) describes."""
+    if config["arch"] != "wrn":
+        model = torchvision.models.get_model(config["arch"], num_classes=10)
+        return model if config["plain"] else hypernetize(model, z_dim=config["z_dim"], inplace=True)
     scale_in = "hypernet" if config["init"] == "scale-in-hypernet" else "z"
     return PrimaryNetwork(config["depth"], config["width"], hyper=not config["plain"], z_dim=config["z_dim"],
                           shortcut=config["shortcut"], scale_in=scale_in)
@@ -89,6 +126,8 @@ def cifar_schedule(args: argparse.Namespace, steps_per_epoch: int) -> Schedule:
 
 def cifar_paper_result(args: argparse.Namespace) -> str:
     """The paper's Table 2 figure for this configuration."""
+    if args.arch != "wrn":
+        return f"no paper row: {args.arch} is torchvision's"
     paper = PAPER_TABLE2.get((args.depth, args.width, not args.plain))
     return f"paper: {paper[0]:.2f}% with {paper[1]:.3f}M" if paper else "no paper row for this configuration"
 
@@ -96,7 +135,8 @@ def cifar_paper_result(args: argparse.Namespace) -> str:
 CIFAR10 = Experiment(
     name="cifar10",
     script="train.py",
-    description="Train a HyperResNet or a plain Wide-ResNet on CIFAR-10 (Ha et al. 2017).",
+    description="Train a HyperResNet or a plain Wide-ResNet on CIFAR-10 (Ha et al. 2017), or any torchvision "
+                "classification model, hypernetized or not.",
     add_arguments=cifar_arguments,
     defaults=FlagDefaults(
         epochs=None, epochs_help="rescale the schedule to this many epochs (default: the paper's step count)",
@@ -108,8 +148,9 @@ CIFAR10 = Experiment(
     build_model=build_model,
     schedule=cifar_schedule,
     run_name=cifar_run_name,
-    named_flags=("depth", "width", "plain", "init"),
+    named_flags=("arch", "depth", "width", "plain", "init"),
     paper_result=cifar_paper_result,
+    resolve_defaults=check_arch_flags,
 )
 
 

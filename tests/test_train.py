@@ -529,3 +529,53 @@ def test_resume_refuses_a_different_epochs(tmp_path, tiny_cifar, capsys):
     capsys.readouterr()
     assert "--epochs" in error_line(train.main([*args, "-r", str(last), "--epochs", "3"]), capsys)
     assert last.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- torchvision models
+
+
+def torchvision_args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
+    """A 2-epoch run of torchvision's ResNet-18 on `tiny_cifar` (5 steps of 8 an epoch)."""
+    return ["--arch", "resnet18", "--epochs", "2", "--val-size", "10", "--batch-size", "8", "--no-progress",
+            "--no-download", "--device", "cpu", "--data-dir", str(data_dir), "--checkpoint-dir", str(tmp_path / "ck"),
+            "--log-dir", str(tmp_path / "runs"), *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plain", [False, True])
+def test_a_torchvision_model_trains_and_resumes_exactly(plain, tmp_path, tiny_cifar, capsys):
+    """--arch resnet18 trains hypernetize(ResNet-18) (with --plain, ResNet-18 itself) with the
+    same loop: named after the model, and a run stopped after epoch 1 and resumed with -r
+    ends bit-identical to an uninterrupted one."""
+    flags = ["--plain"] if plain else []
+    assert train.main(torchvision_args(tmp_path / "a", tiny_cifar, *flags)) == 0
+    assert train.main(torchvision_args(tmp_path / "b", tiny_cifar, *flags, "--stop-after", "1")) == 0
+    assert train.main(torchvision_args(tmp_path / "b", tiny_cifar, *flags, "-r")) == 0
+    name = "resnet18-epochs-2" if plain else "hyper-resnet18-epochs-2"
+    a, b = (load(only_run(tmp_path / r / "ck") / "last.pt") for r in "ab")
+    assert only_run(tmp_path / "a" / "ck").name.startswith(name)
+    assert_same_state(a, b)
+    timing = {"images_per_s", "epoch_seconds", "elapsed_seconds", "precise_bn_seconds"}
+    assert [{k: v for k, v in m.items() if k not in timing} for m in a["metrics"]] == \
+           [{k: v for k, v in m.items() if k not in timing} for m in b["metrics"]]
+    model = train.build_model(a["config"])
+    assert any(k.startswith("banks.") for k in a["model"]) != plain
+    assert a["num_parameters"] == sum(p.numel() for p in model.parameters())
+    assert "no paper row: resnet18 is torchvision's" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags", [["--depth", "16"], ["--width", "2"], ["--shortcut", "conv"],
+                                   ["--init", "scale-in-hypernet"]])
+def test_wrn_flags_on_a_torchvision_model_are_refused_in_one_line(flags, tmp_path, tiny_cifar, capsys):
+    line = error_line(train.main(torchvision_args(tmp_path, tiny_cifar, *flags)), capsys)
+    assert line.startswith(f"error: {flags[0]} ") and "--arch" in line
+    assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize("arch, why", [("vit_b_16", "cannot classify these (3, 32, 32) images"),
+                                       ("googlenet", "does not return one row of logits per image")])
+def test_a_model_that_cannot_train_on_cifar_is_refused_before_any_step(arch, why, tmp_path, tiny_cifar, capsys):
+    args = torchvision_args(tmp_path, tiny_cifar)
+    args[1] = arch
+    assert why in error_line(train.main(args), capsys)
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "runs").exists()
