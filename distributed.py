@@ -110,7 +110,7 @@ def all_gather(obj: object, dist: Distributed) -> list:
     """OBJ of every process, in rank order."""
     if dist.world == 1:
         return [obj]
-    gathered = [None] * dist.world
+    gathered: list[object] = [None] * dist.world
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
 
