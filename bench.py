@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -108,11 +109,12 @@ def paired(fast: list[float], slow: list[float]) -> tuple[float, float, float]:
 def generation_bench(width: int, device: torch.device, repeats: int) -> dict:
     bank = PrimaryNetwork(40, width, hyper=True).kernel_bank.to(device)
 
+    # Each sum is a Tensor, never the int 0 of an empty sum: a bank makes at least one kernel.
     def batched():
-        sum(k.sum() for k in bank()).backward()
+        cast(torch.Tensor, sum(k.sum() for k in bank())).backward()
 
     def loop():
-        sum(k.sum() for k in per_tile_kernels(bank)).backward()
+        cast(torch.Tensor, sum(k.sum() for k in per_tile_kernels(bank))).backward()
 
     t_batched, t_loop, speedup = paired(*interleaved_times([batched, loop], repeats, device))
     return {"tiles": bank.num_tiles, "batched_s": t_batched, "per_tile_s": t_loop, "speedup": speedup}
@@ -125,7 +127,8 @@ class StepRunner:
                  compiled: bool | None = None):
         torch.manual_seed(0)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        model = PrimaryNetwork(40, width, hyper=hyper).to(device, memory_format=memory_format)
+        # torch's stubs lack the Module.to(device, memory_format=...) that it accepts
+        model = PrimaryNetwork(40, width, hyper=hyper).to(device, memory_format=memory_format)  # type: ignore[call-overload]
         self.precision = Precision(args.amp)
         compiled = args.compile if compiled is None else compiled
         place = Place(device, SINGLE_PROCESS, self.precision, memory_format)

@@ -18,8 +18,10 @@ import shutil
 import tempfile
 from pathlib import Path
 from collections.abc import Callable
+from types import ModuleType
 from typing import IO
 
+fcntl: ModuleType | None
 try:
     import fcntl  # POSIX (Linux, macOS); elsewhere runs are not locked
 except ImportError:  # pragma: no cover - Windows
@@ -54,6 +56,7 @@ REMEMBERED = {"data_dir", "download", "log_dir", "checkpoint_dir", "patience", "
 def rng_state(generators: dict[str, torch.Generator], device: torch.device) -> dict:
     """Every random state that affects training, as tensors, numbers, strings, lists."""
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy form of the global RandomState's MT19937 state
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
@@ -104,7 +107,7 @@ def write_error(path: Path, error: Exception) -> UserError:
     return UserError(f"cannot write {path} ({reason}); the files saved before are intact")
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """WRITE into a temporary file beside PATH, fsync, rename over PATH, fsync the folder:
     PATH is always either the old file or the whole new one. A failure to write (a full
     disk, a lost permission) is a `UserError`; the old file stays."""
@@ -206,7 +209,7 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"no checkpoint at {path}")
     ckpt = safe_load(path, "a checkpoint written by train.py or mnist.py")
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if not isinstance(fmt, str) or not fmt.startswith(FORMAT_NAME):
+    if not isinstance(ckpt, dict) or not isinstance(fmt, str) or not fmt.startswith(FORMAT_NAME):
         raise UserError(f"{path} is not a checkpoint written by this train.py")
     if fmt != CHECKPOINT_FORMAT:
         raise UserError(f"{path} has checkpoint format {fmt!r}, this code reads {CHECKPOINT_FORMAT!r}: resume or "

@@ -79,7 +79,7 @@ def run_name(text: str) -> str:
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default unless it is None or the help text already says it."""
 
-    def _get_help_string(self, action: argparse.Action) -> str:
+    def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or "default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)

@@ -161,7 +161,7 @@ def load_mnist(data_dir: str | os.PathLike, download: bool = True) -> Splits:
         if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max(initial=0) > 9:
             raise UserError(f"{folder} holds mismatched MNIST files ({images.shape} images, {len(labels)} labels)")
         out += [torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))]
-    return tuple(out)
+    return out[0], out[1], out[2], out[3]
 
 
 # ----------------------------------------------------------------------------- split, augmentation, normalisation

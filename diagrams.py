@@ -39,6 +39,7 @@ import compare
 from checkpointing import writable_dir, write_error
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
 from hypernetwork_modules import HyperNetwork, KernelBank
+from mnist import MnistNet
 from primary_net import PrimaryNetwork, model_name, num_parameters
 
 DEPTH, WIDTHS = 40, (1, 2)  # the paper's two HyperResNets
@@ -104,7 +105,7 @@ def draw_stage(ax: Axes, bank: KernelBank, stage: int, layers: range, y: float, 
     ax.text(x + 1.2, y + h - 1.5, f"stage {stage + 1}", ha="left", va="top", fontsize=11, weight="bold")
     ax.text(x + 1.2, y + h - 4.3, f"{channels} channels\n{len(layers)} kernels\n{zs} z's", ha="left", va="top",
             fontsize=9.5, linespacing=1.6)
-    left = x + 12
+    left: float = x + 12
     for ((rows, cols), shape), count in Counter((bank.grids[i], bank.shapes[i]) for i in layers).items():
         draw_tile_grid(ax, left, y + h - 1.2, rows, cols, side)
         ax.text(left, y + h - 1.9 - rows * side, f"{count} kernel{'s' if count > 1 else ''} {shape[0]}x{shape[1]}\n"
@@ -186,7 +187,8 @@ def draw_curves(runs: list[compare.Run], title: str, flag: str | None = None) ->
     With FLAG, the figure compares that setting and each legend entry starts with its value."""
     fig = Figure(figsize=(13, 4.8), layout="constrained")
     loss_ax, error_ax = fig.subplots(1, 2)
-    used, papers = Counter(), {}
+    used: Counter[bool] = Counter()
+    papers: dict[float, str] = {}
     for group in compare.seed_groups(runs):
         hyper = group[0].hyper
         colour = RUN_COLOURS[hyper][used[hyper] % len(RUN_COLOURS[hyper])]
@@ -286,6 +288,7 @@ def layer_kernels(run: compare.Run) -> LayerKernels:
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(run.config["seed"])
         model = compare.EXPERIMENTS[run.experiment].build_model(run.config)
+    assert isinstance(model, (PrimaryNetwork, MnistNet))  # the experiments' models, both with a kernel_bank
     init = model.kernels()[0]
     prefix = len(compare.BANK_PREFIX)
     try:
@@ -318,7 +321,7 @@ def draw_kernels(run: compare.Run, kernels: LayerKernels) -> Figure:
     fig = Figure(figsize=(min(13.0, max(9.0, 3.0 + 10.0 * i / o)), 6.8), layout="constrained")  # panels as wide as the mosaic
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
     titles = [f"at initialisation (seed {run.config['seed']})", f"after training (epoch {run.epoch}, step {run.step:,})"]
-    for ax, kernel, title in zip(fig.subplots(1, 2), kernels, titles):
+    for ax, kernel, title in zip(fig.subplots(1, 2), (kernels.init, kernels.trained), titles):
         limit = kernel.abs().max().item() or 1.0
         image = ax.imshow(mosaic(kernel), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
         fig.colorbar(image, ax=ax, shrink=0.85)

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from datetime import timedelta
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 import torch
 
@@ -106,17 +106,20 @@ def all_sum(t: torch.Tensor, dist: Distributed) -> torch.Tensor:
     return t
 
 
-def all_gather(obj: object, dist: Distributed) -> list:
+T = TypeVar("T")
+
+
+def all_gather(obj: T, dist: Distributed) -> list[T]:
     """OBJ of every process, in rank order."""
     if dist.world == 1:
         return [obj]
-    gathered = [None] * dist.world
+    gathered: list[Any] = [None] * dist.world  # all_gather_object puts every OBJ in place of the Nones
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
 
 
-def broadcast_object(obj: object, dist: Distributed) -> object:
-    """Rank 0's OBJ, on every process."""
+def broadcast_object(obj: T, dist: Distributed) -> T:
+    """Rank 0's OBJ, on every process (each passes one of the same type)."""
     if dist.world == 1:
         return obj
     box = [obj]

@@ -65,7 +65,7 @@ def check_mnist(args: argparse.Namespace) -> None:
              "--log-dir", str(out / "mnist-tb"), *extra]
     procs = [subprocess.Popen([sys.executable, "seeds.py", "mnist.py", "--seeds", *seeds, "--jobs", str(len(seeds)),
                                "--", *flags, *plain], cwd=REPO) for plain in ([], ["--plain"])]
-    failed = [p.args[-1] for p in procs if p.wait() != 0]
+    failed = [p for p in procs if p.wait() != 0]
     if failed:
         raise UserError(f"{len(failed)} of the two seeds.py runs failed: see {out / 'mnist'}/*/seeds.log")
     import compare
@@ -123,7 +123,9 @@ def check_syncs(device: str) -> None:
     precision, layout = choose_compute("auto", None, dev)
     configure_backends(dev)
     place = Place(dev, SINGLE_PROCESS, precision, layout)
-    state = TrainState.create(PrimaryNetwork(40, 1).to(dev, memory_format=layout), "adam", 2e-3, lambda step: 1.0, place)
+    # torch's stubs lack the Module.to(device, memory_format=...) that it accepts
+    model = PrimaryNetwork(40, 1).to(dev, memory_format=layout)  # type: ignore[call-overload]
+    state = TrainState.create(model, "adam", 2e-3, lambda step: 1.0, place)
     images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=dev)
     labels, normalize, gen = torch.randint(0, 10, (256,), device=dev), Normalize(images), torch.Generator(dev).manual_seed(0)
 

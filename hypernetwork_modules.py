@@ -25,6 +25,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -185,6 +186,8 @@ class KernelBank(nn.Module):
         z_stds: Optional initial std of each layer's kernel.
         scale_in: "z" or "hypernet": which parameters carry that std.
     """
+
+    whole_tiles: torch.Tensor  # a buffer, registered only where a crop cuts some tiles
 
     def __init__(self, shapes: Sequence[Sequence[int]], hypernet: HyperNetwork, z_stds: Sequence[float] | None = None,
                  scale_in: str = "z"):
@@ -358,7 +361,9 @@ class HyperNetized(nn.Module):
 
     def kernel_sq_norm(self) -> torch.Tensor:
         """Sum of squares of every generated weight (for an L2 penalty), from Gram matrices."""
-        return sum(bank.sq_norm() for bank in self.banks.values())
+        # Each bank is a KernelBank (ModuleDict types it nn.Module); the sum is never the int 0
+        # of an empty sum, as hypernetize makes at least one bank.
+        return cast(torch.Tensor, sum(cast(KernelBank, bank).sq_norm() for bank in self.banks.values()))
 
     def forward(self, *args, **kwargs):
         """The model's forward, with the generated weights in place."""
@@ -377,7 +382,8 @@ class HyperNetized(nn.Module):
         """Per hypernetwork: the weights it makes and its parameters; then stored, generated and the ratio."""
         stored = sum(p.numel() for p in self.model.parameters())
         lines = []
-        for key, bank in self.banks.items():
+        for key, module in self.banks.items():
+            bank = cast(KernelBank, module)  # ModuleDict's items are typed nn.Module
             values = sum(math.prod(s) for s, (k, _) in zip(self.shapes, self.places) if k == key)
             own = sum(p.numel() for p in bank.parameters())
             lines.append(f"{key} tiles: {len(bank.shapes)} weights, {values:,} values from {own:,} parameters "

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import torch
 
@@ -27,7 +30,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum = 0  # the first signal received by this process, 0 for none
         self.decided = 0  # the signal all processes agreed to stop for, 0 for none
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | signal.Handlers | None] = {}
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread

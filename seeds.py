@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from io import TextIOWrapper
 from pathlib import Path
 
 from cli import ArgumentParser, HelpFormatter, UserError, format_time, positive_int, run_cli
@@ -48,7 +49,9 @@ def run_seeds(script: str, seeds: list[int], flags: list[str], jobs: int) -> lis
     """Run every unfinished seed, JOBS at a time; returns the seeds whose run failed."""
     todo = [(seed, *seed_command(script, seed, flags)) for seed in seeds]
     env = {**os.environ, "OMP_NUM_THREADS": "1"} if jobs > 1 else dict(os.environ)
-    running, failed, start = [], [], time.time()
+    running: list[tuple[int, subprocess.Popen[bytes], TextIOWrapper]] = []
+    failed: list[int] = []
+    start = time.time()
     try:
         while todo or running:
             while todo and len(running) < jobs:

@@ -80,7 +80,10 @@ def unpack(staged: Path, dest: Path) -> Path:
     try:
         with tempfile.TemporaryDirectory(dir=dest) as tmp:
             with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-                tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))  # Python >= 3.10.12
+                if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12
+                    tar.extractall(tmp, filter="data")
+                else:
+                    tar.extractall(tmp)
             for name, digest in manifest["files"].items():
                 path = Path(tmp) / name
                 if not path.is_file() or sha256(path.read_bytes()) != digest:

@@ -78,7 +78,7 @@ def template_parameters(target: nn.Module) -> dict[str, torch.Tensor]:
     Raises:
         ValueError: No parameters, lazy (uninitialised) ones, or inf/nan values.
     """
-    named = dict(target.named_parameters())
+    named: dict[str, torch.Tensor] = dict(target.named_parameters())
     if not named:
         raise ValueError(f"target {type(target).__name__} has no parameters to generate")
     lazy = [n for n, p in named.items() if isinstance(p, nn.parameter.UninitializedParameter)]
@@ -269,6 +269,9 @@ class TargetHyperNetwork(nn.Module):
         constant_scale: Scale of the generated values for tensors that start constant.
     """
 
+    init_offset: torch.Tensor  # buffers (see above)
+    init_scale: torch.Tensor
+
     def __init__(
         self,
         target: nn.Module,
@@ -292,6 +295,7 @@ class TargetHyperNetwork(nn.Module):
         self.embeddings = nn.Parameter(torch.empty(layout.num_chunks(chunk_size), embed_dim))  # z: (C, E)
         self.generator = mlp([embed_dim, *hidden_sizes, chunk_size], activation=nn.Tanh)
         if dynamic and encoder is None:
+            assert in_features is not None  # check_options: dynamic mode needs encoder or in_features
             encoder = mlp([in_features, DEFAULT_ENCODER_HIDDEN, embed_dim], activation=nn.ReLU, flatten=True)
         self.encoder = encoder
         offset, scale = template_offset_and_scale(list(named.values()), constant_scale)
@@ -360,6 +364,7 @@ class TargetHyperNetwork(nn.Module):
             return self.embeddings  # (C, E)
         if x is None:
             raise ValueError("dynamic mode generates weights from the input: call generate(x)")
+        assert self.encoder is not None  # dynamic mode always has one (see __init__)
         code = self.encoder(x)  # (B, E)
         if code.shape != (x.shape[0], self.embed_dim):
             raise ValueError(
