@@ -287,8 +287,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[
                         f"{'yes' if s['ratio'] <= TARGETS[key] else 'NO'} |")
     if 1 in args.widths:  # the measured step, times the paper's step count (App. A.3.2, batch 128)
         step_s = results[f"step_40_1_b{args.batch_size}"]["hyper_s"]
-        results["paper_schedule_hours"] = hours = step_s * train.SCHEDULES["hyper"]["total"] / 3600
-        rows.append(f"| the paper's Hyper-40-1 schedule ({train.SCHEDULES['hyper']['total']:,} steps) at this step, "
+        results["paper_schedule_hours"] = hours = step_s * train.SCHEDULES["hyper"].total / 3600
+        rows.append(f"| the paper's Hyper-40-1 schedule ({train.SCHEDULES['hyper'].total:,} steps) at this step, "
                     f"batch {args.batch_size} | {hours:.1f} h of steps | | | | |")
     if args.compile:
         c = results["compile"] = compile_bench(device, args, args.repeats)

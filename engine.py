@@ -103,14 +103,14 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None = None  # fp16 only
-    forward: Callable | None = None  # the model, or it wrapped in DDP (None: the model)
-    objective: Callable | None = None  # (x, y, wd) -> loss, loss + penalty, logits; compiled by `compile_step`
-    step_optimizer: Callable | None = None  # optimizer.step, or it compiled
+    forward: Callable = field(init=False)  # the model, or it wrapped in DDP (`runner.wrap`)
+    objective: Callable = field(init=False)  # (x, y, wd) -> loss, loss + penalty, logits; compiled by `compile_step`
+    step_optimizer: Callable = field(init=False)  # optimizer.step, or it compiled
 
     def __post_init__(self) -> None:
-        self.forward = self.model if self.forward is None else self.forward
-        self.objective = self.objective or objective_of(self.forward, self.model)
-        self.step_optimizer = self.step_optimizer or self.optimizer.step
+        self.forward = self.model
+        self.objective = objective_of(self.forward, self.model)
+        self.step_optimizer = self.optimizer.step
 
     @classmethod
     def create(cls, model: torch.nn.Module, optimizer: str, lr: float, multiplier: Callable[[int], float],
@@ -250,8 +250,9 @@ def kernel_sq_norm_of(model: torch.nn.Module) -> Callable[[], torch.Tensor]:
     has one (a hypernetwork's from its Gram matrices, without generating the kernels), else
     that of the weights `hypernetize` would generate (every square conv but the first, every
     linear layer but the last), so a plain model and its hypernetized twin pay the same penalty."""
-    if hasattr(model, "kernel_sq_norm"):
-        return model.kernel_sq_norm
+    own = getattr(model, "kernel_sq_norm", None)
+    if callable(own):
+        return own
     modules = dict(model.named_modules())
     weights = [modules[name].weight for name in default_layers(model)]
     return lambda: sum(w.pow(2).sum() for w in weights)
@@ -337,7 +338,7 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
         correct += (logits.argmax(1) == y).sum()
         in_step = i % 10 == 9 or i == steps - 1  # every process reaches these steps: collectives are safe here
         if in_step:
-            total, lost = all_sum(loss_sum, dist).item(), all_sum(overflowed, dist).item() if scaled else 0
+            total, lost = all_sum(loss_sum, dist).item(), int(all_sum(overflowed, dist).item()) if scaled else 0
             checked = check_finite(run, total, i + 1, lost, checked)
             note_cpu_time(run)
             if settings.progress:  # the same on every process: the accuracy's collective is safe
@@ -346,13 +347,13 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
                               (i + 1 - sums.position) / (time.time() - start))
         if i < steps - 1 and run.stop.agreed(dist, place.device, in_step):
             bar.close()
-            run.progress.partial = EpochSums(i + 1, all_sum(loss_sum, dist).item(), all_sum(correct, dist).item(),
-                                             sums.seconds + time.time() - start, all_sum(overflowed, dist).item())
+            run.progress.partial = EpochSums(i + 1, all_sum(loss_sum, dist).item(), int(all_sum(correct, dist).item()),
+                                             sums.seconds + time.time() - start, int(all_sum(overflowed, dist).item()))
             return None
     bar.close()
     seconds = sums.seconds + time.time() - start
     run.progress.partial = EpochSums()
-    train_loss = mean_loss(all_sum(loss_sum, dist).item(), dist.world, steps, all_sum(overflowed, dist).item())
+    train_loss = mean_loss(all_sum(loss_sum, dist).item(), dist.world, steps, int(all_sum(overflowed, dist).item()))
     train_error = 100 - 100 * all_sum(correct, dist).item() / (steps * batch)
     return EpochStats(train_loss, train_error, seconds, steps * batch / seconds, start, sums.seconds)
 

@@ -25,8 +25,15 @@ EXPORT_FORMAT = "hyperresnet-plain-v1"
 
 
 def model_from_checkpoint(ckpt: dict) -> PrimaryNetwork:
-    """The network a train.py checkpoint describes, with its trained weights."""
+    """The Wide-ResNet a train.py checkpoint describes, with its trained weights.
+
+    Raises:
+        UserError: If the checkpoint holds another model (``--arch``): `HyperNetized.to_plain` exports those.
+    """
     model = train.build_model(ckpt["config"])
+    if not isinstance(model, PrimaryNetwork):
+        raise UserError(f"export.py exports Wide-ResNets; this is --arch {ckpt['config']['arch']}: use "
+                        "hypernetwork_modules.HyperNetized.to_plain()")
     model.load_state_dict(ckpt["model"])
     return model
 

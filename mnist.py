@@ -104,6 +104,7 @@ class MnistNet(nn.Module):
     def notebook_init_(self) -> None:
         """The author's notebook's initialisation (TensorFlow's truncated normal throughout)."""
         truncated_normal_(self.conv1.weight, 0.0, 0.01)
+        assert self.conv1.bias is not None  # built with one
         nn.init.zeros_(self.conv1.bias)
         if self.hyper:
             hypernet = self.kernel_bank.hypernet

@@ -94,7 +94,7 @@ class PrimaryNetwork(nn.Module):
         self.bn = nn.BatchNorm2d(widths[-1])
         self.fc = nn.Linear(widths[-1], num_classes)
 
-        shapes = [s for block in self.blocks for s in block.kernel_shapes()]
+        shapes = [s for block in self.blocks if isinstance(block, WideBasicBlock) for s in block.kernel_shapes()]
         if hyper:
             self.kernel_bank = KernelBank(shapes, HyperNetwork(z_dim, TILE, TILE, 3), scale_in=scale_in)
         else:
@@ -120,6 +120,7 @@ class PrimaryNetwork(nn.Module):
         """Logits (N, num_classes) of images (N, 3, 32, 32): the block kernels are generated
         once (a hyper network's one hypernetwork call), then the network runs."""
         kernels = self.kernels()
+        assert self.stem.bias is not None  # built with one
         h = self.stem_bn(F.conv2d(x, self.stem.weight, bn_fed(self.stem.bias), padding=self.stem.padding))  # (N, 16, 32, 32)
         for i, block in enumerate(self.blocks):
             h = block(h, kernels[2 * i], kernels[2 * i + 1])  # (N, 16k|32k|64k, 32|16|8, 32|16|8)

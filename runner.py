@@ -179,7 +179,7 @@ def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
                         args.eval_batch_size, args.progress)
     schedule = experiment.schedule(args, settings.steps_per_epoch)
 
-    model = experiment.build_model(vars(args)).to(device, memory_format=place.memory_format)
+    model = experiment.build_model(vars(args)).to(device, memory_format=place.memory_format)  # type: ignore[call-overload]  # torch's stubs lack this overload
     check_classifies(model, data.normalize(data.train_x[:2], place.memory_format), experiment.run_name(args))
     if args.sync_bn and dist.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -476,4 +476,4 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> int:
         return 130
     finally:
         distributed.shut_down()
-    return 128 + signal.Signals[stopped].value if stopped in signal.Signals.__members__ else 0
+    return 128 + signal.Signals[stopped].value if isinstance(stopped, str) and stopped in signal.Signals.__members__ else 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torchvision
@@ -29,10 +30,21 @@ from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_na
 from runner import main as run_main
 
 INITS = SCALE_INITS  # --init: where a HyperResNet's initial kernel scale lives (the first: default)
-# Paper App. A.3.2, batch 128. Boundaries in steps; lr multipliers of the base lr.
+
+
+class PaperSchedule(NamedTuple):
+    """One of the paper's schedules (App. A.3.2, batch 128): boundaries in steps, lr multipliers of the base lr."""
+
+    optimizer: str
+    lr: float
+    total: int
+    boundaries: list[int]
+    factors: list[float]
+
+
 SCHEDULES = {
-    "hyper": dict(optimizer="adam", lr=0.002, total=672_000, boundaries=[168_000, 336_000, 504_000], factors=[1, 0.5, 0.1, 0.025]),
-    "plain": dict(optimizer="sgd", lr=0.1, total=140_000, boundaries=[28_000, 56_000, 84_000, 112_000], factors=[1, 0.2, 0.04, 0.008, 0.0016]),
+    "hyper": PaperSchedule("adam", 0.002, 672_000, [168_000, 336_000, 504_000], [1, 0.5, 0.1, 0.025]),
+    "plain": PaperSchedule("sgd", 0.1, 140_000, [28_000, 56_000, 84_000, 112_000], [1, 0.2, 0.04, 0.008, 0.0016]),
 }
 
 
@@ -106,22 +118,22 @@ def build_model(config: dict) -> torch.nn.Module:
                           shortcut=config["shortcut"], scale_in=scale_in)
 
 
-def schedule_for(args: argparse.Namespace, steps_per_epoch: int) -> tuple[dict, int, int]:
+def schedule_for(args: argparse.Namespace, steps_per_epoch: int) -> tuple[PaperSchedule, int, int]:
     """(paper schedule entry, total steps, epochs), rescaled to --epochs when given."""
     sched = SCHEDULES["plain" if args.plain else "hyper"]
-    epochs = args.epochs or max(1, round(sched["total"] / steps_per_epoch))
+    epochs = args.epochs or max(1, round(sched.total / steps_per_epoch))
     return sched, epochs * steps_per_epoch, epochs
 
 
-def lr_multiplier(step: int, sched: dict, total: int) -> float:
+def lr_multiplier(step: int, sched: PaperSchedule, total: int) -> float:
     """Piecewise-constant multiplier at STEP, the paper's boundaries scaled to TOTAL steps."""
-    return sched["factors"][sum(step * sched["total"] >= b * total for b in sched["boundaries"])]  # exact in integers
+    return sched.factors[sum(step * sched.total >= b * total for b in sched.boundaries)]  # exact in integers
 
 
 def cifar_schedule(args: argparse.Namespace, steps_per_epoch: int) -> Schedule:
     """The paper's schedule for this model (Adam for hyper, Nesterov SGD for plain), rescaled to --epochs."""
     sched, total, epochs = schedule_for(args, steps_per_epoch)
-    return Schedule(sched["optimizer"], sched["lr"], epochs, total, lambda step: lr_multiplier(step, sched, total))
+    return Schedule(sched.optimizer, sched.lr, epochs, total, lambda step: lr_multiplier(step, sched, total))
 
 
 def cifar_paper_result(args: argparse.Namespace) -> str:

@@ -359,7 +359,7 @@ def test_schedule_rescales_paper_boundaries():
     assert [train.lr_multiplier(s, sched, total) for s in (0, 99, 100, 199, 200, 300, 399)] == [1, 1, 0.5, 0.5, 0.1, 0.025, 0.025]
     args = parse_args(train.CIFAR10, ["--plain"])[0]
     sched, total, epochs = train.schedule_for(args, steps_per_epoch=351)
-    assert epochs == 399 and sched["optimizer"] == "sgd"  # 140k paper steps at 351 steps/epoch
+    assert epochs == 399 and sched.optimizer == "sgd"  # 140k paper steps at 351 steps/epoch
 
 
 @pytest.mark.slow
