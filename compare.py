@@ -33,10 +33,9 @@ import provenance
 import train
 from checkpointing import atomic_save, atomic_write_text, load_checkpoint, safe_load, write_error
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, format_time, run_cli
-from experiment import acting_value, default_config, kernel_init, result_flags
+from experiment import acting_value, all_experiments, default_config, kernel_init, result_flags
 from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
 
-EXPERIMENTS = {e.name: e for e in (train.CIFAR10, mnist.MNIST)}  # the experiments, by name
 CIFAR_Z_DIM, CIFAR_SHORTCUT = 64, "pad"  # the configuration behind the paper's Table 2 (N_z = 64)
 DEFAULT_RUNS = ("checkpoints", "results/runs")  # new runs, then the archived ones: a fresh clone shows the archive
 ARCHIVE_FORMAT = "hyperresnet-run-v2"  # run.json: today's configuration keys, provenance, no machine paths
@@ -132,9 +131,9 @@ def check_summary(summary: dict, source: Path) -> None:
         if not isinstance(config, dict) or not isinstance(best, dict):
             raise UserError(f"{source} is not a run summary: its config and best are not dicts")
         experiment = config.get("experiment")
-        if experiment not in EXPERIMENTS:
+        if experiment not in all_experiments():
             raise UserError(f"{source} is a run of an unknown experiment {experiment!r}")
-        needed = {"run_name", *result_flags(default_config(EXPERIMENTS[experiment], {}))}
+        needed = {"run_name", *result_flags(default_config(all_experiments()[experiment], {}))}
         missing = [f"config.{k}" for k in sorted(needed - set(config))]
         missing += [f"best.{k}" for k in sorted(BEST_KEYS - set(best))]
     if missing:
@@ -157,7 +156,7 @@ def read_run(directory: Path) -> Run:
         source = directory / "last.pt"
         ckpt = load_checkpoint(source)
         if ckpt.get("epoch") == 0:
-            script = EXPERIMENTS[ckpt["config"]["experiment"]].script
+            script = all_experiments()[ckpt["config"]["experiment"]].script
             raise NoResultYet(f"stopped in its first epoch, before any result; continue with: python {script} -r {source}")
         metrics = ckpt["metrics"]
         summary = {**{k: ckpt[k] for k in SUMMARY_KEYS if k in ckpt}, "format": ARCHIVE_FORMAT, "device": devices(metrics)}
@@ -197,7 +196,7 @@ def as_run_sees_it(run: Run, flag: str, value):
     --optimizer or --lr left to the schedule is the schedule's."""
     if flag == "init":
         return kernel_init(value, run.hyper)
-    return acting_value(EXPERIMENTS[run.experiment], {**run.config, flag: value}, flag)
+    return acting_value(all_experiments()[run.experiment], {**run.config, flag: value}, flag)
 
 
 def setting(run: Run, flag: str):
@@ -260,7 +259,7 @@ def percent(value: float) -> str:
 def planned_epochs(run: Run) -> int:
     """The run's length in epochs: --epochs, or the paper's step count at the run's steps per epoch."""
     steps_per_epoch = max(1, run.step // max(1, run.epoch))
-    return EXPERIMENTS[run.experiment].schedule(argparse.Namespace(**run.config), steps_per_epoch).epochs
+    return all_experiments()[run.experiment].schedule(argparse.Namespace(**run.config), steps_per_epoch).epochs
 
 
 def stop_status(run: Run) -> str:

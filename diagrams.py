@@ -38,6 +38,7 @@ from matplotlib.ticker import MaxNLocator
 import compare
 from checkpointing import writable_dir, write_error
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
+from experiment import all_experiments
 from hypernetwork_modules import HyperNetwork, KernelBank
 from primary_net import PrimaryNetwork, model_name, num_parameters
 
@@ -285,7 +286,7 @@ def layer_kernels(run: compare.Run) -> LayerKernels:
     """
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(run.config["seed"])
-        model = compare.EXPERIMENTS[run.experiment].build_model(run.config)
+        model = all_experiments()[run.experiment].build_model(run.config)
     init = model.kernels()[0]
     prefix = len(compare.BANK_PREFIX)
     try:

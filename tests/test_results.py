@@ -23,7 +23,7 @@ import train
 from checkpointing import load_checkpoint
 from cli import UserError
 from conftest import error_line, write_archived_run
-from experiment import SCALE_INITS, parse_args
+from experiment import SCALE_INITS, all_experiments, parse_args
 from primary_net import PrimaryNetwork
 
 REPO = Path(__file__).resolve().parent.parent
@@ -346,7 +346,7 @@ def test_kernels_start_where_fit_started_and_end_as_trained(runs):
         kernels = diagrams.layer_kernels(run)
         assert torch.equal(torch.get_rng_state(), rng)  # the caller's random state is left alone
         ckpt = load_checkpoint(runs.checkpoints / name / "last.pt")
-        model = compare.EXPERIMENTS[run.experiment].build_model(ckpt["config"])
+        model = all_experiments()[run.experiment].build_model(ckpt["config"])
         model.load_state_dict(ckpt["model"])
         assert torch.equal(kernels.trained, model.kernels()[0].detach())
         assert not torch.allclose(kernels.init, kernels.trained)
