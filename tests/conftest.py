@@ -76,11 +76,12 @@ def write_archived_run(folder: Path, best: dict, epoch: int, step: int, metrics:
     changed, named after FOLDER, trained for EPOCH epochs (STEP steps) with result BEST."""
     import compare
     import provenance
+    import run_records
     import train
     from experiment import parse_args
 
     config = {**vars(parse_args(train.CIFAR10, [])[0]), "experiment": "cifar10", "run_name": folder.name, **flags}
-    summary = {"format": compare.ARCHIVE_FORMAT, "config": {k: v for k, v in config.items() if k not in compare.MACHINE_KEYS},
+    summary = {"format": run_records.ARCHIVE_FORMAT, "config": {k: v for k, v in config.items() if k not in compare.MACHINE_KEYS},
                "best": best, "epoch": epoch, "step": step, "elapsed_seconds": 60.0, "device": "cpu",
                "num_parameters": 1, "provenance": [{"from_step": 0, **provenance.unknown()}]}
     folder.mkdir(parents=True)

@@ -18,6 +18,7 @@ import compare
 import diagrams
 import mnist
 import provenance
+import run_records
 import runner
 import train
 from checkpointing import load_checkpoint
@@ -66,7 +67,7 @@ def runs(tmp_path_factory, cifar_dir, mnist_dir) -> SimpleNamespace:
     # A WRN-40-2 run in the archived format, trained elsewhere.
     config = {**ckpt["config"], "depth": 40, "width": 2, "plain": True, "epochs": 20, "batch_size": 128,
               "run_name": "wrn-40-2"}
-    summary = {"format": compare.ARCHIVE_FORMAT, "config": config,
+    summary = {"format": run_records.ARCHIVE_FORMAT, "config": config,
                "best": {"epoch": 19, "step": 6669, "val_error": 6.5, "test_error": 6.25},
                "epoch": 20, "step": 7020, "elapsed_seconds": 59.9, "device": "cuda x4",
                "num_parameters": 2_235_530, "provenance": [{"from_step": 0, **provenance.unknown()}]}
@@ -156,7 +157,7 @@ def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
         assert set(summary) == {"format", "config", "best", "epoch", "step", "elapsed_seconds", "device", "num_parameters",
                                 "provenance"}
         assert summary["best"] == ckpt["best"] and summary["device"] == "cpu" and summary["step"] == ckpt["step"]
-        assert summary["provenance"] == ckpt["provenance"] and summary["format"] == compare.ARCHIVE_FORMAT
+        assert summary["provenance"] == ckpt["provenance"] and summary["format"] == run_records.ARCHIVE_FORMAT
         # No path of the machine that made it: the flags naming its files are left out, nothing else is.
         assert summary["config"] == {k: v for k, v in ckpt["config"].items() if k not in compare.MACHINE_KEYS}
         assert str(runs.checkpoints) not in (copy / "run.json").read_text()
@@ -169,8 +170,8 @@ def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
             assert (copy / "kernel_bank.pt").stat().st_size < (source / "last.pt").stat().st_size / 2
 
     # The figures' kernels come out the same from the archive as from the checkpoint.
-    from_archive = diagrams.layer_kernels(compare.read_run(archive / "hyper-10-1"))
-    from_checkpoint = diagrams.layer_kernels(compare.read_run(runs.checkpoints / "hyper-10-1"))
+    from_archive = diagrams.layer_kernels(run_records.read_run(archive / "hyper-10-1"))
+    from_checkpoint = diagrams.layer_kernels(run_records.read_run(runs.checkpoints / "hyper-10-1"))
     assert torch.equal(from_archive.init, from_checkpoint.init) and torch.equal(from_archive.trained, from_checkpoint.trained)
 
 
@@ -229,11 +230,11 @@ def test_archive_never_replaces_another_run_of_the_same_name(runs, tmp_path, cap
 @pytest.mark.slow
 def test_plain_runs_of_either_scale_init_are_one_configuration(runs):
     for name, hyper in (("mnist-plain", False), ("mnist-hyper", True), ("wrn-10-1", False), ("hyper-10-1", True)):
-        run = compare.read_run(runs.checkpoints / name)
+        run = run_records.read_run(runs.checkpoints / name)
         init = next(i for i in SCALE_INITS if i != run.config["init"])  # the scale init that is not the default
         other = dataclasses.replace(run, config={**run.config, "init": init, "seed": 1})
-        assert compare.departures(run) == {}
-        assert compare.departures(other) == ({"init": init} if hyper else {}), name
+        assert run_records.departures(run) == {}
+        assert run_records.departures(other) == ({"init": init} if hyper else {}), name
         assert len(compare.seed_groups([run, other])) == (2 if hyper else 1), name
 
 
@@ -244,7 +245,7 @@ def test_unreadable_runs_are_skipped_with_one_warning_each(runs, tmp_path, capsy
     for name, filename, content in (("garbage", "last.pt", b"not a checkpoint"),
                                     ("bad-json", "run.json", b"{not json"),
                                     ("incomplete", "run.json",
-                                     json.dumps({"format": compare.ARCHIVE_FORMAT, "config": {"plain": True}}).encode()),
+                                     json.dumps({"format": run_records.ARCHIVE_FORMAT, "config": {"plain": True}}).encode()),
                                     ("older", "run.json", json.dumps({"config": {"plain": True}}).encode())):
         (root / name).mkdir()
         (root / name / filename).write_bytes(content)
@@ -259,7 +260,7 @@ def test_unreadable_runs_are_skipped_with_one_warning_each(runs, tmp_path, capsy
         assert sum(str(root / name) in w for w in warnings) == 1, name
     assert "lacks best, epoch" in " ".join(warnings)
     (older,) = [w for w in warnings if str(root / "older") in w]
-    assert f"archive format None, this code reads '{compare.ARCHIVE_FORMAT}'" in older and "git log" in older
+    assert f"archive format None, this code reads '{run_records.ARCHIVE_FORMAT}'" in older and "git log" in older
     (row,) = table_rows(text)["hyper"]
     assert row[5] == "`mnist-hyper`" and row[6] == f"{best(root / 'good')['test_error']:.2f}%"
 
@@ -280,7 +281,7 @@ def test_user_errors_are_one_line(runs, tmp_path, capsys):
 
 def test_budget_cells():
     config = {**vars(parse_args(mnist.MNIST, [])[0]), "experiment": "mnist", "patience": 3}
-    run = compare.Run(Path("r"), config, {"epoch": 5, "step": 275, "val_error": 1.0, "test_error": 0.9}, epoch=8,
+    run = run_records.Run(Path("r"), config, {"epoch": 5, "step": 275, "val_error": 1.0, "test_error": 0.9}, epoch=8,
                       step=440, elapsed_seconds=3725.5, num_parameters=12_910, device="cpu", provenance=[], metrics=[],
                       kernel_bank={})
     assert compare.run_cells(run)[8:] == ["01:02:05", "unknown"]  # wall time as the trainer prints it; no provenance
@@ -324,7 +325,7 @@ def test_diagrams_draws_every_figure(runs, tmp_path, capsys):
         "curves_mnist_init.png not drawn"]
     for name in names:
         assert_picture(out / name)
-    lagging = diagrams.bn_lag_runs(compare.find_runs([runs.checkpoints]))  # the CIFAR runs: MNIST's nets have no BatchNorm
+    lagging = diagrams.bn_lag_runs(run_records.find_runs([runs.checkpoints]))  # the CIFAR runs: MNIST's nets have no BatchNorm
     assert [run.name for run in lagging] == ["hyper-10-1", "wrn-10-1"]
     panels = diagrams.draw_bn_lag(lagging, "t").axes
     assert [ax.get_title() for ax in panels] == ["hyper-10-1", "wrn-10-1"] and len(panels[0].get_lines()) == 3
@@ -341,7 +342,7 @@ def test_diagrams_without_runs_draws_the_architecture_only(tmp_path, capsys):
 @pytest.mark.slow
 def test_kernels_start_where_fit_started_and_end_as_trained(runs):
     for name, kernels_at_start in (("hyper-10-1", runs.init_kernels), ("mnist-hyper", None)):
-        run = compare.read_run(runs.checkpoints / name)
+        run = run_records.read_run(runs.checkpoints / name)
         rng = torch.get_rng_state()
         kernels = diagrams.layer_kernels(run)
         assert torch.equal(torch.get_rng_state(), rng)  # the caller's random state is left alone
@@ -416,7 +417,7 @@ def test_runs_of_two_budgets_never_share_a_seed_group(tmp_path):
     def archived(name, error, **flags):
         write_archived_run(tmp_path / name, {"epoch": 1, "step": 351, "val_error": error, "test_error": error}, 1, 351,
                            **flags)
-        return compare.read_run(tmp_path / name)
+        return run_records.read_run(tmp_path / name)
 
     runs = [archived("a", 20.0, seed=0, epochs=10), archived("b", 22.0, seed=1, epochs=10, device="cpu", compile=True),
             archived("c", 80.0, seed=2, epochs=1), archived("d", 21.0, seed=3, epochs=10, precise_bn=0),
@@ -431,7 +432,7 @@ def test_a_run_stopped_in_its_first_epoch_is_noted_not_warned(runs, tmp_path, ca
     ckpt.update(epoch=0, step=3, best={}, metrics=[])
     (tmp_path / "early").mkdir()
     torch.save(ckpt, tmp_path / "early" / "last.pt")
-    assert compare.find_runs([tmp_path]) == []
+    assert run_records.find_runs([tmp_path]) == []
     err = capsys.readouterr().err
     assert err.startswith(f"note: skipped {tmp_path / 'early'}: stopped in its first epoch")
     assert err.strip().endswith(f"continue with: python train.py -r {tmp_path / 'early' / 'last.pt'}")
@@ -442,7 +443,7 @@ def test_results_md_and_the_readme_figures_come_from_the_archived_runs(monkeypat
     README's status table quotes is in it: no number is copied by hand out of sync."""
     monkeypatch.chdir(REPO)
     roots = [Path("results/runs")]
-    text = compare.report(compare.find_runs(roots), roots, "python compare.py --runs results/runs --out results/results.md")
+    text = compare.report(run_records.find_runs(roots), roots, "python compare.py --runs results/runs --out results/results.md")
     assert (REPO / "results" / "results.md").read_text() == text
     readme = (REPO / "README.md").read_text()
     status = readme[readme.index("## Status"):readme.index("\n## ", readme.index("## Status") + 1)]
@@ -458,7 +459,7 @@ def test_the_hyper_plain_gap_over_seeds_with_its_welch_interval(tmp_path):
     def archived(name, error, **flags):
         write_archived_run(tmp_path / name, {"epoch": 10, "step": 3510, "val_error": error, "test_error": error}, 10, 3510,
                            **{"epochs": 10, **flags})
-        return compare.read_run(tmp_path / name)
+        return run_records.read_run(tmp_path / name)
 
     runs = [archived(f"h{s}", e, seed=s) for s, e in enumerate((20.0, 21.0, 22.0))]
     runs += [archived(f"p{s}", e, seed=s, plain=True) for s, e in enumerate((18.0, 18.5, 19.0))]
@@ -483,14 +484,14 @@ def test_the_welch_interval_weighs_each_side_by_its_own_number_of_seeds():
     assert (swapped_gap, swapped_se, swapped_half) == pytest.approx((-gap, se, half))
 
 
-def archived_seeds(folder: Path, errors: dict[int, float], **flags) -> list[compare.Run]:
+def archived_seeds(folder: Path, errors: dict[int, float], **flags) -> list[run_records.Run]:
     """Finished 10-epoch CIFAR-10 runs of FLAGS under FOLDER: for each seed of ERRORS, one with that test error."""
     runs = []
     for seed, error in errors.items():
         run_dir = folder / f"seed{seed}"
         write_archived_run(run_dir, {"epoch": 10, "step": 3510, "val_error": error, "test_error": error}, 10, 3510,
                            **{"epochs": 10, "seed": seed, **flags})
-        runs.append(compare.read_run(run_dir))
+        runs.append(run_records.read_run(run_dir))
     return runs
 
 
