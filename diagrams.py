@@ -37,6 +37,7 @@ from matplotlib.ticker import MaxNLocator
 
 import compare
 import run_records
+import seed_stats
 from checkpointing import writable_dir, write_error
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
 from experiment import all_experiments
@@ -189,7 +190,7 @@ def draw_curves(runs: list[run_records.Run], title: str, flag: str | None = None
     fig = Figure(figsize=(13, 4.8), layout="constrained")
     loss_ax, error_ax = fig.subplots(1, 2)
     used, papers = Counter(), {}
-    for group in compare.seed_groups(runs):
+    for group in seed_stats.seed_groups(runs):
         hyper = group[0].hyper
         colour = RUN_COLOURS[hyper][used[hyper] % len(RUN_COLOURS[hyper])]
         marker = MARKERS[(used[True] + used[False]) % len(MARKERS)]  # colour and marker: each configuration told apart twice
@@ -232,7 +233,7 @@ def draw_curves(runs: list[run_records.Run], title: str, flag: str | None = None
 
 def lowest_seeds(runs: list[run_records.Run]) -> list[run_records.Run]:
     """One run per configuration, its lowest seed: the run a per-configuration figure shows."""
-    return [min(group, key=lambda r: r.config["seed"]) for group in compare.seed_groups(runs)]
+    return [min(group, key=lambda r: r.config["seed"]) for group in seed_stats.seed_groups(runs)]
 
 
 def bn_lag_runs(runs: list[run_records.Run]) -> list[run_records.Run]:

@@ -20,6 +20,7 @@ import mnist
 import provenance
 import run_records
 import runner
+import seed_stats
 import train
 from checkpointing import load_checkpoint
 from cli import UserError
@@ -235,7 +236,7 @@ def test_plain_runs_of_either_scale_init_are_one_configuration(runs):
         other = dataclasses.replace(run, config={**run.config, "init": init, "seed": 1})
         assert run_records.departures(run) == {}
         assert run_records.departures(other) == ({"init": init} if hyper else {}), name
-        assert len(compare.seed_groups([run, other])) == (2 if hyper else 1), name
+        assert len(seed_stats.seed_groups([run, other])) == (2 if hyper else 1), name
 
 
 @pytest.mark.slow
@@ -423,7 +424,7 @@ def test_runs_of_two_budgets_never_share_a_seed_group(tmp_path):
             archived("c", 80.0, seed=2, epochs=1), archived("d", 21.0, seed=3, epochs=10, precise_bn=0),
             archived("e", 20.5, seed=4, epochs=10, lr=0.002),  # the lr hyper's schedule gives it anyway
             archived("f", 30.0, seed=5, epochs=10, lr=0.01)]
-    assert [[run.name for run in group] for group in compare.seed_groups(runs)] == [["a", "b", "e"], ["c"], ["d"], ["f"]]
+    assert [[run.name for run in group] for group in seed_stats.seed_groups(runs)] == [["a", "b", "e"], ["c"], ["d"], ["f"]]
 
 
 @pytest.mark.slow
@@ -476,11 +477,11 @@ def test_the_welch_interval_weighs_each_side_by_its_own_number_of_seeds():
     df = (a + b) ** 2 / (a**2 / 1 + b**2 / 3)
     assert 3 < df < 4
     t = 3.182  # Student's t, 97.5% quantile, 3 degrees of freedom
-    gap, se, half = compare.gap_interval(hyper, plain)
+    gap, se, half = seed_stats.gap_interval(hyper, plain)
     assert gap == pytest.approx(1.0) and se == pytest.approx((a + b) ** 0.5)
     assert half == pytest.approx(t * (a + b) ** 0.5)
     assert (gap - half, gap + half) == pytest.approx((-1.598, 3.598), abs=1e-3)
-    swapped_gap, swapped_se, swapped_half = compare.gap_interval(plain, hyper)  # the same Welch df either way round
+    swapped_gap, swapped_se, swapped_half = seed_stats.gap_interval(plain, hyper)  # the same Welch df either way round
     assert (swapped_gap, swapped_se, swapped_half) == pytest.approx((-gap, se, half))
 
 
@@ -502,7 +503,7 @@ def test_a_hyper_run_with_its_own_lr_or_optimizer_has_no_default_plain_twin(tmp_
     default = archived_seeds(tmp_path / "hyper", {0: 20.0, 1: 22.0})
     other_lr = archived_seeds(tmp_path / "hyper-lr", {0: 30.0, 1: 32.0}, lr=0.01)
     other_optimizer = archived_seeds(tmp_path / "hyper-sgd", {0: 40.0, 1: 42.0}, optimizer="sgd")
-    assert len(compare.seed_groups(plain + default + other_lr + other_optimizer)) == 4
+    assert len(seed_stats.seed_groups(plain + default + other_lr + other_optimizer)) == 4
     for hyper in (other_lr, other_optimizer):
         assert compare.gap_rows(table, plain + hyper) == []
     (row,) = compare.gap_rows(table, plain + other_lr + default + other_optimizer)
