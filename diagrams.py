@@ -35,9 +35,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-import compare
 import run_records
 import seed_stats
+import tables
 from checkpointing import writable_dir, write_error
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
 from experiment import all_experiments
@@ -205,7 +205,7 @@ def draw_curves(runs: list[run_records.Run], title: str, flag: str | None = None
         draw_group(error_ax, "test_error", group, colour, f"-{marker}", None)
         for run in group:
             error_ax.plot(run.best["epoch"], run.best["test_error"], "*", ms=13, color=colour, mec="black", mew=0.6)
-        paper = compare.paper_error(group[0])
+        paper = tables.paper_error(group[0])
         if paper is not None and paper not in papers:  # one line per paper row, named by its model
             papers[paper] = paper_row_name(group[0])
             error_ax.axhline(paper, ls=":", lw=1.2, color=colour)

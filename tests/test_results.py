@@ -21,6 +21,7 @@ import provenance
 import run_records
 import runner
 import seed_stats
+import tables
 import train
 from checkpointing import load_checkpoint
 from cli import UserError
@@ -285,10 +286,10 @@ def test_budget_cells():
     run = run_records.Run(Path("r"), config, {"epoch": 5, "step": 275, "val_error": 1.0, "test_error": 0.9}, epoch=8,
                       step=440, elapsed_seconds=3725.5, num_parameters=12_910, device="cpu", provenance=[], metrics=[],
                       kernel_bank={})
-    assert compare.run_cells(run)[8:] == ["01:02:05", "unknown"]  # wall time as the trainer prints it; no provenance
-    assert compare.stop_status(run) == "early stop (patience 3)"
-    assert compare.stop_status(dataclasses.replace(run, epoch=7, step=385)) == "unfinished"
-    assert compare.stop_status(dataclasses.replace(run, epoch=100, step=5500)) == "finished"
+    assert tables.run_cells(run)[8:] == ["01:02:05", "unknown"]  # wall time as the trainer prints it; no provenance
+    assert tables.stop_status(run) == "early stop (patience 3)"
+    assert tables.stop_status(dataclasses.replace(run, epoch=7, step=385)) == "unfinished"
+    assert tables.stop_status(dataclasses.replace(run, epoch=100, step=5500)) == "finished"
 
 
 def test_help_names_every_option(capsys):
@@ -444,7 +445,7 @@ def test_results_md_and_the_readme_figures_come_from_the_archived_runs(monkeypat
     README's status table quotes is in it: no number is copied by hand out of sync."""
     monkeypatch.chdir(REPO)
     roots = [Path("results/runs")]
-    text = compare.report(run_records.find_runs(roots), roots, "python compare.py --runs results/runs --out results/results.md")
+    text = tables.report(run_records.find_runs(roots), roots, "python compare.py --runs results/runs --out results/results.md")
     assert (REPO / "results" / "results.md").read_text() == text
     readme = (REPO / "README.md").read_text()
     status = readme[readme.index("## Status"):readme.index("\n## ", readme.index("## Status") + 1)]
@@ -465,8 +466,8 @@ def test_the_hyper_plain_gap_over_seeds_with_its_welch_interval(tmp_path):
     runs = [archived(f"h{s}", e, seed=s) for s, e in enumerate((20.0, 21.0, 22.0))]
     runs += [archived(f"p{s}", e, seed=s, plain=True) for s, e in enumerate((18.0, 18.5, 19.0))]
     runs += [archived(f"q{s}", e, seed=s, plain=True, epochs=20) for s, e in enumerate((10.0, 11.0))]
-    (table,) = [t for t in compare.paper_tables() if t.experiment == "cifar10"]
-    (row,) = compare.gap_rows(table, runs)
+    (table,) = [t for t in tables.paper_tables() if t.experiment == "cifar10"]
+    (row,) = tables.gap_rows(table, runs)
     assert row[2:] == ["3, 3", "+1.29", "+2.50", "0.65", "-0.28 - +5.28"]
 
 
@@ -498,29 +499,29 @@ def archived_seeds(folder: Path, errors: dict[int, float], **flags) -> list[run_
 
 def test_a_hyper_run_with_its_own_lr_or_optimizer_has_no_default_plain_twin(tmp_path):
     """Hyper seeds with an --lr or --optimizer other than their schedule's never pair with the default plain seeds."""
-    (table,) = [t for t in compare.paper_tables() if t.experiment == "cifar10"]
+    (table,) = [t for t in tables.paper_tables() if t.experiment == "cifar10"]
     plain = archived_seeds(tmp_path / "plain", {0: 18.0, 1: 19.0}, plain=True)
     default = archived_seeds(tmp_path / "hyper", {0: 20.0, 1: 22.0})
     other_lr = archived_seeds(tmp_path / "hyper-lr", {0: 30.0, 1: 32.0}, lr=0.01)
     other_optimizer = archived_seeds(tmp_path / "hyper-sgd", {0: 40.0, 1: 42.0}, optimizer="sgd")
     assert len(seed_stats.seed_groups(plain + default + other_lr + other_optimizer)) == 4
     for hyper in (other_lr, other_optimizer):
-        assert compare.gap_rows(table, plain + hyper) == []
-    (row,) = compare.gap_rows(table, plain + other_lr + default + other_optimizer)
+        assert tables.gap_rows(table, plain + hyper) == []
+    (row,) = tables.gap_rows(table, plain + other_lr + default + other_optimizer)
     assert row[2:5] == ["2, 2", "+1.29", "+2.50"]
 
 
 @pytest.mark.parametrize("given_first", [True, False])
 def test_hyper_seeds_given_their_schedules_own_lr_pair_with_the_default_plain_twin(given_first, tmp_path):
     """--lr 0.002 on a hyper run is its schedule's lr: its seeds pair with the default plain seeds, in either order."""
-    (table,) = [t for t in compare.paper_tables() if t.experiment == "cifar10"]
+    (table,) = [t for t in tables.paper_tables() if t.experiment == "cifar10"]
     plain = archived_seeds(tmp_path / "plain", {0: 18.0, 1: 19.0}, plain=True)
     given = archived_seeds(tmp_path / "given", {0: 20.0}, lr=0.002)
     left = archived_seeds(tmp_path / "left", {1: 22.0})
     hyper = given + left if given_first else left + given
-    (row,) = compare.gap_rows(table, plain + hyper)
+    (row,) = tables.gap_rows(table, plain + hyper)
     assert row[2:5] == ["2, 2", "+1.29", "+2.50"]
-    assert compare.gap_rows(table, plain + archived_seeds(tmp_path / "all-given", {0: 20.0, 1: 22.0}, lr=0.002)) != []
+    assert tables.gap_rows(table, plain + archived_seeds(tmp_path / "all-given", {0: 20.0, 1: 22.0}, lr=0.002)) != []
 
 
 def test_compare_shows_the_test_error_of_the_best_validation_epoch(tmp_path):
