@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import archiving
 import checkpointing
 import compare
 import diagrams
@@ -161,7 +162,7 @@ def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
         assert summary["best"] == ckpt["best"] and summary["device"] == "cpu" and summary["step"] == ckpt["step"]
         assert summary["provenance"] == ckpt["provenance"] and summary["format"] == run_records.ARCHIVE_FORMAT
         # No path of the machine that made it: the flags naming its files are left out, nothing else is.
-        assert summary["config"] == {k: v for k, v in ckpt["config"].items() if k not in compare.MACHINE_KEYS}
+        assert summary["config"] == {k: v for k, v in ckpt["config"].items() if k not in archiving.MACHINE_KEYS}
         assert str(runs.checkpoints) not in (copy / "run.json").read_text()
         bank = {k: v for k, v in ckpt["model"].items() if k.startswith("kernel_bank.")}
         if name.startswith("wrn") or name.endswith("plain"):
