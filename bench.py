@@ -41,7 +41,6 @@ import torchvision
 
 import train
 from checkpointing import atomic_write_text
-from compare import read_run
 from cli import ArgumentParser, HelpFormatter, positive_int, run_cli
 from data import Normalize, write_synthetic_cifar
 from devices import AMP_CHOICES, Precision, choose_compute, configure_backends, pick_device
@@ -50,6 +49,7 @@ from engine import Place, TrainState, compile_step, evaluate, precise_bn, train_
 from hypernetwork_modules import KernelBank, hypernetize
 from primary_net import PrimaryNetwork
 from provenance import device_model
+from run_records import read_run
 
 CIFAR_TRAIN_IMAGES = 45_000  # train.py's training split (50,000 less --val-size 5000)
 # Targets of issue 5 (CPU, 2 threads): hyper/plain step-time ratio by batch size.

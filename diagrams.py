@@ -14,7 +14,7 @@
     kernels_RUN.png    one generated layer at initialisation and after training, for each
                        hyper configuration (its lowest seed)
 
-Runs are found and read by compare.py (a checkpoint folder or an archived one, alike).
+Runs are found and read by run_records.py (a checkpoint folder or an archived one, alike).
 """
 
 from __future__ import annotations
@@ -35,9 +35,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-import compare
+import run_records
+import seed_stats
+import tables
 from checkpointing import writable_dir, write_error
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
+from experiment import all_experiments
 from hypernetwork_modules import HyperNetwork, KernelBank
 from mnist import MnistNet
 from primary_net import PrimaryNetwork, model_name, num_parameters
@@ -53,11 +56,11 @@ MARKERS = ["o", "s", "^", "D", "v"]
 # A figure that compares a flag is drawn only when its runs differ in that flag.
 CURVES = [("curves_cifar.png", "CIFAR-10", lambda run: run.experiment == "cifar10", None),
           ("curves_mnist.png", "MNIST, the paper's protocol",
-           lambda run: run.experiment == "mnist" and not compare.departures(run), None),
+           lambda run: run.experiment == "mnist" and not run_records.departures(run), None),
           ("curves_mnist_notebook.png", "MNIST, the author's notebook protocol",
-           lambda run: run.experiment == "mnist" and compare.setting(run, "protocol") == "notebook", None),
+           lambda run: run.experiment == "mnist" and run_records.setting(run, "protocol") == "notebook", None),
           ("curves_mnist_init.png", "MNIST hyper, the paper's protocol",
-           lambda run: run.experiment == "mnist" and run.hyper and set(compare.departures(run)) <= {"init"}, "init")]
+           lambda run: run.experiment == "mnist" and run.hyper and set(run_records.departures(run)) <= {"init"}, "init")]
 SHOWN_LAYER = {"cifar10": "stage 1, block 1, first conv", "mnist": "layer 2"}  # the first generated kernel
 
 
@@ -164,7 +167,7 @@ def draw_architecture() -> Figure:
 # ----------------------------------------------------------------------------- learning curves
 
 
-def draw_group(ax: Axes, key: str, group: list[compare.Run], colour: str, style: str, label: str | None) -> None:
+def draw_group(ax: Axes, key: str, group: list[run_records.Run], colour: str, style: str, label: str | None) -> None:
     """KEY per epoch: one run's curve, or several seeds' mean with their min-max band."""
     epochs = sorted({m["epoch"] for run in group for m in run.metrics})
     values = [[m[key] for run in group for m in run.metrics if m["epoch"] == e] for e in epochs]
@@ -173,14 +176,14 @@ def draw_group(ax: Axes, key: str, group: list[compare.Run], colour: str, style:
         ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=colour, alpha=0.18, lw=0)
 
 
-def paper_row_name(run: compare.Run) -> str:
+def paper_row_name(run: run_records.Run) -> str:
     """The model of the paper's row RUN is compared with: hyper-40-1, or MNIST's hyper / normal."""
     if run.experiment == "cifar10":
         return model_name(run.config["depth"], run.config["width"], run.hyper)
     return "hyper" if run.hyper else "normal"
 
 
-def draw_curves(runs: list[compare.Run], title: str, flag: str | None = None) -> Figure:
+def draw_curves(runs: list[run_records.Run], title: str, flag: str | None = None) -> Figure:
     """Training loss | validation (dashed) and test (solid) error against epochs, a star at
     each run's reported result (its best validation epoch), the paper's test error dotted.
     Seeds of one configuration: their mean and min-max band. Hyper in blues, plain in oranges.
@@ -189,13 +192,13 @@ def draw_curves(runs: list[compare.Run], title: str, flag: str | None = None) ->
     loss_ax, error_ax = fig.subplots(1, 2)
     used: Counter[bool] = Counter()
     papers: dict[float, str] = {}
-    for group in compare.seed_groups(runs):
+    for group in seed_stats.seed_groups(runs):
         hyper = group[0].hyper
         colour = RUN_COLOURS[hyper][used[hyper] % len(RUN_COLOURS[hyper])]
         marker = MARKERS[(used[True] + used[False]) % len(MARKERS)]  # colour and marker: each configuration told apart twice
         used[hyper] += 1
         if flag:  # the legend names the compared setting, not the runs
-            label = f"--{flag} {compare.setting(group[0], flag)}" + (f", {len(group)} runs (seeds): mean, min-max" if len(group) > 1 else "")
+            label = f"--{flag} {run_records.setting(group[0], flag)}" + (f", {len(group)} runs (seeds): mean, min-max" if len(group) > 1 else "")
         else:
             more = len(group) - 1
             label = group[0].name if not more else f"{group[0].name} and {more} more run{'s' * (more > 1)} (seeds): mean, min-max"
@@ -204,7 +207,7 @@ def draw_curves(runs: list[compare.Run], title: str, flag: str | None = None) ->
         draw_group(error_ax, "test_error", group, colour, f"-{marker}", None)
         for run in group:
             error_ax.plot(run.best["epoch"], run.best["test_error"], "*", ms=13, color=colour, mec="black", mew=0.6)
-        paper = compare.paper_error(group[0])
+        paper = tables.paper_error(group[0])
         if paper is not None and paper not in papers:  # one line per paper row, named by its model
             papers[paper] = paper_row_name(group[0])
             error_ax.axhline(paper, ls=":", lw=1.2, color=colour)
@@ -230,19 +233,19 @@ def draw_curves(runs: list[compare.Run], title: str, flag: str | None = None) ->
     return fig
 
 
-def lowest_seeds(runs: list[compare.Run]) -> list[compare.Run]:
+def lowest_seeds(runs: list[run_records.Run]) -> list[run_records.Run]:
     """One run per configuration, its lowest seed: the run a per-configuration figure shows."""
-    return [min(group, key=lambda r: r.config["seed"]) for group in compare.seed_groups(runs)]
+    return [min(group, key=lambda r: r.config["seed"]) for group in seed_stats.seed_groups(runs)]
 
 
-def bn_lag_runs(runs: list[compare.Run]) -> list[compare.Run]:
+def bn_lag_runs(runs: list[run_records.Run]) -> list[run_records.Run]:
     """The runs that logged both validation errors (`--precise-bn`): one per configuration
     (its lowest seed), hyper first."""
     logged = [run for run in lowest_seeds(runs) if run.metrics and all("val_error_running" in m for m in run.metrics)]
     return sorted(logged, key=lambda r: (not r.hyper, r.name))
 
 
-def draw_bn_lag(runs: list[compare.Run], title: str) -> Figure:
+def draw_bn_lag(runs: list[run_records.Run], title: str) -> Figure:
     """One panel per run: its training error (batch statistics) and its validation error with
     training's running BatchNorm statistics and with precise ones (`--precise-bn`)."""
     fig = Figure(figsize=(4.4 * len(runs) + 0.6, 4.2), layout="constrained")
@@ -251,7 +254,7 @@ def draw_bn_lag(runs: list[compare.Run], title: str) -> Figure:
         epochs = [m["epoch"] for m in run.metrics]
         for key, style, label in (("train_error", "-", "training (batch statistics, augmented)"),
                                   ("val_error_running", ":", "validation, running statistics"),
-                                  ("val_error", "--", f"validation, precise ({compare.setting(run, 'precise_bn'):,} images)")):
+                                  ("val_error", "--", f"validation, precise ({run_records.setting(run, 'precise_bn'):,} images)")):
             ax.plot(epochs, [m[key] for m in run.metrics], style, marker="o", ms=3, label=label,
                     color=RUN_COLOURS[run.hyper][0] if key != "val_error_running" else "black")
         ax.set(title=run.name, xlabel="epoch", xlim=(0, max(epochs) + 1), ylim=(0, None))
@@ -275,7 +278,7 @@ class LayerKernels(NamedTuple):
 
 
 @torch.no_grad()
-def layer_kernels(run: compare.Run) -> LayerKernels:
+def layer_kernels(run: run_records.Run) -> LayerKernels:
     """RUN's first generated kernel at initialisation and after training.
 
     `runner.fit` seeds torch with the run's seed and builds the model before any other draw
@@ -287,10 +290,10 @@ def layer_kernels(run: compare.Run) -> LayerKernels:
     """
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(run.config["seed"])
-        model = compare.EXPERIMENTS[run.experiment].build_model(run.config)
+        model = all_experiments()[run.experiment].build_model(run.config)
     assert isinstance(model, (PrimaryNetwork, MnistNet))  # the experiments' models, both with a kernel_bank
     init = model.kernels()[0]
-    prefix = len(compare.BANK_PREFIX)
+    prefix = len(run_records.BANK_PREFIX)
     try:
         model.kernel_bank.load_state_dict({k[prefix:]: v for k, v in run.kernel_bank.items()})
     except RuntimeError as e:
@@ -313,7 +316,7 @@ def channel_ticks(channels: int, f: int) -> tuple[np.ndarray, list[str]]:
     return np.arange(0, channels, every) * (f + 1) + (f - 1) / 2, [str(n) for n in range(0, channels, every)]
 
 
-def draw_kernels(run: compare.Run, kernels: LayerKernels) -> Figure:
+def draw_kernels(run: run_records.Run, kernels: LayerKernels) -> Figure:
     """The kernel's f x f slices as an image grid, at initialisation | after training, each
     panel with its own symmetric colour scale; tile boundaries as lines."""
     o, i, f, _ = kernels.init.shape
@@ -368,12 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def draw_all(args: argparse.Namespace) -> None:
     """Every figure the runs allow, into --out."""
-    runs = compare.find_runs(compare.run_roots(args.runs))
+    runs = run_records.find_runs(run_records.run_roots(args.runs))
     out = writable_dir(Path(args.out), "--out folder")
     save(draw_architecture(), out / "architecture.png")
     for filename, name, chosen, flag in CURVES:
         with_metrics = [run for run in runs if chosen(run) and run.metrics]
-        if not with_metrics or (flag and len({compare.setting(run, flag) for run in with_metrics}) < 2):
+        if not with_metrics or (flag and len({run_records.setting(run, flag) for run in with_metrics}) < 2):
             differing = f" of more than one --{flag}" if flag else ""
             print(f"note: no runs of {name} with metrics.jsonl{differing}: {filename} not drawn")
             continue

@@ -86,6 +86,17 @@ class Experiment:
     resolve_defaults: Callable[[argparse.Namespace, set[str]], None] | None = None
 
 
+def all_experiments() -> dict[str, Experiment]:
+    """Every experiment, by name: CIFAR-10 (train.py) and MNIST (mnist.py).
+
+    They are imported on the first call, not with this module, which both of them import.
+    """
+    import mnist
+    import train
+
+    return {e.name: e for e in (train.CIFAR10, mnist.MNIST)}
+
+
 # ----------------------------------------------------------------------------- command line
 
 

@@ -23,14 +23,12 @@ from io import TextIOWrapper
 from pathlib import Path
 
 from cli import ArgumentParser, HelpFormatter, UserError, format_time, positive_int, run_cli
-from experiment import Experiment, configuration_name, parse_args
+from experiment import Experiment, all_experiments, configuration_name, parse_args
 
 
 def experiments() -> dict[str, Experiment]:
-    """The experiments by the script that runs them (compare.py's list, imported here, not at start-up)."""
-    from compare import EXPERIMENTS
-
-    return {e.script: e for e in EXPERIMENTS.values()}
+    """The experiments by the script that runs them (imported on this call, not at start-up)."""
+    return {e.script: e for e in all_experiments().values()}
 
 
 def seed_command(script: str, seed: int, flags: list[str]) -> tuple[list[str], Path]:

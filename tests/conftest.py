@@ -74,13 +74,14 @@ def error_line(code: int, capsys) -> str:
 def write_archived_run(folder: Path, best: dict, epoch: int, step: int, metrics: list[dict] = (), **flags) -> None:
     """A CIFAR-10 run as `compare.py --archive` writes it: train.py's default flags with FLAGS
     changed, named after FOLDER, trained for EPOCH epochs (STEP steps) with result BEST."""
-    import compare
+    import archiving
     import provenance
+    import run_records
     import train
     from experiment import parse_args
 
     config = {**vars(parse_args(train.CIFAR10, [])[0]), "experiment": "cifar10", "run_name": folder.name, **flags}
-    summary = {"format": compare.ARCHIVE_FORMAT, "config": {k: v for k, v in config.items() if k not in compare.MACHINE_KEYS},
+    summary = {"format": run_records.ARCHIVE_FORMAT, "config": {k: v for k, v in config.items() if k not in archiving.MACHINE_KEYS},
                "best": best, "epoch": epoch, "step": step, "elapsed_seconds": 60.0, "device": "cpu",
                "num_parameters": 1, "provenance": [{"from_step": 0, **provenance.unknown()}]}
     folder.mkdir(parents=True)

@@ -12,6 +12,7 @@ import data
 import diagrams
 import engine
 import mnist
+import run_records
 from experiment import parse_args
 from hypernetwork_modules import HyperNetwork, KernelBank
 from conftest import only_run
@@ -192,7 +193,7 @@ def test_notebook_run_end_to_end_and_kept_out_of_table7(tmp_path, mnist_dir, cap
     assert diagrams.main(["--runs", str(tmp_path / "ck"), "--out", str(figures)]) == 0
     assert (figures / "curves_mnist_init.png").exists()
     _, _, chosen, flag = next(entry for entry in diagrams.CURVES if entry[0] == "curves_mnist_init.png")
-    ablation = [run for run in compare.find_runs([tmp_path / "ck"]) if chosen(run)]
+    ablation = [run for run in run_records.find_runs([tmp_path / "ck"]) if chosen(run)]
     legend = diagrams.draw_curves(ablation, "t", flag).axes[0].get_legend()
     labels = sorted(text.get_text() for text in legend.get_texts())
     assert labels == ["--init scale-in-hypernet", "--init scale-in-z"]  # each arm named by its init, not only its run

@@ -6,8 +6,9 @@ import subprocess
 import pytest
 import torch
 
-import compare
 import provenance
+import run_records
+import tables
 import train
 from test_train import load, run_args
 from conftest import as_rank, only_run
@@ -59,9 +60,9 @@ def test_describe_is_short_and_says_unknown_for_runs_that_did_not_record():
 @pytest.mark.slow
 def test_compare_shows_where_each_run_ran(tmp_path, cifar_dir):
     assert train.main(run_args(tmp_path, cifar_dir, "--epochs", "1")) == 0
-    (run,) = compare.find_runs([tmp_path / "ck"])
-    assert compare.run_cells(run)[-1] == provenance.describe(load(only_run(tmp_path / "ck") / "last.pt")["provenance"])
-    assert compare.run_cells(run)[-1].startswith(f"torch {torch.__version__}, ")
+    (run,) = run_records.find_runs([tmp_path / "ck"])
+    assert tables.run_cells(run)[-1] == provenance.describe(load(only_run(tmp_path / "ck") / "last.pt")["provenance"])
+    assert tables.run_cells(run)[-1].startswith(f"torch {torch.__version__}, ")
 
 
 def git(repo, *args: str) -> str:

@@ -13,17 +13,21 @@ import numpy as np
 import pytest
 import torch
 
+import archiving
 import checkpointing
 import compare
 import diagrams
 import mnist
 import provenance
+import run_records
 import runner
+import seed_stats
+import tables
 import train
 from checkpointing import load_checkpoint
 from cli import UserError
 from conftest import error_line, write_archived_run
-from experiment import SCALE_INITS, parse_args
+from experiment import SCALE_INITS, all_experiments, parse_args
 from primary_net import PrimaryNetwork
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +70,7 @@ def runs(tmp_path_factory, cifar_dir, mnist_dir) -> SimpleNamespace:
     # A WRN-40-2 run in the archived format, trained elsewhere.
     config = {**ckpt["config"], "depth": 40, "width": 2, "plain": True, "epochs": 20, "batch_size": 128,
               "run_name": "wrn-40-2"}
-    summary = {"format": compare.ARCHIVE_FORMAT, "config": config,
+    summary = {"format": run_records.ARCHIVE_FORMAT, "config": config,
                "best": {"epoch": 19, "step": 6669, "val_error": 6.5, "test_error": 6.25},
                "epoch": 20, "step": 7020, "elapsed_seconds": 59.9, "device": "cuda x4",
                "num_parameters": 2_235_530, "provenance": [{"from_step": 0, **provenance.unknown()}]}
@@ -156,9 +160,9 @@ def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
         assert set(summary) == {"format", "config", "best", "epoch", "step", "elapsed_seconds", "device", "num_parameters",
                                 "provenance"}
         assert summary["best"] == ckpt["best"] and summary["device"] == "cpu" and summary["step"] == ckpt["step"]
-        assert summary["provenance"] == ckpt["provenance"] and summary["format"] == compare.ARCHIVE_FORMAT
+        assert summary["provenance"] == ckpt["provenance"] and summary["format"] == run_records.ARCHIVE_FORMAT
         # No path of the machine that made it: the flags naming its files are left out, nothing else is.
-        assert summary["config"] == {k: v for k, v in ckpt["config"].items() if k not in compare.MACHINE_KEYS}
+        assert summary["config"] == {k: v for k, v in ckpt["config"].items() if k not in archiving.MACHINE_KEYS}
         assert str(runs.checkpoints) not in (copy / "run.json").read_text()
         bank = {k: v for k, v in ckpt["model"].items() if k.startswith("kernel_bank.")}
         if name.startswith("wrn") or name.endswith("plain"):
@@ -169,8 +173,8 @@ def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
             assert (copy / "kernel_bank.pt").stat().st_size < (source / "last.pt").stat().st_size / 2
 
     # The figures' kernels come out the same from the archive as from the checkpoint.
-    from_archive = diagrams.layer_kernels(compare.read_run(archive / "hyper-10-1"))
-    from_checkpoint = diagrams.layer_kernels(compare.read_run(runs.checkpoints / "hyper-10-1"))
+    from_archive = diagrams.layer_kernels(run_records.read_run(archive / "hyper-10-1"))
+    from_checkpoint = diagrams.layer_kernels(run_records.read_run(runs.checkpoints / "hyper-10-1"))
     assert torch.equal(from_archive.init, from_checkpoint.init) and torch.equal(from_archive.trained, from_checkpoint.trained)
 
 
@@ -229,12 +233,12 @@ def test_archive_never_replaces_another_run_of_the_same_name(runs, tmp_path, cap
 @pytest.mark.slow
 def test_plain_runs_of_either_scale_init_are_one_configuration(runs):
     for name, hyper in (("mnist-plain", False), ("mnist-hyper", True), ("wrn-10-1", False), ("hyper-10-1", True)):
-        run = compare.read_run(runs.checkpoints / name)
+        run = run_records.read_run(runs.checkpoints / name)
         init = next(i for i in SCALE_INITS if i != run.config["init"])  # the scale init that is not the default
         other = dataclasses.replace(run, config={**run.config, "init": init, "seed": 1})
-        assert compare.departures(run) == {}
-        assert compare.departures(other) == ({"init": init} if hyper else {}), name
-        assert len(compare.seed_groups([run, other])) == (2 if hyper else 1), name
+        assert run_records.departures(run) == {}
+        assert run_records.departures(other) == ({"init": init} if hyper else {}), name
+        assert len(seed_stats.seed_groups([run, other])) == (2 if hyper else 1), name
 
 
 @pytest.mark.slow
@@ -244,7 +248,7 @@ def test_unreadable_runs_are_skipped_with_one_warning_each(runs, tmp_path, capsy
     for name, filename, content in (("garbage", "last.pt", b"not a checkpoint"),
                                     ("bad-json", "run.json", b"{not json"),
                                     ("incomplete", "run.json",
-                                     json.dumps({"format": compare.ARCHIVE_FORMAT, "config": {"plain": True}}).encode()),
+                                     json.dumps({"format": run_records.ARCHIVE_FORMAT, "config": {"plain": True}}).encode()),
                                     ("older", "run.json", json.dumps({"config": {"plain": True}}).encode())):
         (root / name).mkdir()
         (root / name / filename).write_bytes(content)
@@ -259,7 +263,7 @@ def test_unreadable_runs_are_skipped_with_one_warning_each(runs, tmp_path, capsy
         assert sum(str(root / name) in w for w in warnings) == 1, name
     assert "lacks best, epoch" in " ".join(warnings)
     (older,) = [w for w in warnings if str(root / "older") in w]
-    assert f"archive format None, this code reads '{compare.ARCHIVE_FORMAT}'" in older and "git log" in older
+    assert f"archive format None, this code reads '{run_records.ARCHIVE_FORMAT}'" in older and "git log" in older
     (row,) = table_rows(text)["hyper"]
     assert row[5] == "`mnist-hyper`" and row[6] == f"{best(root / 'good')['test_error']:.2f}%"
 
@@ -280,13 +284,13 @@ def test_user_errors_are_one_line(runs, tmp_path, capsys):
 
 def test_budget_cells():
     config = {**vars(parse_args(mnist.MNIST, [])[0]), "experiment": "mnist", "patience": 3}
-    run = compare.Run(Path("r"), config, {"epoch": 5, "step": 275, "val_error": 1.0, "test_error": 0.9}, epoch=8,
+    run = run_records.Run(Path("r"), config, {"epoch": 5, "step": 275, "val_error": 1.0, "test_error": 0.9}, epoch=8,
                       step=440, elapsed_seconds=3725.5, num_parameters=12_910, device="cpu", provenance=[], metrics=[],
                       kernel_bank={})
-    assert compare.run_cells(run)[8:] == ["01:02:05", "unknown"]  # wall time as the trainer prints it; no provenance
-    assert compare.stop_status(run) == "early stop (patience 3)"
-    assert compare.stop_status(dataclasses.replace(run, epoch=7, step=385)) == "unfinished"
-    assert compare.stop_status(dataclasses.replace(run, epoch=100, step=5500)) == "finished"
+    assert tables.run_cells(run)[8:] == ["01:02:05", "unknown"]  # wall time as the trainer prints it; no provenance
+    assert tables.stop_status(run) == "early stop (patience 3)"
+    assert tables.stop_status(dataclasses.replace(run, epoch=7, step=385)) == "unfinished"
+    assert tables.stop_status(dataclasses.replace(run, epoch=100, step=5500)) == "finished"
 
 
 def test_help_names_every_option(capsys):
@@ -324,7 +328,7 @@ def test_diagrams_draws_every_figure(runs, tmp_path, capsys):
         "curves_mnist_init.png not drawn"]
     for name in names:
         assert_picture(out / name)
-    lagging = diagrams.bn_lag_runs(compare.find_runs([runs.checkpoints]))  # the CIFAR runs: MNIST's nets have no BatchNorm
+    lagging = diagrams.bn_lag_runs(run_records.find_runs([runs.checkpoints]))  # the CIFAR runs: MNIST's nets have no BatchNorm
     assert [run.name for run in lagging] == ["hyper-10-1", "wrn-10-1"]
     panels = diagrams.draw_bn_lag(lagging, "t").axes
     assert [ax.get_title() for ax in panels] == ["hyper-10-1", "wrn-10-1"] and len(panels[0].get_lines()) == 3
@@ -341,12 +345,12 @@ def test_diagrams_without_runs_draws_the_architecture_only(tmp_path, capsys):
 @pytest.mark.slow
 def test_kernels_start_where_fit_started_and_end_as_trained(runs):
     for name, kernels_at_start in (("hyper-10-1", runs.init_kernels), ("mnist-hyper", None)):
-        run = compare.read_run(runs.checkpoints / name)
+        run = run_records.read_run(runs.checkpoints / name)
         rng = torch.get_rng_state()
         kernels = diagrams.layer_kernels(run)
         assert torch.equal(torch.get_rng_state(), rng)  # the caller's random state is left alone
         ckpt = load_checkpoint(runs.checkpoints / name / "last.pt")
-        model = compare.EXPERIMENTS[run.experiment].build_model(ckpt["config"])
+        model = all_experiments()[run.experiment].build_model(ckpt["config"])
         model.load_state_dict(ckpt["model"])
         assert torch.equal(kernels.trained, model.kernels()[0].detach())
         assert not torch.allclose(kernels.init, kernels.trained)
@@ -416,13 +420,13 @@ def test_runs_of_two_budgets_never_share_a_seed_group(tmp_path):
     def archived(name, error, **flags):
         write_archived_run(tmp_path / name, {"epoch": 1, "step": 351, "val_error": error, "test_error": error}, 1, 351,
                            **flags)
-        return compare.read_run(tmp_path / name)
+        return run_records.read_run(tmp_path / name)
 
     runs = [archived("a", 20.0, seed=0, epochs=10), archived("b", 22.0, seed=1, epochs=10, device="cpu", compile=True),
             archived("c", 80.0, seed=2, epochs=1), archived("d", 21.0, seed=3, epochs=10, precise_bn=0),
             archived("e", 20.5, seed=4, epochs=10, lr=0.002),  # the lr hyper's schedule gives it anyway
             archived("f", 30.0, seed=5, epochs=10, lr=0.01)]
-    assert [[run.name for run in group] for group in compare.seed_groups(runs)] == [["a", "b", "e"], ["c"], ["d"], ["f"]]
+    assert [[run.name for run in group] for group in seed_stats.seed_groups(runs)] == [["a", "b", "e"], ["c"], ["d"], ["f"]]
 
 
 @pytest.mark.slow
@@ -431,7 +435,7 @@ def test_a_run_stopped_in_its_first_epoch_is_noted_not_warned(runs, tmp_path, ca
     ckpt.update(epoch=0, step=3, best={}, metrics=[])
     (tmp_path / "early").mkdir()
     torch.save(ckpt, tmp_path / "early" / "last.pt")
-    assert compare.find_runs([tmp_path]) == []
+    assert run_records.find_runs([tmp_path]) == []
     err = capsys.readouterr().err
     assert err.startswith(f"note: skipped {tmp_path / 'early'}: stopped in its first epoch")
     assert err.strip().endswith(f"continue with: python train.py -r {tmp_path / 'early' / 'last.pt'}")
@@ -442,7 +446,7 @@ def test_results_md_and_the_readme_figures_come_from_the_archived_runs(monkeypat
     README's status table quotes is in it: no number is copied by hand out of sync."""
     monkeypatch.chdir(REPO)
     roots = [Path("results/runs")]
-    text = compare.report(compare.find_runs(roots), roots, "python compare.py --runs results/runs --out results/results.md")
+    text = tables.report(run_records.find_runs(roots), roots, "python compare.py --runs results/runs --out results/results.md")
     assert (REPO / "results" / "results.md").read_text() == text
     readme = (REPO / "README.md").read_text()
     status = readme[readme.index("## Status"):readme.index("\n## ", readme.index("## Status") + 1)]
@@ -458,13 +462,13 @@ def test_the_hyper_plain_gap_over_seeds_with_its_welch_interval(tmp_path):
     def archived(name, error, **flags):
         write_archived_run(tmp_path / name, {"epoch": 10, "step": 3510, "val_error": error, "test_error": error}, 10, 3510,
                            **{"epochs": 10, **flags})
-        return compare.read_run(tmp_path / name)
+        return run_records.read_run(tmp_path / name)
 
     runs = [archived(f"h{s}", e, seed=s) for s, e in enumerate((20.0, 21.0, 22.0))]
     runs += [archived(f"p{s}", e, seed=s, plain=True) for s, e in enumerate((18.0, 18.5, 19.0))]
     runs += [archived(f"q{s}", e, seed=s, plain=True, epochs=20) for s, e in enumerate((10.0, 11.0))]
-    (table,) = [t for t in compare.paper_tables() if t.experiment == "cifar10"]
-    (row,) = compare.gap_rows(table, runs)
+    (table,) = [t for t in tables.paper_tables() if t.experiment == "cifar10"]
+    (row,) = tables.gap_rows(table, runs)
     assert row[2:] == ["3, 3", "+1.29", "+2.50", "0.65", "-0.28 - +5.28"]
 
 
@@ -475,50 +479,50 @@ def test_the_welch_interval_weighs_each_side_by_its_own_number_of_seeds():
     df = (a + b) ** 2 / (a**2 / 1 + b**2 / 3)
     assert 3 < df < 4
     t = 3.182  # Student's t, 97.5% quantile, 3 degrees of freedom
-    gap, se, half = compare.gap_interval(hyper, plain)
+    gap, se, half = seed_stats.gap_interval(hyper, plain)
     assert gap == pytest.approx(1.0) and se == pytest.approx((a + b) ** 0.5)
     assert half == pytest.approx(t * (a + b) ** 0.5)
     assert (gap - half, gap + half) == pytest.approx((-1.598, 3.598), abs=1e-3)
-    swapped_gap, swapped_se, swapped_half = compare.gap_interval(plain, hyper)  # the same Welch df either way round
+    swapped_gap, swapped_se, swapped_half = seed_stats.gap_interval(plain, hyper)  # the same Welch df either way round
     assert (swapped_gap, swapped_se, swapped_half) == pytest.approx((-gap, se, half))
 
 
-def archived_seeds(folder: Path, errors: dict[int, float], **flags) -> list[compare.Run]:
+def archived_seeds(folder: Path, errors: dict[int, float], **flags) -> list[run_records.Run]:
     """Finished 10-epoch CIFAR-10 runs of FLAGS under FOLDER: for each seed of ERRORS, one with that test error."""
     runs = []
     for seed, error in errors.items():
         run_dir = folder / f"seed{seed}"
         write_archived_run(run_dir, {"epoch": 10, "step": 3510, "val_error": error, "test_error": error}, 10, 3510,
                            **{"epochs": 10, "seed": seed, **flags})
-        runs.append(compare.read_run(run_dir))
+        runs.append(run_records.read_run(run_dir))
     return runs
 
 
 def test_a_hyper_run_with_its_own_lr_or_optimizer_has_no_default_plain_twin(tmp_path):
     """Hyper seeds with an --lr or --optimizer other than their schedule's never pair with the default plain seeds."""
-    (table,) = [t for t in compare.paper_tables() if t.experiment == "cifar10"]
+    (table,) = [t for t in tables.paper_tables() if t.experiment == "cifar10"]
     plain = archived_seeds(tmp_path / "plain", {0: 18.0, 1: 19.0}, plain=True)
     default = archived_seeds(tmp_path / "hyper", {0: 20.0, 1: 22.0})
     other_lr = archived_seeds(tmp_path / "hyper-lr", {0: 30.0, 1: 32.0}, lr=0.01)
     other_optimizer = archived_seeds(tmp_path / "hyper-sgd", {0: 40.0, 1: 42.0}, optimizer="sgd")
-    assert len(compare.seed_groups(plain + default + other_lr + other_optimizer)) == 4
+    assert len(seed_stats.seed_groups(plain + default + other_lr + other_optimizer)) == 4
     for hyper in (other_lr, other_optimizer):
-        assert compare.gap_rows(table, plain + hyper) == []
-    (row,) = compare.gap_rows(table, plain + other_lr + default + other_optimizer)
+        assert tables.gap_rows(table, plain + hyper) == []
+    (row,) = tables.gap_rows(table, plain + other_lr + default + other_optimizer)
     assert row[2:5] == ["2, 2", "+1.29", "+2.50"]
 
 
 @pytest.mark.parametrize("given_first", [True, False])
 def test_hyper_seeds_given_their_schedules_own_lr_pair_with_the_default_plain_twin(given_first, tmp_path):
     """--lr 0.002 on a hyper run is its schedule's lr: its seeds pair with the default plain seeds, in either order."""
-    (table,) = [t for t in compare.paper_tables() if t.experiment == "cifar10"]
+    (table,) = [t for t in tables.paper_tables() if t.experiment == "cifar10"]
     plain = archived_seeds(tmp_path / "plain", {0: 18.0, 1: 19.0}, plain=True)
     given = archived_seeds(tmp_path / "given", {0: 20.0}, lr=0.002)
     left = archived_seeds(tmp_path / "left", {1: 22.0})
     hyper = given + left if given_first else left + given
-    (row,) = compare.gap_rows(table, plain + hyper)
+    (row,) = tables.gap_rows(table, plain + hyper)
     assert row[2:5] == ["2, 2", "+1.29", "+2.50"]
-    assert compare.gap_rows(table, plain + archived_seeds(tmp_path / "all-given", {0: 20.0, 1: 22.0}, lr=0.002)) != []
+    assert tables.gap_rows(table, plain + archived_seeds(tmp_path / "all-given", {0: 20.0, 1: 22.0}, lr=0.002)) != []
 
 
 def test_compare_shows_the_test_error_of_the_best_validation_epoch(tmp_path):

@@ -12,6 +12,7 @@ import torch
 
 import compare
 import diagrams
+import seed_stats
 import seeds
 from conftest import HANG, REPO
 
@@ -63,10 +64,10 @@ def test_a_failing_seed_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_mean_interval_is_the_t_interval():
-    low, high = compare.mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])  # mean 3, sd sqrt(2.5), t(0.975, 4) = 2.776
+    low, high = seed_stats.mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])  # mean 3, sd sqrt(2.5), t(0.975, 4) = 2.776
     half = 2.776 * 2.5**0.5 / 5**0.5
     assert abs(low - (3 - half)) < 1e-9 and abs(high - (3 + half)) < 1e-9
-    low, high = compare.mean_interval([2.0] * 40)  # no spread: no width, and more than 31 runs is fine
+    low, high = seed_stats.mean_interval([2.0] * 40)  # no spread: no width, and more than 31 runs is fine
     assert low == high == 2.0
 
 
