@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from cli import ArgumentParser, HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int, run_name, seed
+from cli import ArgumentParser, HelpFormatter, UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_name, seed
 from data import Splits
 from devices import AMP_CHOICES
 
@@ -167,6 +168,13 @@ def parse_args(experiment: Experiment, argv: list[str] | None = None) -> tuple[a
     if args.run_name is None:
         args.run_name = configuration_name(experiment, vars(args))
     return args, explicit
+
+
+def check_complete(experiment: Experiment, config: dict, path: Path) -> None:
+    """Refuse, in one line, the checkpoint at PATH when its CONFIG lacks a flag of EXPERIMENT."""
+    missing = sorted(set(vars(build_parser(experiment).parse_args([]))) - set(config))
+    if missing:
+        raise UserError(f"{path} is incomplete: its configuration lacks {', '.join('--' + k.replace('_', '-') for k in missing)}")
 
 
 def result_flags(config: dict) -> list[str]:

@@ -198,7 +198,9 @@ def find_runs(roots: list[Path]) -> list[Run]:
     Raises:
         UserError: If a root is not a folder.
     """
-    runs, seen, names = [], set(), {}
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    names: dict[str, Path] = {}  # run identity -> the folder it was read from
     for root in roots:
         if not root.is_dir():
             raise UserError(f"--runs {root} is not a folder")

@@ -40,7 +40,7 @@ from devices import choose_compute, configure_backends, pick_device
 from distributed import Distributed, all_gather, augment_seed, broadcast_object
 from engine import (Data, EpochStats, EpochSums, Place, Progress, Run, Settings, TrainState, compile_step, evaluate_run,
                     objective_of, train_one_epoch, uses_cuda_graphs)
-from experiment import DEFAULT_DATA_DIR, Experiment, configuration_name, parse_args
+from experiment import DEFAULT_DATA_DIR, Experiment, check_complete, configuration_name, parse_args
 
 
 def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
@@ -57,9 +57,7 @@ def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argpar
     saved = dict(ckpt["config"])
     if saved["experiment"] != experiment.name:
         raise UserError(f"{path} is a {saved['experiment']} run, not {experiment.name}: resume it with its own script")
-    missing = sorted(set(vars(args)) - set(saved))
-    if missing:
-        raise UserError(f"{path} is incomplete: its configuration lacks {', '.join('--' + k.replace('_', '-') for k in missing)}")
+    check_complete(experiment, saved, path)
     check_resume_config(saved, args, explicit)
     saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES if k in explicit or k not in REMEMBERED})
     if args.resume and "checkpoint_dir" not in explicit:  # a file named by -r PATH: its folder is the run's

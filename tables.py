@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mnist
 import provenance
@@ -81,9 +82,10 @@ class PaperTable:
     title: str
     paper: dict  # the paper's table: row key -> its numbers
     columns: list[str]  # the leading columns: the model, the paper's numbers, our counts
-    cells: Callable[[object, tuple], list[str]]  # row key, paper numbers -> the leading cells
+    cells: Callable[[Any, Any], list[str]]  # row key, paper numbers -> the leading cells
     key: Callable[[Run], object]  # a run -> its row key, or None when it does not match the paper's setup
     describe: Callable[[Run], str]  # a run that matches no row -> its configuration in words
+    takes: Callable[[Run], bool] = lambda run: True  # which of the experiment's runs this section shows
 
 
 def seed_rows(table: PaperTable, finished: list[Run]) -> list[list[str]]:
@@ -131,20 +133,25 @@ def gap_rows(table: PaperTable, finished: list[Run]) -> list[list[str]]:
 
 def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list[str]:
     """The paper's table with one line per matching run ("no run" where none matches), the
-    line saying where those runs came from, then a table of the experiment's other runs."""
-    runs = [run for run in runs if run.experiment == table.experiment]
+    line saying where those runs came from, then a table of the experiment's other runs
+    (for a section without a paper table: its runs, or nothing when it has none)."""
+    runs = [run for run in runs if run.experiment == table.experiment and table.takes(run)]
+    if not runs and not table.paper:
+        return []
     rows, matched = [], []
     for key, numbers in table.paper.items():
         matching = [run for run in runs if table.key(run) == key]
-        rows += [table.cells(key, numbers) + run_cells(run) for run in matching or [None]]
+        shown: list[Run | None] = [*matching] or [None]  # "no run" when none matches
+        rows += [table.cells(key, numbers) + run_cells(run) for run in shown]
         matched += matching
     others = [run for run in runs if run not in matched]
-    lines = [f"## {table.title}", "", *markdown_table([*table.columns, *RUN_COLUMNS], rows), ""]
-    lines.append(sources(matched, roots))
+    lines = [f"## {table.title}"]
+    if table.paper:
+        lines += ["", *markdown_table([*table.columns, *RUN_COLUMNS], rows), "", sources(matched, roots)]
     if others:
         rows = [[table.describe(run), f"{run.num_parameters:,}", *run_cells(run)] for run in others]
-        lines += ["", "Other runs (no row in the paper's table):", ""]
-        lines += [*markdown_table(["configuration", "our params", *RUN_COLUMNS], rows), "", sources(others, roots)]
+        lines += ["", "Other runs (no row in the paper's table):"] if table.paper else []
+        lines += ["", *markdown_table(["configuration", "our params", *RUN_COLUMNS], rows), "", sources(others, roots)]
     finished = [run for run in runs if stop_status(run) != "unfinished"]
     seeds = seed_rows(table, finished)
     if seeds:
@@ -161,8 +168,15 @@ def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list
     return lines
 
 
+def is_wrn(run: Run) -> bool:
+    """Whether RUN trained the paper's Wide-ResNet (not a torchvision --arch)."""
+    return run.config["arch"] == "wrn"
+
+
 def cifar_key(run: Run) -> tuple[int, int, bool] | None:
     c = run.config
+    if not is_wrn(run):
+        return None
     default_init = not run.hyper or not departures(run)  # a plain net has no generated kernels to initialise
     paper_setup = (c["z_dim"], c["shortcut"]) == (CIFAR_Z_DIM, CIFAR_SHORTCUT) and default_init
     return (c["depth"], c["width"], run.hyper) if paper_setup else None
@@ -178,6 +192,11 @@ def cifar_describe(run: Run) -> str:
     c = run.config
     words = f"{model_name(c['depth'], c['width'], run.hyper)}, z_dim {c['z_dim']}, shortcut {c['shortcut']}"
     return words + (f", init {setting(run, 'init')}" if run.hyper and departures(run) else "")
+
+
+def torchvision_describe(run: Run) -> str:
+    """E.g. "hyper-resnet18, z_dim 64" or "resnet18"."""
+    return f"hyper-{run.config['arch']}, z_dim {run.config['z_dim']}" if run.hyper else run.config["arch"]
 
 
 def mnist_key(run: Run) -> bool | None:
@@ -202,7 +221,10 @@ def paper_tables() -> list[PaperTable]:
     """Paper Table 2 (CIFAR-10) and Table 7 (MNIST), and how our runs match their rows."""
     return [
         PaperTable(train.CIFAR10.name, "CIFAR-10: paper Table 2 against our runs", PAPER_TABLE2,
-                   ["model", "paper test error", "paper params", "our params"], cifar_cells, cifar_key, cifar_describe),
+                   ["model", "paper test error", "paper params", "our params"], cifar_cells, cifar_key, cifar_describe,
+                   is_wrn),
+        PaperTable(train.CIFAR10.name, "CIFAR-10: torchvision models, plain and hypernetized (no paper row)", {}, [],
+                   cifar_cells, cifar_key, torchvision_describe, lambda run: not is_wrn(run)),
         PaperTable(mnist.MNIST.name, "MNIST: paper Table 7 against our runs", mnist.PAPER_TABLE7,
                    ["model", "paper test error", "paper layer-2 params", "our layer-2 params", "our params"],
                    mnist_cells, mnist_key, mnist_describe),
@@ -212,7 +234,7 @@ def paper_tables() -> list[PaperTable]:
 def paper_error(run: Run) -> float | None:
     """The paper's test error for RUN's model and setup, or None when the paper has no such row."""
     for table in paper_tables():
-        if table.experiment == run.experiment and table.key(run) in table.paper:
+        if table.experiment == run.experiment and table.takes(run) and table.key(run) in table.paper:
             return table.paper[table.key(run)][0]
     return None
 
@@ -222,5 +244,6 @@ def report(runs: list[Run], roots: list[Path], command: str) -> str:
     lines = [f"Generated by `{command}`. Test error: at the epoch with the best validation error "
              "(early stopping), as in the paper. Our parameter counts are computed from the models."]
     for table in paper_tables():
-        lines += ["", *table_section(table, runs, roots)]
+        section = table_section(table, runs, roots)
+        lines += ["", *section] if section else []
     return "\n".join(lines) + "\n"

@@ -467,7 +467,7 @@ def test_the_hyper_plain_gap_over_seeds_with_its_welch_interval(tmp_path):
     runs = [archived(f"h{s}", e, seed=s) for s, e in enumerate((20.0, 21.0, 22.0))]
     runs += [archived(f"p{s}", e, seed=s, plain=True) for s, e in enumerate((18.0, 18.5, 19.0))]
     runs += [archived(f"q{s}", e, seed=s, plain=True, epochs=20) for s, e in enumerate((10.0, 11.0))]
-    (table,) = [t for t in tables.paper_tables() if t.experiment == "cifar10"]
+    table = next(t for t in tables.paper_tables() if t.experiment == "cifar10")  # the paper's Table 2
     (row,) = tables.gap_rows(table, runs)
     assert row[2:] == ["3, 3", "+1.29", "+2.50", "0.65", "-0.28 - +5.28"]
 
@@ -500,7 +500,7 @@ def archived_seeds(folder: Path, errors: dict[int, float], **flags) -> list[run_
 
 def test_a_hyper_run_with_its_own_lr_or_optimizer_has_no_default_plain_twin(tmp_path):
     """Hyper seeds with an --lr or --optimizer other than their schedule's never pair with the default plain seeds."""
-    (table,) = [t for t in tables.paper_tables() if t.experiment == "cifar10"]
+    table = next(t for t in tables.paper_tables() if t.experiment == "cifar10")  # the paper's Table 2
     plain = archived_seeds(tmp_path / "plain", {0: 18.0, 1: 19.0}, plain=True)
     default = archived_seeds(tmp_path / "hyper", {0: 20.0, 1: 22.0})
     other_lr = archived_seeds(tmp_path / "hyper-lr", {0: 30.0, 1: 32.0}, lr=0.01)
@@ -515,7 +515,7 @@ def test_a_hyper_run_with_its_own_lr_or_optimizer_has_no_default_plain_twin(tmp_
 @pytest.mark.parametrize("given_first", [True, False])
 def test_hyper_seeds_given_their_schedules_own_lr_pair_with_the_default_plain_twin(given_first, tmp_path):
     """--lr 0.002 on a hyper run is its schedule's lr: its seeds pair with the default plain seeds, in either order."""
-    (table,) = [t for t in tables.paper_tables() if t.experiment == "cifar10"]
+    table = next(t for t in tables.paper_tables() if t.experiment == "cifar10")  # the paper's Table 2
     plain = archived_seeds(tmp_path / "plain", {0: 18.0, 1: 19.0}, plain=True)
     given = archived_seeds(tmp_path / "given", {0: 20.0}, lr=0.002)
     left = archived_seeds(tmp_path / "left", {1: 22.0})

@@ -564,6 +564,38 @@ def test_a_torchvision_model_trains_and_resumes_exactly(plain, tmp_path, tiny_ci
     assert "no paper row: resnet18 is torchvision's" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_torchvision_runs_show_in_compare_with_their_gap_and_evaluate_as_recorded(tmp_path, tiny_cifar, capsys):
+    """Two seeds each of resnet18 and hyper-resnet18: compare.py gives them their own section,
+    with the hyper - plain gap; evaluate.py on best.pt prints the test error the run recorded,
+    and writes nothing."""
+    import compare
+    import evaluate
+
+    for flags in ([], ["--plain"]):
+        for seed in ("0", "1"):
+            assert train.main(torchvision_args(tmp_path, tiny_cifar, *flags, "--seed", seed)) == 0
+    out = tmp_path / "results.md"
+    assert compare.main(["--runs", str(tmp_path / "ck"), "--out", str(out)]) == 0
+    section = out.read_text().split("## CIFAR-10: torchvision models")[1]
+    assert "| hyper-resnet18, z_dim 64 | resnet18 | 2, 2 |" in section and "no row" in section
+    best = tmp_path / "ck" / "hyper-resnet18-epochs-2-batch-size-8-val-size-10-seed1" / "best.pt"
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    capsys.readouterr()
+    assert evaluate.main([str(best)]) == 0
+    recorded = load(best)["best"]["test_error"]
+    assert f"test error {recorded:.2f}% on 10 images | 515,818 parameters" in capsys.readouterr().out
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == files
+
+
+def test_evaluate_refuses_a_missing_or_foreign_file_in_one_line(tmp_path, capsys):
+    import evaluate
+
+    assert "no checkpoint at" in error_line(evaluate.main([str(tmp_path / "none.pt")]), capsys)
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    assert "is not a checkpoint written by this train.py" in error_line(evaluate.main([str(tmp_path / "other.pt")]), capsys)
+
+
 @pytest.mark.parametrize("flags", [["--depth", "16"], ["--width", "2"], ["--shortcut", "conv"],
                                    ["--init", "scale-in-hypernet"]])
 def test_wrn_flags_on_a_torchvision_model_are_refused_in_one_line(flags, tmp_path, tiny_cifar, capsys):
