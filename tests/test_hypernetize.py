@@ -8,7 +8,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from conftest import HANG, REPO
 from hypernetwork_modules import HyperNetized, default_layers, hypernetize
 from primary_net import PrimaryNetwork
 
@@ -177,23 +176,6 @@ def test_wrn_40_1_from_ordinary_convs_gives_the_papers_36_kernels_from_242_zs():
     for a, b in zip(net.kernels(), paper.kernels()):
         assert torch.equal(a, b)
     assert sum(p.numel() for p in bank.parameters()) == sum(p.numel() for p in paper.kernel_bank.parameters())
-
-
-@pytest.mark.slow
-def test_resnet18_example_trains_both_models_on_cifar_format_data(tmp_path, capsys):
-    import subprocess
-    import sys
-    import data
-
-    root = data.write_synthetic_cifar(tmp_path / "d", per_batch=20, test_size=30)
-    result = subprocess.run([sys.executable, "-m", "examples.hypernetize_resnet18", "--data-dir", str(root),
-                             "--steps", "2", "--batch-size", "8", "--test-images", "30", "--out", str(tmp_path / "t.md")],
-                            cwd=REPO, capture_output=True, text=True, timeout=HANG)
-    assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| resnet18 |") or line.startswith("| hyper-")]
-    assert rows[0].startswith("| resnet18 | 11,181,642 |") and rows[1].startswith("| hyper-resnet18 | 515,818 |")
-    written = (tmp_path / "t.md").read_text()  # the table, under the command that made it
-    assert written.startswith("`python -m examples.hypernetize_resnet18 --data-dir") and all(row in written for row in rows)
 
 
 def test_cropped_tiles_and_their_penalty_are_exact():
