@@ -16,22 +16,22 @@ import pickle
 import random
 import shutil
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import IO
-
-fcntl: ModuleType | None
-try:
-    import fcntl  # POSIX (Linux, macOS); elsewhere runs are not locked
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
 
 import numpy as np
 import torch
 
 from cli import UserError, first_line
 from devices import cuda_rng_state, cuda_state_for
+
+fcntl: ModuleType | None
+try:
+    import fcntl  # POSIX (Linux, macOS); elsewhere runs are not locked
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 FORMAT_NAME = "hyperresnet-train-v"
 FORMAT_VERSION = 3  # 3: records where it ran ("provenance")

@@ -143,7 +143,7 @@ def draw_hyper_resnet(ax: Axes, model: PrimaryNetwork, side: float) -> None:
     parts = [("hypernetwork", n_hyper, COLOURS["hypernet"]), ("z's", n_z, COLOURS["z"]),
              ("rest: stem, BatchNorm, biases, classifier", n_total - n_hyper - n_z, COLOURS["rest"])]
     left = 1.0
-    for label, count, colour in parts:
+    for _label, count, colour in parts:
         ax.add_patch(Rectangle((left, 11), 61 * count / n_total, 4, fc=colour, ec=COLOURS["edge"], lw=0.8))
         left += 61 * count / n_total
     ax.text(1, 16, "where the parameters are", ha="left", va="bottom", fontsize=9.5, style="italic")

@@ -16,7 +16,17 @@ from typing import NamedTuple
 
 import torch
 
-from cli import ArgumentParser, HelpFormatter, UserError, non_negative_float, non_negative_int, positive_float, positive_int, run_name, seed
+from cli import (
+    ArgumentParser,
+    HelpFormatter,
+    UserError,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_name,
+    seed,
+)
 from data import Splits
 from devices import AMP_CHOICES
 

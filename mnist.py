@@ -38,9 +38,9 @@ import torch.nn.functional as F
 
 from cli import positive_int
 from data import augment_mnist, load_mnist, stretch_mnist
+from distributed import exit_process
 from experiment import Experiment, FlagDefaults, Schedule, kernel_init
 from hypernetwork_modules import HyperNetwork, KernelBank
-from distributed import exit_process
 from runner import main as run_main
 
 # Paper Table 7: test error (%) and parameters of the second layer (its kernel for "normal").

@@ -31,15 +31,41 @@ import torch
 
 import distributed
 import provenance
-from checkpointing import (CHECKPOINT_FORMAT, REMEMBERED, RESUMABLE_CHANGES, acquire_run_lock, append_line, atomic_save,
-                           atomic_write_text, check_resume_config, load_checkpoint, release_run_lock,
-                           remove_stale_temporaries, rng_state, set_rng_state, writable_dir)
+from checkpointing import (
+    CHECKPOINT_FORMAT,
+    REMEMBERED,
+    RESUMABLE_CHANGES,
+    acquire_run_lock,
+    append_line,
+    atomic_save,
+    atomic_write_text,
+    check_resume_config,
+    load_checkpoint,
+    release_run_lock,
+    remove_stale_temporaries,
+    rng_state,
+    set_rng_state,
+    writable_dir,
+)
 from cli import UserError, first_line, format_time
 from data import Normalize, split_indices
 from devices import choose_compute, configure_backends, pick_device
 from distributed import Distributed, all_gather, augment_seed, broadcast_object
-from engine import (Data, EpochStats, EpochSums, Place, Progress, Run, Settings, TrainState, compile_step, evaluate_run,
-                    objective_of, train_one_epoch, uses_cuda_graphs)
+from engine import (
+    Data,
+    EpochStats,
+    EpochSums,
+    Place,
+    Progress,
+    Run,
+    Settings,
+    TrainState,
+    compile_step,
+    evaluate_run,
+    objective_of,
+    train_one_epoch,
+    uses_cuda_graphs,
+)
 from experiment import DEFAULT_DATA_DIR, Experiment, check_complete, configuration_name, parse_args
 
 

@@ -67,10 +67,10 @@ def run_seeds(script: str, seeds: list[int], flags: list[str], jobs: int) -> lis
                 if proc.returncode != 0:
                     failed.append(seed)
     except KeyboardInterrupt:  # each running seed saves the step it is at (as for its own Ctrl-C), then all leave
-        for _, proc, log in running:
+        for _, proc, _log in running:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
-        for _, proc, log in running:
+        for _, proc, _log in running:
             proc.wait()
             log.close()
         raise

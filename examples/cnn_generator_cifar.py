@@ -32,8 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import Normalize, load_cifar10 as read_cifar10  # the repository's reader: run from the repository root
+from data import Normalize  # the repository's reader: run from the repository root
+from data import load_cifar10 as read_cifar10
 from target_hypernetwork import TargetHyperNetwork
+
 
 def load_cifar10(data_dir: str | Path, train_limit: int | None = None, test_limit: int | None = None):
     """CIFAR-10 through data.py's safe loader, cut to the first LIMIT images.

@@ -61,7 +61,7 @@ def train(model: nn.Module, data: tuple[torch.Tensor, ...], args: argparse.Names
     torch.manual_seed(args.seed)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     start = time.time()
-    for step in range(1, args.steps + 1):
+    for _step in range(1, args.steps + 1):
         idx = torch.randint(0, len(x_train), (args.batch_size,))
         loss = F.mse_loss(model(x_train[idx])[0], y_train[idx])
         opt.zero_grad()

@@ -12,9 +12,9 @@ import mnist
 import runner
 import train
 from conftest import only_run
-from engine import Place, TrainState, compile_step, train_step
-from distributed import SINGLE_PROCESS
 from devices import FP32
+from distributed import SINGLE_PROCESS
+from engine import Place, TrainState, compile_step, train_step
 from primary_net import PrimaryNetwork
 from test_train import assert_same_state, load, run_args
 

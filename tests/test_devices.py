@@ -13,10 +13,10 @@ import devices
 import hypernetwork_modules
 import runner
 import train
-from data import Normalize, augment_cifar
 from cli import UserError
-from devices import FP32, Precision, choose_channels_last, choose_precision, cuda_state_for
 from conftest import only_run
+from data import Normalize, augment_cifar
+from devices import FP32, Precision, choose_channels_last, choose_precision, cuda_state_for
 
 A100, H100, V100, T4 = (8, 0), (9, 0), (7, 0), (7, 5)
 

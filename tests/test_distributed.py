@@ -17,9 +17,9 @@ import torch
 import engine
 import runner
 import train
+from conftest import HANG, REPO, WORKERS, as_rank, only_run, paused, run_folder, wait_for_line, write_fake_cifar
 from data import Normalize, load_cifar10
 from devices import FP32
-from conftest import HANG, REPO, WORKERS, as_rank, only_run, paused, run_folder, wait_for_line, write_fake_cifar
 
 pytestmark = pytest.mark.slow  # every test here starts torchrun, a subprocess or a training run
 EPOCHS = "3"

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import train
-from devices import capability, choose_precision
 from conftest import HANG, only_run
+from devices import capability, choose_precision
 
 REPO = Path(__file__).resolve().parent.parent
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: not run on this machine")

@@ -277,7 +277,7 @@ def test_the_trainer_steps_any_module_generating_each_kernel_once_per_step(name)
     state = engine.TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     calls, before = hypernet_calls(model), [p.detach().clone() for p in model.parameters()]
     x, y = torch.randn(shape), torch.randint(0, 10, (4,))
-    for step in range(2):
+    for _step in range(2):
         loss, logits = engine.train_step(state, x, y, weight_decay=0.1)
         assert logits.shape == (4, 10) and torch.isfinite(loss)
     hypernetworks = {"resnet18": 0, "hypernetize-resnet18": len(getattr(model, "banks", ()))}.get(name, 1)

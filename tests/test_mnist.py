@@ -7,11 +7,11 @@ import shutil
 import pytest
 import torch
 
+import data
 import export
 import mnist
-import data
 import train
-from conftest import error_line, write_fake_mnist, only_run
+from conftest import error_line, only_run, write_fake_mnist
 
 SMALL = ["--val-size", "20", "--batch-size", "50", "--no-download", "--no-progress", "--device", "cpu"]
 

@@ -13,9 +13,9 @@ import diagrams
 import engine
 import mnist
 import run_records
+from conftest import only_run
 from experiment import parse_args
 from hypernetwork_modules import HyperNetwork, KernelBank
-from conftest import only_run
 
 SMALL = ["--val-size", "20", "--batch-size", "50", "--no-download", "--no-progress", "--device", "cpu"]
 

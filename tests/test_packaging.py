@@ -2,8 +2,8 @@
 
 import ast
 import os
-import subprocess
 import re
+import subprocess
 import sys
 
 import pytest

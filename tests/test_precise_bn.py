@@ -9,9 +9,9 @@ import torch
 import data
 import engine
 import train
-from primary_net import PrimaryNetwork
-from mnist import MnistNet
 from conftest import only_run
+from mnist import MnistNet
+from primary_net import PrimaryNetwork
 from test_train import load, tiny_args
 
 

@@ -15,7 +15,7 @@ import data
 import engine
 import runner
 import train
-from conftest import write_archived_run, only_run
+from conftest import only_run, write_archived_run
 from primary_net import PrimaryNetwork
 
 # 200 fake images: 160 train + 40 val; batch 32 -> 5 steps an epoch.

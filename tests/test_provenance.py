@@ -10,8 +10,8 @@ import provenance
 import run_records
 import tables
 import train
-from test_train import load, run_args
 from conftest import as_rank, only_run
+from test_train import load, run_args
 
 
 @pytest.mark.slow

@@ -3,11 +3,11 @@
 import argparse
 import errno
 import json
-from collections import namedtuple
 import os
 import signal
 import subprocess
 import sys
+from collections import namedtuple
 from pathlib import Path
 
 import pytest

@@ -17,7 +17,6 @@ import seeds
 from conftest import HANG, REPO
 
 
-
 @pytest.mark.slow
 def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
     monkeypatch.chdir(REPO)  # the scripts run from the repository root

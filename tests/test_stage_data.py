@@ -3,8 +3,8 @@
 import json
 import tarfile
 
-from conftest import error_line, write_fake_cifar
 import stage_data
+from conftest import error_line, write_fake_cifar
 
 
 def test_pack_then_unpack_gives_the_folder_back(tmp_path, capsys):

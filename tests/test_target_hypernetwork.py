@@ -99,7 +99,7 @@ def test_params_are_offset_plus_scale_times_the_flat_generator_output_in_order()
     raw = hnet.generator(hnet.embeddings).flatten()  # (num_chunks * 37,)
     assert raw.numel() == hnet.num_chunks * 37 > hnet.num_target_parameters
     params, start = hnet.generate(), 0
-    for k, (name, p) in enumerate(params.items()):
+    for k, (_name, p) in enumerate(params.items()):
         piece = raw[start : start + p.numel()].view(p.shape)
         torch.testing.assert_close(p, hnet.init_offset[k] + hnet.init_scale[k] * piece)
         start += p.numel()
@@ -122,7 +122,7 @@ def test_one_generator_call_per_forward():
         kwargs = dict(dynamic=True, in_features=6) if dynamic else {}
         hnet = TargetHyperNetwork(mlp_target(), chunk_size=5, embed_dim=4, **kwargs)
         calls = []
-        hnet.generator.register_forward_hook(lambda *args: calls.append(1))
+        hnet.generator.register_forward_hook(lambda *args, calls=calls: calls.append(1))
         hnet(torch.randn(3, 6))
         assert len(calls) == 1, dynamic
 

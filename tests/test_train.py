@@ -20,8 +20,8 @@ import engine
 import mnist
 import runner
 import train
-from experiment import Experiment, Schedule, parse_args
 from conftest import HANG, REPO, as_rank, error_line, only_run, paused, run_folder, wait_for_line, write_fake_cifar
+from experiment import Experiment, Schedule, parse_args
 
 # 200 fake images: 160 train + 40 val, 40 test; batch 32 -> 5 steps an epoch.
 SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu"]
