@@ -150,7 +150,7 @@ def add_shared_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable
                         f"the seed if not 0, e.g. {defaults.run_name_example}")
     o.add_argument("--checkpoint-dir", **d("checkpoints"), help="last.pt, best.pt and metrics.jsonl go to CHECKPOINT_DIR/RUN_NAME")
     o.add_argument("--log-dir", **d("runs"), help="TensorBoard logs go to LOG_DIR/RUN_NAME")
-    o.add_argument("-r", "--resume", nargs="?", const="", **d(None), metavar="PATH", help="resume PATH, or this run's last.pt")
+    o.add_argument("-r", "--resume", nargs="?", const="", **d(None), metavar="PATH", help="resume PATH, or this run's last.pt (none yet: start the run)")
 
 
 def build_parser(experiment: Experiment, suppress_defaults: bool = False) -> argparse.ArgumentParser:

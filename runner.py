@@ -74,11 +74,19 @@ def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argpar
     checkpoint's configuration; flags that contradict it are refused, except the
     `RESUMABLE_CHANGES` (device, folders, ...), which the command line may set: the
     `REMEMBERED` ones (where the data and files are) only when given, the others always.
-    ``-r PATH`` continues the run in PATH's folder."""
+    ``-r PATH`` continues the run in PATH's folder. A bare ``-r`` before the run's first
+    save starts it, so one command both starts and continues a job (a requeue, a torchrun
+    restart); a missing PATH stays an error (a typo must not start a new run). Under
+    torchrun every process decides alike: none writes last.pt before all have joined."""
     args, explicit = parse_args(experiment, argv)
     if args.resume is None:
         return args, None
     path = Path(args.resume) if args.resume else Path(args.checkpoint_dir) / args.run_name / "last.pt"
+    if not args.resume and not path.exists():
+        if distributed.is_main_process():
+            print(f"no checkpoint at {path} yet: starting the run", flush=True)
+        args.resume = None
+        return args, None
     ckpt = load_checkpoint(path)
     saved = dict(ckpt["config"])
     if saved["experiment"] != experiment.name:

@@ -124,10 +124,10 @@ def paused(step: int, signals: int, script: str, argv: list[str]) -> list[str]:
     return [str(WORKERS / "paused.py"), str(step), str(signals), script, *argv]
 
 
-def wait_for_line(proc: subprocess.Popen, text: str) -> None:
-    """Read PROC's stdout (a text pipe) until a line holds TEXT; fail if the output ends first."""
+def wait_for_line(proc: subprocess.Popen, text: str) -> str:
+    """Read PROC's stdout (a text pipe) until a line holds TEXT, and return that line; fail if the output ends first."""
     for line in proc.stdout:
         if text in line:
-            return
+            return line
     proc.wait(timeout=HANG)
     pytest.fail(f"the process ended (exit {proc.returncode}) before printing {text!r}: {proc.stderr.read()[-3000:]}")

@@ -26,10 +26,14 @@ EPOCHS = "3"
 STEPS_PER_EPOCH = (5 * 40 - 20) // 32  # write_fake_cifar's 200 training images, 20 held out, global batches of 32
 
 
-def torchrun(script: str, *args: str, **popen) -> subprocess.Popen:
-    """SCRIPT on 2 processes, as `torchrun --standalone --nproc-per-node 2 SCRIPT ARGS` starts it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", script, *args]
+def torchrun(script: str, *args: str, max_restarts: int = 0, **popen) -> subprocess.Popen:
+    """SCRIPT on 2 processes, as `torchrun --standalone --nproc-per-node 2 --max-restarts
+    MAX_RESTARTS SCRIPT ARGS` starts it. With restarts, torchrun's agent keeps no shared
+    TCPStore: in torch 2.14 the one it shares keeps the first attempt's gloo addresses, and a
+    restarted worker then connects to a dead one (refused, or a hang; pytorch/pytorch#135712)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"} if max_restarts else {})}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "--max-restarts", str(max_restarts), script, *args]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -136,6 +140,32 @@ def test_killed_then_resumed_under_torchrun_ends_where_the_uninterrupted_run_end
         assert torch.equal(value, resumed["model"][key]), key
     lines = (only_run(tmp_path / "ck") / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, int(EPOCHS) + 1))
+
+
+def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_ends_as_uninterrupted(reference, data, tmp_path):
+    """torchrun --max-restarts 1 ... -r: the one command starts the run (no checkpoint yet)
+    and, after rank 0 is killed with SIGKILL in epoch 2, its restart resumes from epoch 1's."""
+    argv = [*flags(tmp_path, data), "-r"]
+    last = run_folder(train.CIFAR10, argv) / "last.pt"
+    proc = torchrun(*paused(STEPS_PER_EPOCH + 3, 1, "train.py", argv), max_restarts=1)
+    wait_for_line(proc, f"no checkpoint at {last} yet: starting the run")
+    line = wait_for_line(proc, f"paused before step {STEPS_PER_EPOCH + 3} (pid ")  # in epoch 2, first attempt only
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    os.kill(int(re.search(r"\(pid (\d+)\)", line).group(1)), signal.SIGKILL)  # rank 0 alone; rank 1 waits on it
+    out = finish(proc)  # the restart's output
+    assert out.count("resumed after epoch 1") == 1 and out.count("final: hyper-10-1") == 1 and "no checkpoint" not in out
+
+    def result(record: dict) -> dict:  # a record without its timings
+        return {k: v for k, v in record.items() if not k.endswith("_seconds") and k != "images_per_s"}
+
+    straight_run = only_run(reference[0] / "ck")
+    resumed, straight = torch.load(last, weights_only=True), torch.load(straight_run / "last.pt", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == int(EPOCHS) and resumed["best"] == straight["best"]
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    records = [[result(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
+               for run in (last.parent, straight_run)]
+    assert records[0] == records[1] and len(records[0]) == int(EPOCHS)
 
 
 def test_the_printed_continue_command_works_under_torchrun(data, tmp_path):

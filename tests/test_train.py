@@ -298,8 +298,33 @@ def test_fp16_run_whose_every_loss_overflows_stops_in_one_line(tmp_path, cifar_d
     assert load(only_run(tmp_path / "ck") / "last.pt")["epoch"] == 1
 
 
-def test_resume_without_checkpoint_is_an_error(tmp_path, cifar_dir, capsys):
-    assert "no checkpoint at" in error_line(train.main([*run_args(tmp_path, cifar_dir), "-r"]), capsys)
+@pytest.mark.slow
+def test_bare_resume_before_any_checkpoint_starts_the_run_and_then_continues_it(tmp_path, tiny_cifar, capsys):
+    """One command for a job's first start and every restart (a requeue, a torchrun restart)."""
+    straight = tiny_args(tmp_path / "a", tiny_cifar, "--epochs", "2")
+    assert train.main(straight) == 0
+    again = [*tiny_args(tmp_path / "b", tiny_cifar, "--epochs", "2", "--stop-after", "1"), "-r"]
+    last = run_folder(train.CIFAR10, again) / "last.pt"
+    capsys.readouterr()
+    assert train.main(again) == 0
+    first = capsys.readouterr().out
+    assert first.count(f"no checkpoint at {last} yet: starting the run") == 1 and "stopped after epoch 1" in first
+    assert load(last)["epoch"] == 1 and load(last)["config"]["resume"] is None  # saved as a new run's
+    assert train.main(again) == 0  # the same command: --stop-after 1 is behind it now
+    second = capsys.readouterr().out
+    assert "resumed after epoch 1" in second and "no checkpoint" not in second
+    a, b = load(only_run(tmp_path / "a" / "ck") / "last.pt"), load(last)
+    assert_same_state(a, b)
+    assert a["best"] == b["best"] and b["epoch"] == 2
+    assert (last.parent / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_resume_of_a_missing_path_is_an_error(tmp_path, cifar_dir, capsys):
+    """-r PATH never starts a run: a mistyped PATH must not begin a new one beside the real one."""
+    typo = tmp_path / "ck" / "hyper-10-1" / "lats.pt"
+    line = error_line(train.main([*run_args(tmp_path, cifar_dir), "-r", str(typo)]), capsys)
+    assert line == f"error: no checkpoint at {typo}"
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow

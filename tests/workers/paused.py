@@ -5,9 +5,11 @@ that a test signals (or kills) it at a known point instead of after a sleep.
     torchrun --standalone --nproc-per-node 2 tests/workers/paused.py STEP SIGNALS SCRIPT [flags]
 
 Before its STEP-th training step (counted from 1 in this process), rank 0 prints
-"paused before step STEP" and waits for a signal. With SIGNALS 2, the save of last.pt
-that the signal causes prints "paused in the save" and waits for a second signal before
-it writes. A process that waits 10 minutes in vain exits with status 3.
+"paused before step STEP (pid PID)" and waits for a signal. With SIGNALS 2, the save of
+last.pt that the signal causes prints "paused in the save" and waits for a second signal
+before it writes. A process that waits 10 minutes in vain exits with status 3. Under
+torchrun it holds in the first attempt only: the workers torchrun restarts
+(TORCHELASTIC_RESTART_COUNT 1 and up) train straight on.
 """
 
 import importlib
@@ -38,6 +40,7 @@ def wait_for_signals(count: int, message: str) -> None:
 def hold(step: int, signals: int) -> None:
     """Patch the loop: wait before training step STEP, and (SIGNALS 2) in the save it causes."""
     handle, train_step, atomic_save, calls = preemption.StopRequest._handle, engine.train_step, runner.atomic_save, []
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 
     def recording(self, signum: int, frame) -> None:
         RECEIVED.append(signum)
@@ -45,8 +48,8 @@ def hold(step: int, signals: int) -> None:
 
     def stepping(*args, **kwargs):
         calls.append(1)
-        if len(calls) == step and is_main_process():
-            wait_for_signals(1, f"paused before step {step}")
+        if len(calls) == step and is_main_process() and first_attempt:
+            wait_for_signals(1, f"paused before step {step} (pid {os.getpid()})")
         return train_step(*args, **kwargs)
 
     def saving(state: dict, path: Path) -> None:
