@@ -24,8 +24,10 @@ def check_same_run(run: Run, folder: Path) -> None:
     except UserError:
         return
     if run_identity(archived) != run_identity(run):
-        raise UserError(f"{folder} holds another run named {run.name} (another configuration or seed); "
-                        f"nothing was archived: rerun this one with its own --run-name")
+        raise UserError(
+            f"{folder} holds another run named {run.name} (another configuration or seed); "
+            f"nothing was archived: rerun this one with its own --run-name"
+        )
 
 
 def to_archive(runs: list[Run], dest: Path) -> list[Run]:
@@ -58,9 +60,17 @@ def archive(runs: list[Run], dest: Path) -> list[Path]:
     written = []
     for run in todo:
         folder = dest / run.name
-        summary = {"format": ARCHIVE_FORMAT, "config": {k: v for k, v in run.config.items() if k not in MACHINE_KEYS},
-                   "best": run.best, "epoch": run.epoch, "step": run.step, "elapsed_seconds": run.elapsed_seconds,
-                   "device": run.device, "num_parameters": run.num_parameters, "provenance": run.provenance}
+        summary = {
+            "format": ARCHIVE_FORMAT,
+            "config": {k: v for k, v in run.config.items() if k not in MACHINE_KEYS},
+            "best": run.best,
+            "epoch": run.epoch,
+            "step": run.step,
+            "elapsed_seconds": run.elapsed_seconds,
+            "device": run.device,
+            "num_parameters": run.num_parameters,
+            "provenance": run.provenance,
+        }
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:

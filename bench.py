@@ -53,8 +53,14 @@ from run_records import read_run
 
 CIFAR_TRAIN_IMAGES = 45_000  # train.py's training split (50,000 less --val-size 5000)
 # Targets of issue 5 (CPU, 2 threads): hyper/plain step-time ratio by batch size.
-TARGETS = {"step_128": 1.05, "step_8": 1.12, "generation_speedup_40_2": 30.0, "pipeline": 0.95,
-           "compile_128": 1.25, "resnet18_128": 1.15}  # issue 22's compiled vs eager; issue 24's ResNet-18
+TARGETS = {
+    "step_128": 1.05,
+    "step_8": 1.12,
+    "generation_speedup_40_2": 30.0,
+    "pipeline": 0.95,
+    "compile_128": 1.25,
+    "resnet18_128": 1.15,
+}  # issue 22's compiled vs eager; issue 24's ResNet-18
 
 
 def per_tile_kernels(bank: KernelBank) -> list[torch.Tensor]:
@@ -85,7 +91,9 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def interleaved_times(fns: list[Callable[[], object]], repeats: int, device: torch.device, warmup: int = 2) -> list[list[float]]:
+def interleaved_times(
+    fns: list[Callable[[], object]], repeats: int, device: torch.device, warmup: int = 2
+) -> list[list[float]]:
     """Seconds of each call of each function, timing them in turn (A B A B ...)."""
     for fn in fns:
         for _ in range(warmup):
@@ -123,8 +131,15 @@ def generation_bench(width: int, device: torch.device, repeats: int) -> dict:
 class StepRunner:
     """A model, its optimizer and one fixed batch: calling it runs `engine.train_step`."""
 
-    def __init__(self, width: int, hyper: bool, batch: int, device: torch.device, args: argparse.Namespace,
-                 compiled: bool | None = None):
+    def __init__(
+        self,
+        width: int,
+        hyper: bool,
+        batch: int,
+        device: torch.device,
+        args: argparse.Namespace,
+        compiled: bool | None = None,
+    ):
         torch.manual_seed(0)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         # torch's stubs lack the Module.to(device, memory_format=...) that it accepts
@@ -203,12 +218,38 @@ def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 
         root = Path(tmp)
         per_batch = (steps * batch + 100) // 5 + 1  # 5 train batches: steps*batch train images + 100 val
         write_synthetic_cifar(root / "data", per_batch=per_batch, test_size=100)
-        argv = ["--depth", "40", "--width", "1", "--epochs", str(epochs), "--batch-size", str(batch), "--val-size", "100",
-                "--data-dir", str(root / "data"), "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"),
-                "--device", device.type, "--no-download", "--eval-batch-size", "100", "--no-progress",
-                "--run-name", "bench"]
+        argv = [
+            "--depth",
+            "40",
+            "--width",
+            "1",
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            str(batch),
+            "--val-size",
+            "100",
+            "--data-dir",
+            str(root / "data"),
+            "--checkpoint-dir",
+            str(root / "ck"),
+            "--log-dir",
+            str(root / "runs"),
+            "--device",
+            device.type,
+            "--no-download",
+            "--eval-batch-size",
+            "100",
+            "--no-progress",
+            "--run-name",
+            "bench",
+        ]
         argv += ["--compile"] if args.compile else []
-        argv += ["--amp", "off" if args.amp == "fp32" else args.amp, "--channels-last" if args.channels_last else "--no-channels-last"]
+        argv += [
+            "--amp",
+            "off" if args.amp == "fp32" else args.amp,
+            "--channels-last" if args.channels_last else "--no-channels-last",
+        ]
         bare()  # warm-up
         blocks = [block_seconds(), block_seconds()]
         with contextlib.redirect_stdout(io.StringIO()):  # train.py's epoch lines stay out of the bench's output
@@ -233,14 +274,22 @@ def precise_bn_bench(device: torch.device, args: argparse.Namespace, repeats: in
     n = min(args.precise_bn, args.val_size)
 
     def overhead():
-        evaluate(step.state.model, images, labels, normalize, 1000, memory_format, step.precision)  # the running-stats error
+        evaluate(
+            step.state.model, images, labels, normalize, 1000, memory_format, step.precision
+        )  # the running-stats error
         precise_bn(step.state.model, images[:n], normalize, min(args.batch_size, n), memory_format, step.precision)
 
     step_times, overhead_times = interleaved_times([step, overhead], repeats, device)
     steps = CIFAR_TRAIN_IMAGES // args.batch_size
     t_step, t_overhead = statistics.median(step_times), statistics.median(overhead_times)
-    return {"images": n, "val_images": args.val_size, "steps_per_epoch": steps, "step_s": t_step,
-            "overhead_s": t_overhead, "fraction_of_epoch": t_overhead / (steps * t_step)}
+    return {
+        "images": n,
+        "val_images": args.val_size,
+        "steps_per_epoch": steps,
+        "step_s": t_step,
+        "overhead_s": t_overhead,
+        "fraction_of_epoch": t_overhead / (steps * t_step),
+    }
 
 
 def build_parser() -> ArgumentParser:
@@ -250,17 +299,37 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=128, help="large batch of section 2, and section 3")
     p.add_argument("--small-batch", type=positive_int, default=8, help="small batch of section 2")
     p.add_argument("--widths", type=positive_int, nargs="+", default=[1, 2], help="WRN-40-k widths k to measure")
-    p.add_argument("--repeats", type=positive_int, default=7, help="timed repeats per measurement (3x for the small batch)")
-    p.add_argument("--compile", action="store_true",
-                   help="compile every step measured (as train.py --compile), and add compiled vs eager at --batch-size")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: train.py's for the device)")
-    p.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                   help="autocast dtype, fp16 with a GradScaler (default: auto, train.py's for the device)")
+    p.add_argument(
+        "--repeats", type=positive_int, default=7, help="timed repeats per measurement (3x for the small batch)"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile every step measured (as train.py --compile), and add compiled vs eager at --batch-size",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels_last memory format (default: train.py's for the device)",
+    )
+    p.add_argument(
+        "--amp",
+        choices=AMP_CHOICES,
+        default="auto",
+        help="autocast dtype, fp16 with a GradScaler (default: auto, train.py's for the device)",
+    )
     p.add_argument("--skip-pipeline", action="store_true", help="leave out section 3")
-    p.add_argument("--precise-bn", type=positive_int, default=train.CIFAR10.defaults.precise_bn, metavar="IMAGES",
-                   help="section 4: images of the precise-BN recomputation (train.py's default)")
-    p.add_argument("--val-size", type=positive_int, default=5000, help="section 4: validation images (train.py's default)")
+    p.add_argument(
+        "--precise-bn",
+        type=positive_int,
+        default=train.CIFAR10.defaults.precise_bn,
+        metavar="IMAGES",
+        help="section 4: images of the precise-BN recomputation (train.py's default)",
+    )
+    p.add_argument(
+        "--val-size", type=positive_int, default=5000, help="section 4: validation images (train.py's default)"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the numbers here")
     p.add_argument("--out", metavar="PATH", help="also write the printed report (Markdown) here")
     return p
@@ -268,48 +337,73 @@ def build_parser() -> ArgumentParser:
 
 def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[str]]:
     """Every section's numbers, and the table rows that report them."""
-    results: dict = {"device": device.type, "machine": device_model(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                     "repeats": args.repeats, "compile": args.compile, "channels_last": args.channels_last, "amp": args.amp}
+    results: dict = {
+        "device": device.type,
+        "machine": device_model(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "compile": args.compile,
+        "channels_last": args.channels_last,
+        "amp": args.amp,
+    }
     rows = ["| measurement | ours | reference | ratio | target | met |", "|---|---:|---:|---:|---:|:-:|"]
     for width in args.widths:
         g = generation_bench(width, device, args.repeats)
         results[f"generation_40_{width}"] = g
         target = TARGETS["generation_speedup_40_2"] if width == 2 else None
-        rows.append(f"| kernel generation fwd+bwd, 40-{width} ({g['tiles']} tiles): batched vs per-tile loop | "
-                    f"{1e3 * g['batched_s']:.2f} ms | {1e3 * g['per_tile_s']:.1f} ms | {g['speedup']:.1f}x faster | "
-                    + (f">= {target:.0f}x | {'yes' if g['speedup'] >= target else 'NO'} |" if target else "| |"))
-    for batch, key, repeats in ((args.batch_size, "step_128", args.repeats), (args.small_batch, "step_8", 3 * args.repeats)):
+        rows.append(
+            f"| kernel generation fwd+bwd, 40-{width} ({g['tiles']} tiles): batched vs per-tile loop | "
+            f"{1e3 * g['batched_s']:.2f} ms | {1e3 * g['per_tile_s']:.1f} ms | {g['speedup']:.1f}x faster | "
+            + (f">= {target:.0f}x | {'yes' if g['speedup'] >= target else 'NO'} |" if target else "| |")
+        )
+    for batch, key, repeats in (
+        (args.batch_size, "step_128", args.repeats),
+        (args.small_batch, "step_8", 3 * args.repeats),
+    ):
         for width in args.widths:
             s = step_bench(width, batch, device, args, repeats)
             results[f"step_40_{width}_b{batch}"] = s
-            rows.append(f"| train step, batch {batch}: Hyper-40-{width} vs WRN-40-{width} | {1e3 * s['hyper_s']:.1f} ms | "
-                        f"{1e3 * s['plain_s']:.1f} ms | {s['ratio']:.3f}x | <= {TARGETS[key]:.2f}x | "
-                        f"{'yes' if s['ratio'] <= TARGETS[key] else 'NO'} |")
+            rows.append(
+                f"| train step, batch {batch}: Hyper-40-{width} vs WRN-40-{width} | {1e3 * s['hyper_s']:.1f} ms | "
+                f"{1e3 * s['plain_s']:.1f} ms | {s['ratio']:.3f}x | <= {TARGETS[key]:.2f}x | "
+                f"{'yes' if s['ratio'] <= TARGETS[key] else 'NO'} |"
+            )
     if 1 in args.widths:  # the measured step, times the paper's step count (App. A.3.2, batch 128)
         step_s = results[f"step_40_1_b{args.batch_size}"]["hyper_s"]
         results["paper_schedule_hours"] = hours = step_s * train.SCHEDULES["hyper"].total / 3600
-        rows.append(f"| the paper's Hyper-40-1 schedule ({train.SCHEDULES['hyper'].total:,} steps) at this step, "
-                    f"batch {args.batch_size} | {hours:.1f} h of steps | | | | |")
+        rows.append(
+            f"| the paper's Hyper-40-1 schedule ({train.SCHEDULES['hyper'].total:,} steps) at this step, "
+            f"batch {args.batch_size} | {hours:.1f} h of steps | | | | |"
+        )
     if args.compile:
         c = results["compile"] = compile_bench(device, args, args.repeats)
-        rows.append(f"| train step, batch {args.batch_size}, Hyper-40-1: compiled vs eager (first step compiles: "
-                    f"{c['compile_s']:.0f} s) | {1e3 * c['compiled_s']:.1f} ms | {1e3 * c['eager_s']:.1f} ms | "
-                    f"{c['speedup']:.2f}x faster | >= {TARGETS['compile_128']:.2f}x | {'yes' if c['speedup'] >= TARGETS['compile_128'] else 'NO'} |")
+        rows.append(
+            f"| train step, batch {args.batch_size}, Hyper-40-1: compiled vs eager (first step compiles: "
+            f"{c['compile_s']:.0f} s) | {1e3 * c['compiled_s']:.1f} ms | {1e3 * c['eager_s']:.1f} ms | "
+            f"{c['speedup']:.2f}x faster | >= {TARGETS['compile_128']:.2f}x | {'yes' if c['speedup'] >= TARGETS['compile_128'] else 'NO'} |"
+        )
     r = results["hypernetize_resnet18"] = hypernetize_bench(device, args, args.repeats)
-    rows.append(f"| train step, batch {args.batch_size}, CIFAR-size: hypernetize(ResNet-18) vs ResNet-18 | "
-                f"{1e3 * r['hyper_s']:.1f} ms | {1e3 * r['plain_s']:.1f} ms | {r['ratio']:.3f}x | "
-                f"<= {TARGETS['resnet18_128']:.2f}x | {'yes' if r['ratio'] <= TARGETS['resnet18_128'] else 'NO'} |")
+    rows.append(
+        f"| train step, batch {args.batch_size}, CIFAR-size: hypernetize(ResNet-18) vs ResNet-18 | "
+        f"{1e3 * r['hyper_s']:.1f} ms | {1e3 * r['plain_s']:.1f} ms | {r['ratio']:.3f}x | "
+        f"<= {TARGETS['resnet18_128']:.2f}x | {'yes' if r['ratio'] <= TARGETS['resnet18_128'] else 'NO'} |"
+    )
     if not args.skip_pipeline:
         e = pipeline_bench(device, args)
         results["pipeline"] = e
-        rows.append(f"| train.py end to end vs bare step, Hyper-40-1, batch {args.batch_size} | "
-                    f"{e['train_py_images_per_s']:.0f} img/s | {e['bare_step_images_per_s']:.0f} img/s | {e['ratio']:.3f}x | "
-                    f">= {TARGETS['pipeline']:.2f}x | {'yes' if e['ratio'] >= TARGETS['pipeline'] else 'NO'} |")
+        rows.append(
+            f"| train.py end to end vs bare step, Hyper-40-1, batch {args.batch_size} | "
+            f"{e['train_py_images_per_s']:.0f} img/s | {e['bare_step_images_per_s']:.0f} img/s | {e['ratio']:.3f}x | "
+            f">= {TARGETS['pipeline']:.2f}x | {'yes' if e['ratio'] >= TARGETS['pipeline'] else 'NO'} |"
+        )
     p = precise_bn_bench(device, args, args.repeats)
     results["precise_bn"] = p
-    rows.append(f"| --precise-bn {p['images']} per epoch, Hyper-40-1, batch {args.batch_size}: recompute + running-stats "
-                f"pass over {p['val_images']} val images vs {p['steps_per_epoch']} train steps | {p['overhead_s']:.2f} s | "
-                f"{p['steps_per_epoch'] * p['step_s']:.1f} s | {100 * p['fraction_of_epoch']:.1f}% of an epoch | | |")
+    rows.append(
+        f"| --precise-bn {p['images']} per epoch, Hyper-40-1, batch {args.batch_size}: recompute + running-stats "
+        f"pass over {p['val_images']} val images vs {p['steps_per_epoch']} train steps | {p['overhead_s']:.2f} s | "
+        f"{p['steps_per_epoch'] * p['step_s']:.1f} s | {100 * p['fraction_of_epoch']:.1f}% of an epoch | | |"
+    )
     return results, rows
 
 
@@ -322,9 +416,11 @@ def bench(args: argparse.Namespace) -> dict:
     args.amp, args.channels_last = precision.name, layout == torch.channels_last
     configure_backends(device)
     cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
-    header = (f"bench on {device.type} ({device_model(device)}), {torch.get_num_threads()} thread(s), torch {torch.__version__}"
-              f"{cuda}, {precision.describe()}{', channels_last' if args.channels_last else ''}{', compiled' if args.compile else ''}, "
-              f"medians of {args.repeats} repeats ({3 * args.repeats} for batch {args.small_batch})")
+    header = (
+        f"bench on {device.type} ({device_model(device)}), {torch.get_num_threads()} thread(s), torch {torch.__version__}"
+        f"{cuda}, {precision.describe()}{', channels_last' if args.channels_last else ''}{', compiled' if args.compile else ''}, "
+        f"medians of {args.repeats} repeats ({3 * args.repeats} for batch {args.small_batch})"
+    )
     print(header + "\n", flush=True)
     results, rows = measure(args, device)
     report = "\n".join(rows)

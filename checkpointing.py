@@ -36,14 +36,46 @@ except ImportError:  # pragma: no cover - Windows
 FORMAT_NAME = "hyperresnet-train-v"
 FORMAT_VERSION = 3  # 3: records where it ran ("provenance")
 CHECKPOINT_FORMAT = f"{FORMAT_NAME}{FORMAT_VERSION}"
-CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "step", "best_val_error", "best", "rng_per_rank", "config",
-                   "train_indices", "val_indices", "num_parameters", "elapsed_seconds", "partial", "metrics", "scaler",
-                   "placement", "provenance"}
+CHECKPOINT_KEYS = {
+    "model",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "step",
+    "best_val_error",
+    "best",
+    "rng_per_rank",
+    "config",
+    "train_indices",
+    "val_indices",
+    "num_parameters",
+    "elapsed_seconds",
+    "partial",
+    "metrics",
+    "scaler",
+    "placement",
+    "provenance",
+}
 
 # Flags that may differ between a checkpoint and the command that resumes it.
 # None of them changes the model or the schedule: a run can move between machines.
-RESUMABLE_CHANGES = {"resume", "device", "progress", "log_dir", "checkpoint_dir", "compile", "eval_batch_size", "data_dir",
-                     "download", "stop_after", "patience", "sync_bn", "amp", "channels_last", "precise_bn"}
+RESUMABLE_CHANGES = {
+    "resume",
+    "device",
+    "progress",
+    "log_dir",
+    "checkpoint_dir",
+    "compile",
+    "eval_batch_size",
+    "data_dir",
+    "download",
+    "stop_after",
+    "patience",
+    "sync_bn",
+    "amp",
+    "channels_last",
+    "precise_bn",
+}
 # Of those, the ones a resume keeps from the checkpoint unless given again: where the run's
 # data and files are, and how it evaluates. The others (the device and the session's own
 # choices) take the resuming command's values, defaults included.
@@ -59,8 +91,13 @@ def rng_state(generators: dict[str, torch.Generator], device: torch.device) -> d
     assert isinstance(np_state, tuple)  # the legacy form of the global RandomState's MT19937 state
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
         **{name: g.get_state() for name, g in generators.items()},
     }
@@ -78,7 +115,9 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator], device: t
     """
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     internal, version, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     unfit = [name for name, g in generators.items() if state[name].numel() != g.get_state().numel()]
@@ -173,8 +212,9 @@ def acquire_run_lock(folder: Path) -> IO | None:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         lock.close()
-        raise UserError(f"another process is training the run in {folder}: wait for it to end, "
-                        "or pick another --run-name") from None
+        raise UserError(
+            f"another process is training the run in {folder}: wait for it to end, or pick another --run-name"
+        ) from None
     return lock
 
 
@@ -212,8 +252,10 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(ckpt, dict) or not isinstance(fmt, str) or not fmt.startswith(FORMAT_NAME):
         raise UserError(f"{path} is not a checkpoint written by this train.py")
     if fmt != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} has checkpoint format {fmt!r}, this code reads {CHECKPOINT_FORMAT!r}: resume or "
-                        "export it with the commit that wrote it (git log -- checkpointing.py)")
+        raise UserError(
+            f"{path} has checkpoint format {fmt!r}, this code reads {CHECKPOINT_FORMAT!r}: resume or "
+            "export it with the commit that wrote it (git log -- checkpointing.py)"
+        )
     missing = sorted(CHECKPOINT_KEYS - set(ckpt))
     if not missing and not (isinstance(ckpt["config"], dict) and "experiment" in ckpt["config"]):
         missing = ["config.experiment"]

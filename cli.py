@@ -72,7 +72,9 @@ def seed(text: str) -> int:
 def run_name(text: str) -> str:
     """argparse type: a name for a folder inside --checkpoint-dir and --log-dir, never a path."""
     if text in ("", ".", "..") or any(c in text for c in "/\\\0") or text != text.strip():
-        raise argparse.ArgumentTypeError(f"must be a plain folder name (no '/', '\\', '..' or surrounding spaces), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a plain folder name (no '/', '\\', '..' or surrounding spaces), got {text!r}"
+        )
     return text
 
 

@@ -34,25 +34,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="compare.py",
         description="Compare our runs with the paper's Table 2 (CIFAR-10) and Table 7 (MNIST): print a Markdown "
-                    "report and write it to --out.",
+        "report and write it to --out.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--runs", nargs="+", action="extend", metavar="DIR",
-                   help="folders of runs: each subfolder with last.pt (train.py, mnist.py) or run.json "
-                        "(--archive) is a run (default: checkpoints and results/runs, those that exist; a run in "
-                        "both is read from checkpoints)")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        action="extend",
+        metavar="DIR",
+        help="folders of runs: each subfolder with last.pt (train.py, mnist.py) or run.json "
+        "(--archive) is a run (default: checkpoints and results/runs, those that exist; a run in "
+        "both is read from checkpoints)",
+    )
     p.add_argument("--out", default="results/results.md", metavar="FILE", help="the Markdown file to write")
-    p.add_argument("--archive", metavar="DIR",
-                   help="also write each run's run.json, metrics.jsonl and (hyper) kernel_bank.pt to DIR/RUN_NAME: "
-                        "small files from which compare.py and diagrams.py rebuild everything")
+    p.add_argument(
+        "--archive",
+        metavar="DIR",
+        help="also write each run's run.json, metrics.jsonl and (hyper) kernel_bank.pt to DIR/RUN_NAME: "
+        "small files from which compare.py and diagrams.py rebuild everything",
+    )
     return p
 
 
 def compare(args: argparse.Namespace) -> None:
     """Print the report, write it to --out, and archive the runs if asked."""
     roots = run_roots(args.runs)
-    command = shlex.join(["python", "compare.py", "--runs", *map(str, roots), "--out", args.out]
-                         + (["--archive", args.archive] if args.archive else []))
+    command = shlex.join(
+        ["python", "compare.py", "--runs", *map(str, roots), "--out", args.out]
+        + (["--archive", args.archive] if args.archive else [])
+    )
     out = Path(args.out)
     runs = find_runs(roots)
     if args.archive:

@@ -31,8 +31,10 @@ SPLIT_SEED = 0  # the validation images are drawn once with this seed, for every
 CIFAR_PAD = 2  # the paper pads 32x32 images to 36x36 before the random 32x32 crop
 MNIST_PAD = 1  # 28x28 images are zero-padded to 30x30 before the random 28x28 crop
 NOTEBOOK_STRETCH = 2  # the author's notebook inserts 2 rows and 2 columns (28x28 -> 30x30) before its crop
-MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 Splits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # train images, labels, test images, labels
 
 
@@ -112,7 +114,7 @@ def read_idx(path: Path, dims: int) -> np.ndarray:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             raw = f.read()
-        header = np.frombuffer(raw[:4 + 4 * dims], dtype=">u4")
+        header = np.frombuffer(raw[: 4 + 4 * dims], dtype=">u4")
         expected = 0x0800 + dims  # two zero bytes, type 0x08 (unsigned byte), dims
         if len(header) != 1 + dims or header[0] != expected:
             raise ValueError(f"magic {header[0] if len(header) else None} != {expected}")
@@ -139,8 +141,10 @@ def download_mnist(data_dir: str | os.PathLike, folder: Path) -> None:
         torchvision.datasets.MNIST(str(data_dir), train=True, download=True)
         torchvision.datasets.MNIST(str(data_dir), train=False, download=True)
     except Exception as e:
-        raise UserError(f"no MNIST at {folder} and the download failed ({type(e).__name__}); "
-                        f"put the four idx .gz files there (--data-dir is {data_dir})") from None
+        raise UserError(
+            f"no MNIST at {folder} and the download failed ({type(e).__name__}); "
+            f"put the four idx .gz files there (--data-dir is {data_dir})"
+        ) from None
 
 
 def load_mnist(data_dir: str | os.PathLike, download: bool = True) -> Splits:
@@ -157,7 +161,10 @@ def load_mnist(data_dir: str | os.PathLike, download: bool = True) -> Splits:
         raise UserError(f"no MNIST at {folder}: {missing[0]}.gz is missing (--data-dir is {data_dir})")
     out = []
     for images_name, labels_name in MNIST_FILES.values():
-        images, labels = read_idx(find_idx_file(folder, images_name), 3), read_idx(find_idx_file(folder, labels_name), 1)
+        images, labels = (
+            read_idx(find_idx_file(folder, images_name), 3),
+            read_idx(find_idx_file(folder, labels_name), 1),
+        )
         if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max(initial=0) > 9:
             raise UserError(f"{folder} holds mismatched MNIST files ({images.shape} images, {len(labels)} labels)")
         out += [torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))]
@@ -185,7 +192,11 @@ def random_crop(x: torch.Tensor, gen: torch.Generator, pad: int, flip: bool) -> 
     """
     b, _, h, w = x.shape
     offsets = to_device(torch.randint(0, 2 * pad + 1, (2, b), generator=gen, device=gen.device), x.device)
-    flips = to_device(torch.rand(b, generator=gen, device=gen.device).lt(0.5), x.device) if flip else torch.zeros(b, dtype=torch.bool, device=x.device)
+    flips = (
+        to_device(torch.rand(b, generator=gen, device=gen.device).lt(0.5), x.device)
+        if flip
+        else torch.zeros(b, dtype=torch.bool, device=x.device)
+    )
     padded = F.pad(x, (pad, pad, pad, pad))  # (B, C, H+2P, W+2P)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (B, W)
@@ -238,8 +249,12 @@ def stretch_mnist(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     rows = insert_between(b, h, NOTEBOOK_STRETCH, gen, x.device)  # (B, H+2, H)
     cols = insert_between(b, w, NOTEBOOK_STRETCH, gen, x.device)  # (B, W+2, W)
     offsets = to_device(torch.randint(0, NOTEBOOK_STRETCH + 1, (2, b), generator=gen, device=gen.device), x.device)
-    rows = rows.gather(1, (offsets[0, :, None] + torch.arange(h, device=x.device))[..., None].expand(-1, -1, h))  # (B, H, H)
-    cols = cols.gather(1, (offsets[1, :, None] + torch.arange(w, device=x.device))[..., None].expand(-1, -1, w))  # (B, W, W)
+    rows = rows.gather(
+        1, (offsets[0, :, None] + torch.arange(h, device=x.device))[..., None].expand(-1, -1, h)
+    )  # (B, H, H)
+    cols = cols.gather(
+        1, (offsets[1, :, None] + torch.arange(w, device=x.device))[..., None].expand(-1, -1, w)
+    )  # (B, W, W)
     out = rows @ x[:, 0].float() @ cols.transpose(1, 2)  # (B, H, W)
     # (B, 1, H, W) with random_crop's strides (channel stride 1): the strides unsqueeze(1)
     # gives sent this net's convs down a slower CPU path.
@@ -286,8 +301,12 @@ def write_synthetic_cifar(root: Path, per_batch: int = 40, test_size: int = 40, 
         data = rng.integers(0, 128, (n, 3072), dtype=np.uint8)
         for i, y in enumerate(labels):
             data[i, y * 96 : y * 96 + 96] += 120
-        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": data,
-                 b"filenames": [f"{i}.png".encode() for i in range(n)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels.tolist(),
+            b"data": data,
+            b"filenames": [f"{i}.png".encode() for i in range(n)],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
     with open(folder / "batches.meta", "wb") as f:

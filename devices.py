@@ -68,8 +68,9 @@ def capability(device: torch.device) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
 
 
-def choose_precision(requested: str, device_type: str, cuda_capability: tuple[int, int] | None,
-                     torch_version: str | None = None) -> Precision:
+def choose_precision(
+    requested: str, device_type: str, cuda_capability: tuple[int, int] | None, torch_version: str | None = None
+) -> Precision:
     """--amp REQUESTED on this device: "auto" is bf16 where a CUDA GPU runs it natively
     (compute capability 8.0 or newer), fp16 on older CUDA GPUs, float32 elsewhere.
 
@@ -80,8 +81,10 @@ def choose_precision(requested: str, device_type: str, cuda_capability: tuple[in
         return FP32
     torch_version = torch_version or str(torch.__version__)
     if requested in DTYPES and device_type == "mps" and tuple(map(int, re.findall(r"\d+", torch_version)[:2])) < (2, 5):
-        raise UserError(f"--amp {requested} on MPS needs torch 2.5 or newer (this is torch {torch_version}): "
-                        "use --amp off, or a newer torch")
+        raise UserError(
+            f"--amp {requested} on MPS needs torch 2.5 or newer (this is torch {torch_version}): "
+            "use --amp off, or a newer torch"
+        )
     if requested in DTYPES:
         return Precision(requested)
     if device_type != "cuda":
@@ -99,7 +102,9 @@ def choose_channels_last(requested: bool | None, device_type: str, precision: Pr
 def choose_compute(amp: str, channels_last: bool | None, device: torch.device) -> tuple[Precision, torch.memory_format]:
     """--amp and --channels-last as train.py resolves them on DEVICE: the precision and the memory format."""
     precision = choose_precision(amp, device.type, capability(device))
-    layout = torch.channels_last if choose_channels_last(channels_last, device.type, precision) else torch.contiguous_format
+    layout = (
+        torch.channels_last if choose_channels_last(channels_last, device.type, precision) else torch.contiguous_format
+    )
     return precision, layout
 
 

@@ -47,20 +47,43 @@ from primary_net import PrimaryNetwork, model_name, num_parameters
 
 DEPTH, WIDTHS = 40, (1, 2)  # the paper's two HyperResNets
 STAGES = 3  # a WRN's three stages hold equally many generated kernels
-COLOURS = {"z": "#cfe2f3", "hypernet": "#f9cb9c", "tile": "#d9ead3", "tile_edge": "#6a8f5f", "stage": "#f3f3f3",
-           "rest": "#d9d9d9", "edge": "#444444"}
-RUN_COLOURS = {True: ["tab:blue", "tab:green", "tab:purple", "tab:cyan"],  # hyper runs
-               False: ["tab:orange", "tab:red", "tab:brown", "tab:olive"]}  # plain runs
+COLOURS = {
+    "z": "#cfe2f3",
+    "hypernet": "#f9cb9c",
+    "tile": "#d9ead3",
+    "tile_edge": "#6a8f5f",
+    "stage": "#f3f3f3",
+    "rest": "#d9d9d9",
+    "edge": "#444444",
+}
+RUN_COLOURS = {
+    True: ["tab:blue", "tab:green", "tab:purple", "tab:cyan"],  # hyper runs
+    False: ["tab:orange", "tab:red", "tab:brown", "tab:olive"],
+}  # plain runs
 MARKERS = ["o", "s", "^", "D", "v"]
 # One figure of learning curves per (file, title, which runs, the flag it compares or None).
 # A figure that compares a flag is drawn only when its runs differ in that flag.
-CURVES = [("curves_cifar.png", "CIFAR-10", lambda run: run.experiment == "cifar10", None),
-          ("curves_mnist.png", "MNIST, the paper's protocol",
-           lambda run: run.experiment == "mnist" and not run_records.departures(run), None),
-          ("curves_mnist_notebook.png", "MNIST, the author's notebook protocol",
-           lambda run: run.experiment == "mnist" and run_records.setting(run, "protocol") == "notebook", None),
-          ("curves_mnist_init.png", "MNIST hyper, the paper's protocol",
-           lambda run: run.experiment == "mnist" and run.hyper and set(run_records.departures(run)) <= {"init"}, "init")]
+CURVES = [
+    ("curves_cifar.png", "CIFAR-10", lambda run: run.experiment == "cifar10", None),
+    (
+        "curves_mnist.png",
+        "MNIST, the paper's protocol",
+        lambda run: run.experiment == "mnist" and not run_records.departures(run),
+        None,
+    ),
+    (
+        "curves_mnist_notebook.png",
+        "MNIST, the author's notebook protocol",
+        lambda run: run.experiment == "mnist" and run_records.setting(run, "protocol") == "notebook",
+        None,
+    ),
+    (
+        "curves_mnist_init.png",
+        "MNIST hyper, the paper's protocol",
+        lambda run: run.experiment == "mnist" and run.hyper and set(run_records.departures(run)) <= {"init"},
+        "init",
+    ),
+]
 SHOWN_LAYER = {"cifar10": "stage 1, block 1, first conv", "mnist": "layer 2"}  # the first generated kernel
 
 
@@ -68,8 +91,9 @@ SHOWN_LAYER = {"cifar10": "stage 1, block 1, first conv", "mnist": "layer 2"}  #
 
 
 def rounded(ax: Axes, x: float, y: float, w: float, h: float, colour: str) -> None:
-    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=0.8", fc=colour,
-                                ec=COLOURS["edge"], lw=1.2))
+    ax.add_patch(
+        FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=0.8", fc=colour, ec=COLOURS["edge"], lw=1.2)
+    )
 
 
 def box(ax: Axes, x: float, y: float, w: float, h: float, colour: str, title: str, lines: list[str]) -> None:
@@ -92,12 +116,21 @@ def draw_tile_grid(ax: Axes, x: float, top: float, rows: int, cols: int, side: f
     """ROWS x COLS small squares, one per tile of a kernel, top-left corner at (X, TOP)."""
     for r in range(rows):
         for c in range(cols):
-            ax.add_patch(Rectangle((x + c * side, top - (r + 1) * side), side, side, fc=COLOURS["tile"],
-                                   ec=COLOURS["tile_edge"], lw=0.6))
+            ax.add_patch(
+                Rectangle(
+                    (x + c * side, top - (r + 1) * side),
+                    side,
+                    side,
+                    fc=COLOURS["tile"],
+                    ec=COLOURS["tile_edge"],
+                    lw=0.6,
+                )
+            )
 
 
-def draw_stage(ax: Axes, bank: KernelBank, stage: int, layers: range, y: float, side: float,
-               source: tuple[float, float]) -> None:
+def draw_stage(
+    ax: Axes, bank: KernelBank, stage: int, layers: range, y: float, side: float, source: tuple[float, float]
+) -> None:
     """One stage's box, with an arrow from SOURCE: its counts, and each distinct kernel's
     grid of tiles (with how many kernels share it)."""
     x, w, h = 67, 32, 12.5
@@ -106,13 +139,28 @@ def draw_stage(ax: Axes, bank: KernelBank, stage: int, layers: range, y: float, 
     channels = bank.shapes[layers[0]][0]
     zs = sum(bank.tiles_per_layer[i] for i in layers)
     ax.text(x + 1.2, y + h - 1.5, f"stage {stage + 1}", ha="left", va="top", fontsize=11, weight="bold")
-    ax.text(x + 1.2, y + h - 4.3, f"{channels} channels\n{len(layers)} kernels\n{zs} z's", ha="left", va="top",
-            fontsize=9.5, linespacing=1.6)
+    ax.text(
+        x + 1.2,
+        y + h - 4.3,
+        f"{channels} channels\n{len(layers)} kernels\n{zs} z's",
+        ha="left",
+        va="top",
+        fontsize=9.5,
+        linespacing=1.6,
+    )
     left: float = x + 12
     for ((rows, cols), shape), count in Counter((bank.grids[i], bank.shapes[i]) for i in layers).items():
         draw_tile_grid(ax, left, y + h - 1.2, rows, cols, side)
-        ax.text(left, y + h - 1.9 - rows * side, f"{count} kernel{'s' if count > 1 else ''} {shape[0]}x{shape[1]}\n"
-                f"{rows}x{cols} tile{'s' if rows * cols > 1 else ''} each", ha="left", va="top", fontsize=8, linespacing=1.3)
+        ax.text(
+            left,
+            y + h - 1.9 - rows * side,
+            f"{count} kernel{'s' if count > 1 else ''} {shape[0]}x{shape[1]}\n"
+            f"{rows}x{cols} tile{'s' if rows * cols > 1 else ''} each",
+            ha="left",
+            va="top",
+            fontsize=8,
+            linespacing=1.3,
+        )
         left += max(cols * side, 8) + 1.5
 
 
@@ -125,23 +173,57 @@ def draw_hyper_resnet(ax: Axes, model: PrimaryNetwork, side: float) -> None:
     tile = tile_name(hypernet)
     ax.set(xlim=(0, 100), ylim=(0, 44), aspect="equal")
     ax.axis("off")
-    ax.set_title(f"{model_name(depth, width, True)}: {n_total:,} parameters make {len(bank.shapes)} kernels "
-                 f"(the plain {model_name(depth, width, False)} stores {n_plain:,})", loc="left", fontsize=13)
+    ax.set_title(
+        f"{model_name(depth, width, True)}: {n_total:,} parameters make {len(bank.shapes)} kernels "
+        f"(the plain {model_name(depth, width, False)} stores {n_plain:,})",
+        loc="left",
+        fontsize=13,
+    )
 
-    box(ax, 1, 20, 17, 14, COLOURS["z"], "z-embeddings", [f"{bank.num_tiles} x {hypernet.z_dim}", "one learned z per tile",
-                                                            f"{n_z:,} params"])
+    box(
+        ax,
+        1,
+        20,
+        17,
+        14,
+        COLOURS["z"],
+        "z-embeddings",
+        [f"{bank.num_tiles} x {hypernet.z_dim}", "one learned z per tile", f"{n_z:,} params"],
+    )
     arrow(ax, (18, 27), (23, 27))
-    box(ax, 23, 20, 20, 14, COLOURS["hypernet"], "hypernetwork", ["shared by every tile", "one batched call",
-                                                                  f"{n_hyper:,} params"])
+    box(
+        ax,
+        23,
+        20,
+        20,
+        14,
+        COLOURS["hypernet"],
+        "hypernetwork",
+        ["shared by every tile", "one batched call", f"{n_hyper:,} params"],
+    )
     arrow(ax, (43, 27), (48, 27))
-    box(ax, 48, 20, 14, 14, COLOURS["tile"], f"{bank.num_tiles} tiles", [f"each {tile}", "laid out in grids", "per kernel"])
+    box(
+        ax,
+        48,
+        20,
+        14,
+        14,
+        COLOURS["tile"],
+        f"{bank.num_tiles} tiles",
+        [f"each {tile}", "laid out in grids", "per kernel"],
+    )
     per_stage = len(bank.shapes) // STAGES
     for stage in range(STAGES):
-        draw_stage(ax, bank, stage, range(stage * per_stage, (stage + 1) * per_stage), 30.5 - 14 * stage, side, (62, 27))
+        draw_stage(
+            ax, bank, stage, range(stage * per_stage, (stage + 1) * per_stage), 30.5 - 14 * stage, side, (62, 27)
+        )
 
     # Where the parameters are: a bar split in proportion.
-    parts = [("hypernetwork", n_hyper, COLOURS["hypernet"]), ("z's", n_z, COLOURS["z"]),
-             ("rest: stem, BatchNorm, biases, classifier", n_total - n_hyper - n_z, COLOURS["rest"])]
+    parts = [
+        ("hypernetwork", n_hyper, COLOURS["hypernet"]),
+        ("z's", n_z, COLOURS["z"]),
+        ("rest: stem, BatchNorm, biases, classifier", n_total - n_hyper - n_z, COLOURS["rest"]),
+    ]
     left = 1.0
     for _label, count, colour in parts:
         ax.add_patch(Rectangle((left, 11), 61 * count / n_total, 4, fc=colour, ec=COLOURS["edge"], lw=0.8))
@@ -154,11 +236,17 @@ def draw_hyper_resnet(ax: Axes, model: PrimaryNetwork, side: float) -> None:
 def draw_architecture() -> Figure:
     """Hyper-WRN-40-1 and 40-2, one above the other, tiles drawn at one scale."""
     models = [PrimaryNetwork(DEPTH, width, hyper=True) for width in WIDTHS]
-    side = min(1.8, 8.0 / max(rows for m in models for rows, _ in m.kernel_bank.grids))  # the largest grid fits a stage box
+    side = min(
+        1.8, 8.0 / max(rows for m in models for rows, _ in m.kernel_bank.grids)
+    )  # the largest grid fits a stage box
     fig = Figure(figsize=(15, 6.6 * len(WIDTHS) + 0.8), layout="constrained")
     hypernet = models[0].kernel_bank.hypernet
-    fig.suptitle(f"HyperNetworks for Wide-ResNets: one shared hypernetwork makes every {hypernet.f_size}x{hypernet.f_size} "
-                 f"kernel from one z per {tile_name(hypernet)} tile", fontsize=15, weight="bold")
+    fig.suptitle(
+        f"HyperNetworks for Wide-ResNets: one shared hypernetwork makes every {hypernet.f_size}x{hypernet.f_size} "
+        f"kernel from one z per {tile_name(hypernet)} tile",
+        fontsize=15,
+        weight="bold",
+    )
     for ax, model in zip(fig.subplots(len(models), 1), models):
         draw_hyper_resnet(ax, model, side)
     return fig
@@ -195,13 +283,21 @@ def draw_curves(runs: list[run_records.Run], title: str, flag: str | None = None
     for group in seed_stats.seed_groups(runs):
         hyper = group[0].hyper
         colour = RUN_COLOURS[hyper][used[hyper] % len(RUN_COLOURS[hyper])]
-        marker = MARKERS[(used[True] + used[False]) % len(MARKERS)]  # colour and marker: each configuration told apart twice
+        marker = MARKERS[
+            (used[True] + used[False]) % len(MARKERS)
+        ]  # colour and marker: each configuration told apart twice
         used[hyper] += 1
         if flag:  # the legend names the compared setting, not the runs
-            label = f"--{flag} {run_records.setting(group[0], flag)}" + (f", {len(group)} runs (seeds): mean, min-max" if len(group) > 1 else "")
+            label = f"--{flag} {run_records.setting(group[0], flag)}" + (
+                f", {len(group)} runs (seeds): mean, min-max" if len(group) > 1 else ""
+            )
         else:
             more = len(group) - 1
-            label = group[0].name if not more else f"{group[0].name} and {more} more run{'s' * (more > 1)} (seeds): mean, min-max"
+            label = (
+                group[0].name
+                if not more
+                else f"{group[0].name} and {more} more run{'s' * (more > 1)} (seeds): mean, min-max"
+            )
         draw_group(loss_ax, "train_loss", group, colour, f"-{marker}", label)
         draw_group(error_ax, "val_error", group, colour, "--", None)
         draw_group(error_ax, "test_error", group, colour, f"-{marker}", None)
@@ -211,18 +307,44 @@ def draw_curves(runs: list[run_records.Run], title: str, flag: str | None = None
         if paper is not None and paper not in papers:  # one line per paper row, named by its model
             papers[paper] = paper_row_name(group[0])
             error_ax.axhline(paper, ls=":", lw=1.2, color=colour)
-            error_ax.annotate(f"paper, {papers[paper]}: {paper:.2f}%", xy=(0.99, paper), xycoords=("axes fraction", "data"),
-                              ha="right", va="bottom" if hyper else "top", fontsize=8, color=colour)  # hyper's is the higher
-    highest = {key: max(m[key] for run in runs for m in run.metrics) for key in ("train_loss", "val_error", "test_error")}
-    loss_ax.set(title="training loss (cross-entropy)", xlabel="epoch", ylabel="loss", ylim=(0, 1.1 * highest["train_loss"]))
+            error_ax.annotate(
+                f"paper, {papers[paper]}: {paper:.2f}%",
+                xy=(0.99, paper),
+                xycoords=("axes fraction", "data"),
+                ha="right",
+                va="bottom" if hyper else "top",
+                fontsize=8,
+                color=colour,
+            )  # hyper's is the higher
+    highest = {
+        key: max(m[key] for run in runs for m in run.metrics) for key in ("train_loss", "val_error", "test_error")
+    }
+    loss_ax.set(
+        title="training loss (cross-entropy)", xlabel="epoch", ylabel="loss", ylim=(0, 1.1 * highest["train_loss"])
+    )
     best = max(run.best["test_error"] for run in runs)  # the first epochs' errors may be 10x the results: zoom on these
-    error_ax.set(title="error", xlabel="epoch", ylabel="error (%)",
-                 ylim=(0, min(1.1 * max(highest["val_error"], highest["test_error"], 1), 4 * best)))
+    error_ax.set(
+        title="error",
+        xlabel="epoch",
+        ylabel="error (%)",
+        ylim=(0, min(1.1 * max(highest["val_error"], highest["test_error"], 1), 4 * best)),
+    )
     loss_ax.legend(title="run", fontsize=9)
     lines = [("--", "validation"), ("-", "test")] + ([(":", "paper (test)")] if papers else [])
     styles = [Line2D([], [], color="grey", ls=ls, label=label) for ls, label in lines]
-    styles.append(Line2D([], [], color="grey", ls="", marker="*", ms=11, mec="black", mew=0.6,
-                         label="test at the best validation epoch"))
+    styles.append(
+        Line2D(
+            [],
+            [],
+            color="grey",
+            ls="",
+            marker="*",
+            ms=11,
+            mec="black",
+            mew=0.6,
+            label="test at the best validation epoch",
+        )
+    )
     error_ax.legend(handles=styles, fontsize=9)
     last_epoch = max(m["epoch"] for run in runs for m in run.metrics)
     for ax in (loss_ax, error_ax):
@@ -252,11 +374,20 @@ def draw_bn_lag(runs: list[run_records.Run], title: str) -> Figure:
     axes = np.atleast_1d(fig.subplots(1, len(runs), sharey=True))
     for ax, run in zip(axes, runs):
         epochs = [m["epoch"] for m in run.metrics]
-        for key, style, label in (("train_error", "-", "training (batch statistics, augmented)"),
-                                  ("val_error_running", ":", "validation, running statistics"),
-                                  ("val_error", "--", f"validation, precise ({run_records.setting(run, 'precise_bn'):,} images)")):
-            ax.plot(epochs, [m[key] for m in run.metrics], style, marker="o", ms=3, label=label,
-                    color=RUN_COLOURS[run.hyper][0] if key != "val_error_running" else "black")
+        for key, style, label in (
+            ("train_error", "-", "training (batch statistics, augmented)"),
+            ("val_error_running", ":", "validation, running statistics"),
+            ("val_error", "--", f"validation, precise ({run_records.setting(run, 'precise_bn'):,} images)"),
+        ):
+            ax.plot(
+                epochs,
+                [m[key] for m in run.metrics],
+                style,
+                marker="o",
+                ms=3,
+                label=label,
+                color=RUN_COLOURS[run.hyper][0] if key != "val_error_running" else "black",
+            )
         ax.set(title=run.name, xlabel="epoch", xlim=(0, max(epochs) + 1), ylim=(0, None))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -297,8 +428,7 @@ def layer_kernels(run: run_records.Run) -> LayerKernels:
     try:
         model.kernel_bank.load_state_dict({k[prefix:]: v for k, v in run.kernel_bank.items()})
     except RuntimeError as e:
-        raise UserError(f"{run.directory}: its kernel bank does not fit its configuration "
-                              f"({first_line(e)})") from None
+        raise UserError(f"{run.directory}: its kernel bank does not fit its configuration ({first_line(e)})") from None
     hypernet = model.kernel_bank.hypernet
     return LayerKernels(init, model.kernels()[0], (hypernet.out_size, hypernet.in_size))
 
@@ -321,9 +451,14 @@ def draw_kernels(run: run_records.Run, kernels: LayerKernels) -> Figure:
     panel with its own symmetric colour scale; tile boundaries as lines."""
     o, i, f, _ = kernels.init.shape
     rows, cols = o // kernels.tile[0], i // kernels.tile[1]
-    fig = Figure(figsize=(min(13.0, max(9.0, 3.0 + 10.0 * i / o)), 6.8), layout="constrained")  # panels as wide as the mosaic
+    fig = Figure(
+        figsize=(min(13.0, max(9.0, 3.0 + 10.0 * i / o)), 6.8), layout="constrained"
+    )  # panels as wide as the mosaic
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
-    titles = [f"at initialisation (seed {run.config['seed']})", f"after training (epoch {run.epoch}, step {run.step:,})"]
+    titles = [
+        f"at initialisation (seed {run.config['seed']})",
+        f"after training (epoch {run.epoch}, step {run.step:,})",
+    ]
     for ax, kernel, title in zip(fig.subplots(1, 2), (kernels.init, kernels.trained), titles):
         limit = kernel.abs().max().item() or 1.0
         image = ax.imshow(mosaic(kernel), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
@@ -335,9 +470,12 @@ def draw_kernels(run: run_records.Run, kernels: LayerKernels) -> Figure:
         ax.set_yticks(*channel_ticks(o, f))
         ax.set_xticks(*channel_ticks(i, f))
         ax.set(title=title, xlabel="input channel i", ylabel="output channel o")
-    fig.suptitle(f"{run.name}: the generated kernel of {SHOWN_LAYER[run.experiment]}, {o}x{i}x{f}x{f}\n"
-                 f"({rows}x{cols} tile{'s' if rows * cols > 1 else ''}); each cell is one {f}x{f} slice K[o, i]",
-                 fontsize=12, weight="bold")
+    fig.suptitle(
+        f"{run.name}: the generated kernel of {SHOWN_LAYER[run.experiment]}, {o}x{i}x{f}x{f}\n"
+        f"({rows}x{cols} tile{'s' if rows * cols > 1 else ''}); each cell is one {f}x{f} slice K[o, i]",
+        fontsize=12,
+        weight="bold",
+    )
     return fig
 
 
@@ -358,13 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="diagrams.py",
         description="Draw PNGs into --out: architecture.png (from the live models), curves_cifar.png and "
-                    "curves_mnist*.png (the runs' metrics), and kernels_RUN.png for each hyper run (a generated "
-                    "kernel at initialisation and after training).",
+        "curves_mnist*.png (the runs' metrics), and kernels_RUN.png for each hyper run (a generated "
+        "kernel at initialisation and after training).",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--runs", nargs="+", action="extend", metavar="DIR",
-                   help="folders of runs, as for compare.py: each subfolder with last.pt or run.json "
-                        "(compare.py --archive) is a run (default: checkpoints and results/runs, those that exist)")
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        action="extend",
+        metavar="DIR",
+        help="folders of runs, as for compare.py: each subfolder with last.pt or run.json "
+        "(compare.py --archive) is a run (default: checkpoints and results/runs, those that exist)",
+    )
     p.add_argument("--out", default="diagrams", metavar="DIR", help="the folder for the PNGs")
     return p
 
@@ -384,8 +527,10 @@ def draw_all(args: argparse.Namespace) -> None:
         save(draw_curves(with_metrics, title, flag), out / filename)
     lagging = bn_lag_runs(runs)
     if lagging:
-        save(draw_bn_lag(lagging, "Validation error with running and with precise BatchNorm statistics"),
-             out / "bn_lag.png")
+        save(
+            draw_bn_lag(lagging, "Validation error with running and with precise BatchNorm statistics"),
+            out / "bn_lag.png",
+        )
     for run in lowest_seeds([run for run in runs if run.hyper]):  # one picture per configuration
         try:
             kernels = layer_kernels(run)

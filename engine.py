@@ -113,8 +113,15 @@ class TrainState:
         self.step_optimizer = self.optimizer.step
 
     @classmethod
-    def create(cls, model: torch.nn.Module, optimizer: str, lr: float, multiplier: Callable[[int], float],
-               place: Place, compiled: bool = False) -> TrainState:
+    def create(
+        cls,
+        model: torch.nn.Module,
+        optimizer: str,
+        lr: float,
+        multiplier: Callable[[int], float],
+        place: Place,
+        compiled: bool = False,
+    ) -> TrainState:
         """MODEL with a fresh OPTIMIZER ("adam" or "sgd") at base LR times MULTIPLIER(step).
 
         On CUDA, an eager step's Adam is torch's fused one: one kernel, and under fp16 it reads
@@ -122,9 +129,16 @@ class TrainState:
         A step that will be COMPILED keeps the default Adam, which inductor fuses itself, and
         capturable (its step counts on the GPU) where the step runs as CUDA graphs.
         """
-        opt = build_optimizer(model, optimizer, lr, fused=place.device.type == "cuda" and not compiled,
-                              capturable=compiled and uses_cuda_graphs(place))
-        return cls(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, multiplier), grad_scaler(place.device, place.precision))
+        opt = build_optimizer(
+            model,
+            optimizer,
+            lr,
+            fused=place.device.type == "cuda" and not compiled,
+            capturable=compiled and uses_cuda_graphs(place),
+        )
+        return cls(
+            model, opt, torch.optim.lr_scheduler.LambdaLR(opt, multiplier), grad_scaler(place.device, place.precision)
+        )
 
     def load(self, ckpt: dict) -> None:
         """The model, optimizer, lr schedule and (fp16) loss scale of a checkpoint.
@@ -200,8 +214,9 @@ class EpochStats(NamedTuple):
     resumed_seconds: float  # training time spent on the epoch before a resumption in its middle
 
 
-def build_optimizer(model: torch.nn.Module, name: str, lr: float, fused: bool = False,
-                    capturable: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, name: str, lr: float, fused: bool = False, capturable: bool = False
+) -> torch.optim.Optimizer:
     """Adam (the paper's for hyper; FUSED: torch's single-kernel implementation; CAPTURABLE:
     safe inside a CUDA graph) or Nesterov SGD with momentum 0.9 (for plain; always torch's
     default implementation). Neither decays weights itself: the L2 penalty is in the loss
@@ -211,8 +226,14 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float, fused: bool = 
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
 
 
-def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, weight_decay: float = 0.0,
-               precision: Precision = FP32, clip_norm: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    state: TrainState,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight_decay: float = 0.0,
+    precision: Precision = FP32,
+    clip_norm: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step: one forward (the model generates its kernels once), cross-entropy
     plus L2 on the kernels in use.
 
@@ -263,11 +284,14 @@ def objective_of(forward: Callable, model: torch.nn.Module) -> Callable:
     FORWARD (the model, or it wrapped in DDP) generates its kernels once, then runs."""
     sq_norm = kernel_sq_norm_of(model)
 
-    def objective(x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def objective(
+        x: torch.Tensor, y: torch.Tensor, weight_decay: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = forward(x)
         loss = F.cross_entropy(logits.float(), y)
         penalty = 0.5 * weight_decay * sq_norm() if weight_decay else 0.0  # wd/2 * sum K^2
         return loss, loss + penalty, logits
+
     return objective
 
 
@@ -295,6 +319,7 @@ def compile_step(state: TrainState, fullgraph: bool, backend: str = "inductor", 
     def objective(x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> tuple[torch.Tensor, ...]:
         torch.compiler.cudagraph_mark_step_begin()  # a new step: the last step's graph outputs may be overwritten
         return compiled(x, y, weight_decay)
+
     state.objective = objective
 
 
@@ -321,8 +346,16 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
     checked = (sums.position, sums.overflowed)  # (steps, overflowed losses) at the last check
     scaled = run.state.scaler is not None
     start = time.time()
-    bar = tqdm(range(sums.position, steps), desc=f"epoch {epoch + 1}/{run.schedule.epochs}", initial=sums.position,
-               total=steps, disable=not settings.progress or not dist.main, leave=False, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        range(sums.position, steps),
+        desc=f"epoch {epoch + 1}/{run.schedule.epochs}",
+        initial=sums.position,
+        total=steps,
+        disable=not settings.progress or not dist.main,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     for i in bar:
         idx = order[i * batch : (i + 1) * batch]  # the global batch
         idx = idx[dist.rank * local_batch : (dist.rank + 1) * local_batch]  # this process's share
@@ -343,12 +376,22 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
             note_cpu_time(run)
             if settings.progress:  # the same on every process: the accuracy's collective is safe
                 accuracy = 100 * all_sum(correct, dist).item() / ((i + 1) * batch)
-                show_progress(run, bar, mean_loss(total, dist.world, i + 1, lost), accuracy,
-                              (i + 1 - sums.position) / (time.time() - start))
+                show_progress(
+                    run,
+                    bar,
+                    mean_loss(total, dist.world, i + 1, lost),
+                    accuracy,
+                    (i + 1 - sums.position) / (time.time() - start),
+                )
         if i < steps - 1 and run.stop.agreed(dist, place.device, in_step):
             bar.close()
-            run.progress.partial = EpochSums(i + 1, all_sum(loss_sum, dist).item(), int(all_sum(correct, dist).item()),
-                                             sums.seconds + time.time() - start, int(all_sum(overflowed, dist).item()))
+            run.progress.partial = EpochSums(
+                i + 1,
+                all_sum(loss_sum, dist).item(),
+                int(all_sum(correct, dist).item()),
+                sums.seconds + time.time() - start,
+                int(all_sum(overflowed, dist).item()),
+            )
             return None
     bar.close()
     seconds = sums.seconds + time.time() - start
@@ -375,27 +418,41 @@ def check_finite(run: Run, loss_sum: float, steps: int, overflowed: int, checked
         why = f"every fp16 training loss of the last {since_steps} steps overflowed"
     else:
         return steps, overflowed
-    raise UserError(f"{why} at step {run.progress.step}; stopped. The last good checkpoint is kept: {run.run_dir / 'last.pt'}")
+    raise UserError(
+        f"{why} at step {run.progress.step}; stopped. The last good checkpoint is kept: {run.run_dir / 'last.pt'}"
+    )
 
 
 def note_cpu_time(run: Run) -> None:
     """Once, on a CPU running the paper's schedule: how long it would take."""
     if run.cpu_note_due and run.place.dist.main:
-        tqdm.write(f"note: the paper schedule is {run.schedule.total_steps:,} steps: about {format_time(run.eta())} more "
-                   "on this CPU. Use --epochs N for a short budget.", file=sys.stderr)
+        tqdm.write(
+            f"note: the paper schedule is {run.schedule.total_steps:,} steps: about {format_time(run.eta())} more "
+            "on this CPU. Use --epochs N for a short budget.",
+            file=sys.stderr,
+        )
         run.cpu_note_due = False
 
 
 def show_progress(run: Run, bar: tqdm, loss: float, accuracy: float, steps_per_s: float) -> None:
     """The bar's numbers: running loss and accuracy, speed, and the run's ETA."""
-    bar.set_postfix_str(f"loss {loss:.3f} acc {accuracy:.1f}% {steps_per_s * run.settings.batch_size:.0f} img/s "
-                        f"run ETA {format_time(run.eta())}")
+    bar.set_postfix_str(
+        f"loss {loss:.3f} acc {accuracy:.1f}% {steps_per_s * run.settings.batch_size:.0f} img/s "
+        f"run ETA {format_time(run.eta())}"
+    )
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
-             batch_size: int, memory_format: torch.memory_format, precision: Precision = FP32,
-             dist: Distributed | None = None) -> float:
+def evaluate(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    normalize: Normalize,
+    batch_size: int,
+    memory_format: torch.memory_format,
+    precision: Precision = FP32,
+    dist: Distributed | None = None,
+) -> float:
     """Top-1 error in percent over all IMAGES, in eval mode. Under torchrun each process
     takes every world-th image and the counts are summed."""
     dist = dist or SINGLE_PROCESS
@@ -416,8 +473,14 @@ def batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Batch
 
 
 @torch.no_grad()
-def precise_bn(model: torch.nn.Module, images: torch.Tensor, normalize: Normalize, batch_size: int,
-               memory_format: torch.memory_format, precision: Precision = FP32) -> bool:
+def precise_bn(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    normalize: Normalize,
+    batch_size: int,
+    memory_format: torch.memory_format,
+    precision: Precision = FP32,
+) -> bool:
     """Replace every BatchNorm's running statistics by their average over IMAGES in
     batches of BATCH_SIZE (the last one shorter when BATCH_SIZE does not divide their
     number), every image counting the same, computed with the kernels as they are now
@@ -439,7 +502,9 @@ def precise_bn(model: torch.nn.Module, images: torch.Tensor, normalize: Normaliz
         for i in range(0, len(images), batch_size):  # every image, the last batch possibly short
             batch = images[i : i + batch_size]
             for bn in bns:  # a cumulative average weighted by batch size (equal batches: momentum=None's 1/n),
-                bn.momentum = len(batch) / (i + len(batch))  # given so that BatchNorm does not read its count from the device
+                bn.momentum = len(batch) / (
+                    i + len(batch)
+                )  # given so that BatchNorm does not read its count from the device
             model(normalize(batch, memory_format))
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
@@ -459,7 +524,9 @@ def evaluate_run(run: Run) -> dict[str, float]:
     if n and batchnorms(model):  # without BatchNorm there is nothing to recompute, nor a second error to log
         start = time.time()
         running = evaluate(model, d.val_x, d.val_y, *args)
-        precise_bn(model, d.train_x[:n], d.normalize, min(run.settings.batch_size, n), place.memory_format, place.precision)
+        precise_bn(
+            model, d.train_x[:n], d.normalize, min(run.settings.batch_size, n), place.memory_format, place.precision
+        )
         errors = {"val_error_running": running, "precise_bn_seconds": time.time() - start}
     errors["val_error"] = evaluate(model, d.val_x, d.val_y, *args)
     errors["test_error"] = evaluate(model, d.test_x, d.test_y, *args)

@@ -45,26 +45,41 @@ def evaluate_checkpoint(path: Path, data_dir: str | None, split: str, device: to
     if len(train_x) <= int(ckpt["train_indices"].max()):
         raise UserError(f"{data_dir or config['data_dir']} has {len(train_x)} training images; the run split more")
     normalize = Normalize(train_x[ckpt["train_indices"]])
-    images, labels = (test_x, test_y) if split == "test" else (train_x[ckpt["val_indices"]], train_y[ckpt["val_indices"]])
-    error = evaluate(model.to(device), images.to(device), labels.to(device), normalize, batch_size, torch.contiguous_format)
+    images, labels = (
+        (test_x, test_y) if split == "test" else (train_x[ckpt["val_indices"]], train_y[ckpt["val_indices"]])
+    )
+    error = evaluate(
+        model.to(device), images.to(device), labels.to(device), normalize, batch_size, torch.contiguous_format
+    )
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     where = f"after epoch {ckpt['epoch']}" + (" (and part of the next)" if ckpt["partial"]["position"] else "")
-    return (f"{config['run_name']} {where}: {split} error {error:.2f}% on {len(images):,} images | {params:,} "
-            f"parameters ({params / 1e6:.3f}M) | {experiment.paper_result(argparse.Namespace(**config))}")
+    return (
+        f"{config['run_name']} {where}: {split} error {error:.2f}% on {len(images):,} images | {params:,} "
+        f"parameters ({params / 1e6:.3f}M) | {experiment.paper_result(argparse.Namespace(**config))}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """python evaluate.py: 0 on success, 1 with one line on stderr for a user error."""
-    p = ArgumentParser(prog="evaluate.py", description="Evaluate a checkpoint written by train.py or mnist.py "
-                       "on the test set (or the run's validation images); writes nothing.", formatter_class=HelpFormatter)
+    p = ArgumentParser(
+        prog="evaluate.py",
+        description="Evaluate a checkpoint written by train.py or mnist.py "
+        "on the test set (or the run's validation images); writes nothing.",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("checkpoint", type=Path, help="best.pt or last.pt of a run")
     p.add_argument("--data-dir", default=None, help="the dataset's folder (default: the run's own --data-dir)")
-    p.add_argument("--split", choices=["test", "val"], default="test", help="the test set, or the run's validation images")
+    p.add_argument(
+        "--split", choices=["test", "val"], default="test", help="the test set, or the run's validation images"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="auto: cuda > mps > cpu")
     p.add_argument("--batch-size", type=positive_int, default=1000, help="images per batch")
     args = p.parse_args(argv)
-    return run_cli(lambda: print(evaluate_checkpoint(args.checkpoint, args.data_dir, args.split,
-                                                     pick_device(args.device), args.batch_size)))
+    return run_cli(
+        lambda: print(
+            evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, pick_device(args.device), args.batch_size)
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,24 @@ class FlagDefaults:
 
 # Flags that choose where and how a run executes, not what it computes. Every other flag
 # (the budget included) is part of the run's configuration: its name and its seed group.
-PLACE_FLAGS = frozenset({"data_dir", "download", "device", "amp", "channels_last", "compile", "sync_bn", "eval_batch_size",
-                         "progress", "stop_after", "run_name", "checkpoint_dir", "log_dir", "resume"})
+PLACE_FLAGS = frozenset(
+    {
+        "data_dir",
+        "download",
+        "device",
+        "amp",
+        "channels_last",
+        "compile",
+        "sync_bn",
+        "eval_batch_size",
+        "progress",
+        "stop_after",
+        "run_name",
+        "checkpoint_dir",
+        "log_dir",
+        "resume",
+    }
+)
 DEFAULT_DATA_DIR = "./data"  # the one --data-dir that is created (for a download) when missing
 SCALE_INITS = ("scale-in-z", "scale-in-hypernet")  # --init values that only place a hypernetwork's initial kernel scale
 
@@ -111,46 +127,101 @@ def all_experiments() -> dict[str, Experiment]:
 # ----------------------------------------------------------------------------- command line
 
 
-def add_shared_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[object], dict], defaults: FlagDefaults) -> None:
+def add_shared_arguments(
+    groups: dict[str, argparse._ArgumentGroup], d: Callable[[object], dict], defaults: FlagDefaults
+) -> None:
     """The flags every experiment has, into GROUPS; D(value) gives a flag's default keyword."""
     t = groups["training"]
     t.add_argument("--epochs", type=positive_int, **d(defaults.epochs), help=defaults.epochs_help)
     t.add_argument("--batch-size", type=positive_int, **d(defaults.batch_size), help="images per training step")
     t.add_argument("--optimizer", choices=["adam", "sgd"], **d(None), help=defaults.optimizer_help)
     t.add_argument("--lr", type=positive_float, **d(None), help=defaults.lr_help)
-    t.add_argument("--weight-decay", type=non_negative_float, **d(defaults.weight_decay), help="L2 penalty wd/2*sum(K^2) on the kernels in use")
+    t.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        **d(defaults.weight_decay),
+        help="L2 penalty wd/2*sum(K^2) on the kernels in use",
+    )
     t.add_argument("--seed", type=seed, **d(0), help="seeds the model init, data order and augmentation")
     t.add_argument("--val-size", type=positive_int, **d(5000), help="validation images held out of the training set")
-    t.add_argument("--patience", type=positive_int, **d(defaults.patience), metavar="EPOCHS",
-                   help="early stopping: end the run after this many epochs without a better validation error "
-                        f"(default: {'none, train every epoch' if defaults.patience is None else defaults.patience})")
-    t.add_argument("--precise-bn", type=non_negative_int, **d(defaults.precise_bn), metavar="IMAGES",
-                   help="before each evaluation, recompute BatchNorm statistics on this many training images "
-                        "(0: use the running statistics; no effect on a model without BatchNorm)")
-    t.add_argument("--stop-after", type=positive_int, **d(None), metavar="EPOCH",
-                   help="stop after this epoch (resume later with -r), e.g. to fit a job time limit")
+    t.add_argument(
+        "--patience",
+        type=positive_int,
+        **d(defaults.patience),
+        metavar="EPOCHS",
+        help="early stopping: end the run after this many epochs without a better validation error "
+        f"(default: {'none, train every epoch' if defaults.patience is None else defaults.patience})",
+    )
+    t.add_argument(
+        "--precise-bn",
+        type=non_negative_int,
+        **d(defaults.precise_bn),
+        metavar="IMAGES",
+        help="before each evaluation, recompute BatchNorm statistics on this many training images "
+        "(0: use the running statistics; no effect on a model without BatchNorm)",
+    )
+    t.add_argument(
+        "--stop-after",
+        type=positive_int,
+        **d(None),
+        metavar="EPOCH",
+        help="stop after this epoch (resume later with -r), e.g. to fit a job time limit",
+    )
     s = groups["system"]
     s.add_argument("--data-dir", **d(DEFAULT_DATA_DIR), help=defaults.data_help)
-    s.add_argument("--download", action=argparse.BooleanOptionalAction, **d(True), help="download the dataset if missing")
+    s.add_argument(
+        "--download", action=argparse.BooleanOptionalAction, **d(True), help="download the dataset if missing"
+    )
     s.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], **d("auto"), help="auto: cuda > mps > cpu")
-    s.add_argument("--amp", choices=AMP_CHOICES, **d("auto"),
-                   help="autocast: auto is bf16 on CUDA GPUs of compute capability >= 8.0, fp16 (with a GradScaler) "
-                        "on older ones, off on CPU and MPS")
+    s.add_argument(
+        "--amp",
+        choices=AMP_CHOICES,
+        **d("auto"),
+        help="autocast: auto is bf16 on CUDA GPUs of compute capability >= 8.0, fp16 (with a GradScaler) "
+        "on older ones, off on CPU and MPS",
+    )
     s.add_argument("--no-amp", dest="amp", action="store_const", const="off", **d("auto"), help="the same as --amp off")
-    s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, **d(None),
-                   help="NHWC memory format (default: on for CUDA with bf16/fp16, else off)")
-    s.add_argument("--compile", action="store_true", **d(False),
-                   help="torch.compile the whole training step: kernel generation, forward, loss, penalty, optimizer")
-    s.add_argument("--sync-bn", action="store_true", **d(False),
-                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)")
+    s.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        **d(None),
+        help="NHWC memory format (default: on for CUDA with bf16/fp16, else off)",
+    )
+    s.add_argument(
+        "--compile",
+        action="store_true",
+        **d(False),
+        help="torch.compile the whole training step: kernel generation, forward, loss, penalty, optimizer",
+    )
+    s.add_argument(
+        "--sync-bn",
+        action="store_true",
+        **d(False),
+        help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)",
+    )
     s.add_argument("--eval-batch-size", type=positive_int, **d(1000), help="images per evaluation batch")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, **d(True), help="tqdm progress bar")
     o = groups["output"]
-    o.add_argument("--run-name", type=run_name, **d(None), help=f"default: the model, then each flag that changes the result and is not at its default, then "
-                        f"the seed if not 0, e.g. {defaults.run_name_example}")
-    o.add_argument("--checkpoint-dir", **d("checkpoints"), help="last.pt, best.pt and metrics.jsonl go to CHECKPOINT_DIR/RUN_NAME")
+    o.add_argument(
+        "--run-name",
+        type=run_name,
+        **d(None),
+        help=f"default: the model, then each flag that changes the result and is not at its default, then "
+        f"the seed if not 0, e.g. {defaults.run_name_example}",
+    )
+    o.add_argument(
+        "--checkpoint-dir", **d("checkpoints"), help="last.pt, best.pt and metrics.jsonl go to CHECKPOINT_DIR/RUN_NAME"
+    )
     o.add_argument("--log-dir", **d("runs"), help="TensorBoard logs go to LOG_DIR/RUN_NAME")
-    o.add_argument("-r", "--resume", nargs="?", const="", **d(None), metavar="PATH", help="resume PATH, or this run's last.pt (none yet: start the run)")
+    o.add_argument(
+        "-r",
+        "--resume",
+        nargs="?",
+        const="",
+        **d(None),
+        metavar="PATH",
+        help="resume PATH, or this run's last.pt (none yet: start the run)",
+    )
 
 
 def build_parser(experiment: Experiment, suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -184,7 +255,9 @@ def check_complete(experiment: Experiment, config: dict, path: Path) -> None:
     """Refuse, in one line, the checkpoint at PATH when its CONFIG lacks a flag of EXPERIMENT."""
     missing = sorted(set(vars(build_parser(experiment).parse_args([]))) - set(config))
     if missing:
-        raise UserError(f"{path} is incomplete: its configuration lacks {', '.join('--' + k.replace('_', '-') for k in missing)}")
+        raise UserError(
+            f"{path} is incomplete: its configuration lacks {', '.join('--' + k.replace('_', '-') for k in missing)}"
+        )
 
 
 def result_flags(config: dict) -> list[str]:
@@ -224,8 +297,13 @@ def configuration_name(experiment: Experiment, config: dict, seed: bool = True) 
     its default (hyper-40-1-epochs-10-precise-bn-0), then seedK for a seed other than 0 (with SEED)."""
     defaults = default_config(experiment, {k: config[k] for k in experiment.named_flags})
     parts = [experiment.run_name(argparse.Namespace(**config))]
-    parts += [flag_text(k, config[k]) for k in result_flags(config) if k not in experiment.named_flags and k != "seed"
-              and acting_value(experiment, config, k) != acting_value(experiment, defaults, k)]
+    parts += [
+        flag_text(k, config[k])
+        for k in result_flags(config)
+        if k not in experiment.named_flags
+        and k != "seed"
+        and acting_value(experiment, config, k) != acting_value(experiment, defaults, k)
+    ]
     if seed and config["seed"]:
         parts.append(f"seed{config['seed']}")
     return "-".join(parts)

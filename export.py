@@ -32,8 +32,10 @@ def model_from_checkpoint(ckpt: dict) -> PrimaryNetwork:
     """
     model = train.build_model(ckpt["config"])
     if not isinstance(model, PrimaryNetwork):
-        raise UserError(f"export.py exports Wide-ResNets; this is --arch {ckpt['config']['arch']}: use "
-                        "hypernetwork_modules.HyperNetized.to_plain()")
+        raise UserError(
+            f"export.py exports Wide-ResNets; this is --arch {ckpt['config']['arch']}: use "
+            "hypernetwork_modules.HyperNetized.to_plain()"
+        )
     model.load_state_dict(ckpt["model"])
     return model
 
@@ -67,14 +69,21 @@ def export(checkpoint: Path, out: Path | None = None) -> Path:
         raise UserError(f"{checkpoint} holds a plain network already: nothing to export")
     plain = to_plain(model)
     out = out or checkpoint.with_name(f"{checkpoint.stem}-plain.pt")
-    architecture = {"depth": plain.depth, "width": plain.width, "num_classes": plain.num_classes, "shortcut": plain.shortcut}
+    architecture = {
+        "depth": plain.depth,
+        "width": plain.width,
+        "num_classes": plain.num_classes,
+        "shortcut": plain.shortcut,
+    }
     atomic_save({"format": EXPORT_FORMAT, "architecture": architecture, "model": plain.state_dict()}, out)
     kib = 1024
     print(f"{checkpoint}: {checkpoint.stat().st_size / kib:,.0f} KiB (training checkpoint: weights, optimizer, RNG)")
     print(f"hyper weights: {num_parameters(model):,} parameters, {weights_bytes(model) / kib:,.0f} KiB")
-    print(f"{out}: {out.stat().st_size / kib:,.0f} KiB ({weights_bytes(plain) / weights_bytes(model):.1f}x the hyper "
-          f"weights' bytes), plain weights: {num_parameters(plain):,} parameters "
-          f"({num_parameters(plain) / num_parameters(model):.2f}x the hyper's)")
+    print(
+        f"{out}: {out.stat().st_size / kib:,.0f} KiB ({weights_bytes(plain) / weights_bytes(model):.1f}x the hyper "
+        f"weights' bytes), plain weights: {num_parameters(plain):,} parameters "
+        f"({num_parameters(plain) / num_parameters(model):.2f}x the hyper's)"
+    )
     return out
 
 

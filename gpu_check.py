@@ -40,12 +40,32 @@ DRY_RUN_LIMIT = 900  # seconds for any section of a dry run (each takes under a 
 def sections(args: argparse.Namespace, device: str) -> list[tuple[str, list[str], int]]:
     """(name, command, time limit in seconds) of each section, for DEVICE; tiny sizes for a dry run."""
     py, out, dry = sys.executable, str(args.out), ["--dry-run"] if args.dry_run else []
-    bench = ["--widths", "1", "--repeats", "1", "--batch-size", "8", "--small-batch", "2", "--val-size", "16",
-             "--precise-bn", "8"] if args.dry_run else ["--repeats", "5"]
+    bench = (
+        [
+            "--widths",
+            "1",
+            "--repeats",
+            "1",
+            "--batch-size",
+            "8",
+            "--small-batch",
+            "2",
+            "--val-size",
+            "16",
+            "--precise-bn",
+            "8",
+        ]
+        if args.dry_run
+        else ["--repeats", "5"]
+    )
     own = [py, "gpu_check.py", "--device", device, "--out", out, *dry]  # a section of this script, in its own process
     return [
         ("tests", [py, "-m", "pytest", "tests/test_gpu.py", "-rs", "-q", "-p", "no:cacheprovider"], 150),
-        ("bench", [py, "bench.py", "--device", device, *bench, "--json", f"{out}/bench.json", "--out", f"{out}/bench.md"], 150),
+        (
+            "bench",
+            [py, "bench.py", "--device", device, *bench, "--json", f"{out}/bench.json", "--out", f"{out}/bench.md"],
+            150,
+        ),
         ("syncs", [*own, "--section", "syncs"], 60),
         ("mnist", [*own, "--section", "mnist", *(["--mnist-dir", args.mnist_dir] if args.mnist_dir else [])], 180),
     ]
@@ -58,13 +78,43 @@ def check_mnist(args: argparse.Namespace) -> None:
     if args.dry_run:
         from data import write_synthetic_mnist
 
-        data, seeds, extra = write_synthetic_mnist(out / "synthetic", 300, 100), ["0", "1"], ["--epochs", "1", "--val-size", "50"]
+        data, seeds, extra = (
+            write_synthetic_mnist(out / "synthetic", 300, 100),
+            ["0", "1"],
+            ["--epochs", "1", "--val-size", "50"],
+        )
     else:
         data, seeds, extra = Path(args.mnist_dir), ["0", "1", "2", "3", "4"], []
-    flags = ["--data-dir", str(data), "--no-download", "--device", args.device, "--checkpoint-dir", str(out / "mnist"),
-             "--log-dir", str(out / "mnist-tb"), *extra]
-    procs = [subprocess.Popen([sys.executable, "seeds.py", "mnist.py", "--seeds", *seeds, "--jobs", str(len(seeds)),
-                               "--", *flags, *plain], cwd=REPO) for plain in ([], ["--plain"])]
+    flags = [
+        "--data-dir",
+        str(data),
+        "--no-download",
+        "--device",
+        args.device,
+        "--checkpoint-dir",
+        str(out / "mnist"),
+        "--log-dir",
+        str(out / "mnist-tb"),
+        *extra,
+    ]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "seeds.py",
+                "mnist.py",
+                "--seeds",
+                *seeds,
+                "--jobs",
+                str(len(seeds)),
+                "--",
+                *flags,
+                *plain,
+            ],
+            cwd=REPO,
+        )
+        for plain in ([], ["--plain"])
+    ]
     failed = [p for p in procs if p.wait() != 0]
     if failed:
         raise UserError(f"{len(failed)} of the two seeds.py runs failed: see {out / 'mnist'}/*/seeds.log")
@@ -88,19 +138,36 @@ def run_section(name: str, command: list[str], limit: int) -> dict:
     start = time.time()
     try:
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=limit)
-        status, output = ("passed" if done.returncode == 0 else f"failed (exit {done.returncode})"), done.stdout + done.stderr
+        status, output = (
+            ("passed" if done.returncode == 0 else f"failed (exit {done.returncode})"),
+            done.stdout + done.stderr,
+        )
     except subprocess.TimeoutExpired as e:
         status = f"cut at its {limit} s limit"
-        output = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part or "" for part in (e.stdout, e.stderr))
+        output = "".join(
+            part.decode(errors="replace") if isinstance(part, bytes) else part or "" for part in (e.stdout, e.stderr)
+        )
     tail = output.strip().splitlines()[-TAIL_LINES:]
-    return {"section": name, "status": status, "seconds": round(time.time() - start, 1), "command": command[1:], "tail": tail}
+    return {
+        "section": name,
+        "status": status,
+        "seconds": round(time.time() - start, 1),
+        "command": command[1:],
+        "tail": tail,
+    }
 
 
 def report(env: dict, results: list[dict], out: Path) -> None:
     """OUT/report.md and OUT/report.json with what has run so far."""
-    lines = [f"# gpu_check: {env['device']}", "",
-             f"torch {env['torch']} (built for CUDA {env['cuda']}), Python {env['python']}, commit {env['commit']}"
-             f"{' (dirty)' if env['dirty'] is True else ''}", "", "| section | status | seconds |", "|---|---|---:|"]
+    lines = [
+        f"# gpu_check: {env['device']}",
+        "",
+        f"torch {env['torch']} (built for CUDA {env['cuda']}), Python {env['python']}, commit {env['commit']}"
+        f"{' (dirty)' if env['dirty'] is True else ''}",
+        "",
+        "| section | status | seconds |",
+        "|---|---|---:|",
+    ]
     lines += [f"| {r['section']} | {r['status']} | {r['seconds']} |" for r in results]
     for r in results:
         lines += ["", f"## {r['section']}: {r['status']}", "", "```", *r["tail"], "```"]
@@ -127,7 +194,11 @@ def check_syncs(device: str) -> None:
     model = PrimaryNetwork(40, 1).to(dev, memory_format=layout)  # type: ignore[call-overload]
     state = TrainState.create(model, "adam", 2e-3, lambda step: 1.0, place)
     images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=dev)
-    labels, normalize, gen = torch.randint(0, 10, (256,), device=dev), Normalize(images), torch.Generator(dev).manual_seed(0)
+    labels, normalize, gen = (
+        torch.randint(0, 10, (256,), device=dev),
+        Normalize(images),
+        torch.Generator(dev).manual_seed(0),
+    )
 
     def step() -> None:
         train_step(state, normalize(augment_cifar(images[:128], gen), layout), labels[:128], 5e-4, precision)
@@ -145,8 +216,10 @@ def check_syncs(device: str) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
-    print(f"5 steady-state steps ({precision.describe()}, {'channels_last' if layout == torch.channels_last else 'NCHW'}) "
-          "with no host-device synchronisation")
+    print(
+        f"5 steady-state steps ({precision.describe()}, {'channels_last' if layout == torch.channels_last else 'NCHW'}) "
+        "with no host-device synchronisation"
+    )
 
 
 def check(args: argparse.Namespace) -> None:
@@ -174,11 +247,15 @@ def check(args: argparse.Namespace) -> None:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="gpu_check.py", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    p.add_argument("--out", required=True, metavar="DIR", help="where report.md, report.json and each section's files go")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="where report.md, report.json and each section's files go"
+    )
     p.add_argument("--mnist-dir", metavar="DIR", help="a folder holding MNIST/raw/*.gz, for the mnist section")
     p.add_argument("--dry-run", action="store_true", help="every section on the CPU with tiny sizes (a few minutes)")
     p.add_argument("--section-limit", type=positive_int, metavar="SECONDS", help="cap every section's time limit")
-    p.add_argument("--section", choices=["syncs", "mnist"], help=argparse.SUPPRESS)  # one section, in a process of its own
+    p.add_argument(
+        "--section", choices=["syncs", "mnist"], help=argparse.SUPPRESS
+    )  # one section, in a process of its own
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     return p
 

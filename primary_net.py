@@ -121,7 +121,9 @@ class PrimaryNetwork(nn.Module):
         once (a hyper network's one hypernetwork call), then the network runs."""
         kernels = self.kernels()
         assert self.stem.bias is not None  # built with one
-        h = self.stem_bn(F.conv2d(x, self.stem.weight, bn_fed(self.stem.bias), padding=self.stem.padding))  # (N, 16, 32, 32)
+        h = self.stem_bn(
+            F.conv2d(x, self.stem.weight, bn_fed(self.stem.bias), padding=self.stem.padding)
+        )  # (N, 16, 32, 32)
         for i, block in enumerate(self.blocks):
             h = block(h, kernels[2 * i], kernels[2 * i + 1])  # (N, 16k|32k|64k, 32|16|8, 32|16|8)
         h = F.relu(self.bn(h))

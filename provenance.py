@@ -39,8 +39,10 @@ def device_model(device: torch.device) -> str:
 def git_state() -> tuple[str, bool | str]:
     """(commit, whether tracked files differ from it) of the clone this code runs from;
     UNKNOWN for both outside a git clone or without git."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=True).stdout
+
     try:
         return git("rev-parse", "HEAD").strip(), bool(git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.SubprocessError):
@@ -50,8 +52,15 @@ def git_state() -> tuple[str, bool | str]:
 def collect(device: torch.device, processes: int) -> dict:
     """Where this process computes: torch, Python, device model, threads, processes, commit."""
     commit, dirty = git_state()
-    return {"torch": str(torch.__version__), "python": platform.python_version(), "device": device_model(device),
-            "threads": torch.get_num_threads(), "processes": processes, "commit": commit, "dirty": dirty}
+    return {
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "device": device_model(device),
+        "threads": torch.get_num_threads(),
+        "processes": processes,
+        "commit": commit,
+        "dirty": dirty,
+    }
 
 
 def unknown() -> dict:
@@ -66,11 +75,15 @@ def same_place(a: dict, b: dict) -> bool:
 
 def describe(entries: list[dict]) -> str:
     """A short form of a run's provenance: each distinct place once, in order."""
+
     def short(e: dict) -> str:
         if all(v == UNKNOWN for k, v in e.items() if k != "from_step"):
             return UNKNOWN
-        commit = e["commit"][:7] + ("+dirty" if e["dirty"] is True else "") if e["commit"] != UNKNOWN else "commit unknown"
+        commit = (
+            e["commit"][:7] + ("+dirty" if e["dirty"] is True else "") if e["commit"] != UNKNOWN else "commit unknown"
+        )
         threads = f"{e['threads']} thread{'s' if e['threads'] != 1 else ''}"
         where = f"{e['device']} ({threads}" + (f" x {e['processes']} processes)" if e["processes"] != 1 else ")")
         return f"torch {e['torch']}, {where}, {commit}"
+
     return ", then ".join(dict.fromkeys(map(short, entries))) or UNKNOWN

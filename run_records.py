@@ -23,11 +23,24 @@ from experiment import acting_value, all_experiments, default_config, kernel_ini
 DEFAULT_RUNS = ("checkpoints", "results/runs")  # new runs, then the archived ones: a fresh clone shows the archive
 ARCHIVE_FORMAT = "hyperresnet-run-v2"  # run.json: today's configuration keys, provenance, no machine paths
 BANK_PREFIX = "kernel_bank."  # model-state keys of the z's and the hypernetwork
-SUMMARY_KEYS = ("format", "config", "best", "epoch", "step", "elapsed_seconds", "num_parameters", "device", "provenance")
+SUMMARY_KEYS = (
+    "format",
+    "config",
+    "best",
+    "epoch",
+    "step",
+    "elapsed_seconds",
+    "num_parameters",
+    "device",
+    "provenance",
+)
 BEST_KEYS = {"epoch", "step", "val_error", "test_error"}
 # The paper's rows hold runs of the paper's protocol and our default init (the paper gives none);
 # another value of these flags puts a run in its own row.
-PAPER_SETUP = {"cifar10": {"init": train.INITS[0]}, "mnist": {"protocol": "paper", "init": mnist.PROTOCOL_INIT["paper"]}}
+PAPER_SETUP = {
+    "cifar10": {"init": train.INITS[0]},
+    "mnist": {"protocol": "paper", "init": mnist.PROTOCOL_INIT["paper"]},
+}
 
 
 @dataclass(eq=False)  # runs compare by identity
@@ -91,8 +104,10 @@ def read_metrics(path: Path) -> list[dict]:
 def check_summary(summary: dict, source: Path) -> None:
     """Raise a UserError naming SOURCE unless SUMMARY has every field the tables use."""
     if summary.get("format") != ARCHIVE_FORMAT:
-        raise UserError(f"{source} has archive format {summary.get('format')!r}, this code reads {ARCHIVE_FORMAT!r}: "
-                        "read it with the commit that archived it (git log -- compare.py)")
+        raise UserError(
+            f"{source} has archive format {summary.get('format')!r}, this code reads {ARCHIVE_FORMAT!r}: "
+            "read it with the commit that archived it (git log -- compare.py)"
+        )
     missing = [k for k in SUMMARY_KEYS if k not in summary]
     if not missing:
         config, best = summary["config"], summary["best"]
@@ -125,9 +140,15 @@ def read_run(directory: Path) -> Run:
         ckpt = load_checkpoint(source)
         if ckpt.get("epoch") == 0:
             script = all_experiments()[ckpt["config"]["experiment"]].script
-            raise NoResultYet(f"stopped in its first epoch, before any result; continue with: python {script} -r {source}")
+            raise NoResultYet(
+                f"stopped in its first epoch, before any result; continue with: python {script} -r {source}"
+            )
         metrics = ckpt["metrics"]
-        summary = {**{k: ckpt[k] for k in SUMMARY_KEYS if k in ckpt}, "format": ARCHIVE_FORMAT, "device": devices(metrics)}
+        summary = {
+            **{k: ckpt[k] for k in SUMMARY_KEYS if k in ckpt},
+            "format": ARCHIVE_FORMAT,
+            "device": devices(metrics),
+        }
         bank = {k: v for k, v in ckpt["model"].items() if k.startswith(BANK_PREFIX)}
         check_summary(summary, source)
     else:
@@ -136,10 +157,19 @@ def read_run(directory: Path) -> Run:
         check_summary(summary, source)
         metrics = read_metrics(directory / "metrics.jsonl")
         bank = read_kernel_bank(directory / "kernel_bank.pt")
-    return Run(directory=directory, config=summary["config"], best=summary["best"], epoch=summary["epoch"],
-               step=summary["step"], elapsed_seconds=summary["elapsed_seconds"], num_parameters=summary["num_parameters"],
-               device=summary["device"], provenance=summary["provenance"], metrics=metrics[: summary["epoch"]],
-               kernel_bank=bank)
+    return Run(
+        directory=directory,
+        config=summary["config"],
+        best=summary["best"],
+        epoch=summary["epoch"],
+        step=summary["step"],
+        elapsed_seconds=summary["elapsed_seconds"],
+        num_parameters=summary["num_parameters"],
+        device=summary["device"],
+        provenance=summary["provenance"],
+        metrics=metrics[: summary["epoch"]],
+        kernel_bank=bank,
+    )
 
 
 def read_kernel_bank(path: Path) -> dict[str, torch.Tensor]:
@@ -147,7 +177,9 @@ def read_kernel_bank(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         return {}
     bank = safe_load(path, "a kernel bank written by compare.py")
-    if not isinstance(bank, dict) or not all(isinstance(v, torch.Tensor) and k.startswith(BANK_PREFIX) for k, v in bank.items()):
+    if not isinstance(bank, dict) or not all(
+        isinstance(v, torch.Tensor) and k.startswith(BANK_PREFIX) for k, v in bank.items()
+    ):
         raise UserError(f"{path} is not a kernel bank written by compare.py")
     return bank
 

@@ -135,8 +135,10 @@ def seed_everything(seed: int, dist: Distributed, device: torch.device) -> dict[
     np.random.seed(seed)
     random.seed(seed)
     augment_device = device if device.type == "cuda" else torch.device("cpu")
-    return {"data_order": torch.Generator().manual_seed(seed + 1),
-            "augment": torch.Generator(augment_device).manual_seed(augment_seed(seed, dist.rank))}
+    return {
+        "data_order": torch.Generator().manual_seed(seed + 1),
+        "augment": torch.Generator(augment_device).manual_seed(augment_seed(seed, dist.rank)),
+    }
 
 
 def read_dataset(experiment: Experiment, args: argparse.Namespace, dist: Distributed) -> tuple:
@@ -165,15 +167,18 @@ def load_data(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
         train_idx, val_idx = split_indices(len(train_x), args.val_size)
     val_x, val_y = train_x[val_idx].to(device), train_y[val_idx].to(device)
     train_x, train_y = train_x[train_idx].to(device), train_y[train_idx].to(device)
-    return Data(train_x, train_y, val_x, val_y, test_x.to(device), test_y.to(device), train_idx, val_idx,
-                Normalize(train_x))
+    return Data(
+        train_x, train_y, val_x, val_y, test_x.to(device), test_y.to(device), train_idx, val_idx, Normalize(train_x)
+    )
 
 
 def set_up(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None) -> Run:
     """Everything a run needs, freshly initialised (a checkpoint is restored afterwards)."""
     if Path(args.data_dir) != Path(DEFAULT_DATA_DIR) and not Path(args.data_dir).is_dir():
-        raise UserError(f"--data-dir {args.data_dir} is not a folder: check the path (to download into a new folder, "
-                        "create it first)")
+        raise UserError(
+            f"--data-dir {args.data_dir} is not a folder: check the path (to download into a new folder, "
+            "create it first)"
+        )
     device, dist = place_process(args)
     place = Place(device, dist, *choose_compute(args.amp, args.channels_last, device))
     configure_backends(device)
@@ -207,21 +212,45 @@ def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
     generators = seed_everything(args.seed, dist, device)
     data = load_data(experiment, args, ckpt, place)
     batch_size = min(args.batch_size, len(data.train_x) - len(data.train_x) % dist.world)  # global
-    settings = Settings(batch_size, len(data.train_x) // batch_size, args.weight_decay, args.precise_bn,
-                        args.eval_batch_size, args.progress)
+    settings = Settings(
+        batch_size,
+        len(data.train_x) // batch_size,
+        args.weight_decay,
+        args.precise_bn,
+        args.eval_batch_size,
+        args.progress,
+    )
     schedule = experiment.schedule(args, settings.steps_per_epoch)
 
     model = experiment.build_model(vars(args)).to(device, memory_format=place.memory_format)  # type: ignore[call-overload]  # torch's stubs lack this overload
     check_classifies(model, data.normalize(data.train_x[:2], place.memory_format), experiment.run_name(args))
     if args.sync_bn and dist.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    state = TrainState.create(model, args.optimizer or schedule.optimizer, args.lr if args.lr is not None else schedule.lr,
-                              schedule.multiplier, place, compiled=args.compile)
+    state = TrainState.create(
+        model,
+        args.optimizer or schedule.optimizer,
+        args.lr if args.lr is not None else schedule.lr,
+        schedule.multiplier,
+        place,
+        compiled=args.compile,
+    )
     run_dir, log_dir, lock = folders
-    return Run(experiment=experiment, args=args, place=place, settings=settings, schedule=schedule, data=data,
-               state=state, augment=experiment.augment(vars(args)), generators=generators, run_dir=run_dir,
-               log_dir=log_dir, lock=lock, provenance=[{"from_step": 0, **provenance.collect(device, dist.world)}],
-               cpu_note_due=device.type == "cpu" and args.epochs is None)
+    return Run(
+        experiment=experiment,
+        args=args,
+        place=place,
+        settings=settings,
+        schedule=schedule,
+        data=data,
+        state=state,
+        augment=experiment.augment(vars(args)),
+        generators=generators,
+        run_dir=run_dir,
+        log_dir=log_dir,
+        lock=lock,
+        provenance=[{"from_step": 0, **provenance.collect(device, dist.world)}],
+        cpu_note_due=device.type == "cpu" and args.epochs is None,
+    )
 
 
 def check_classifies(model: torch.nn.Module, x: torch.Tensor, name: str) -> None:
@@ -235,8 +264,10 @@ def check_classifies(model: torch.nn.Module, x: torch.Tensor, name: str) -> None
     except (RuntimeError, ValueError, AssertionError, TypeError) as e:
         raise UserError(f"{name} cannot classify these {tuple(x.shape[1:])} images: {first_line(e)}") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or len(out) != len(x):
-        raise UserError(f"{name} does not return one row of logits per image in training mode "
-                        f"(it returns {type(out).__name__}): it cannot be trained here")
+        raise UserError(
+            f"{name} does not return one row of logits per image in training mode "
+            f"(it returns {type(out).__name__}): it cannot be trained here"
+        )
 
 
 def restore(run: Run, ckpt: dict) -> None:
@@ -244,10 +275,13 @@ def restore(run: Run, ckpt: dict) -> None:
     per_rank, dist = ckpt["rng_per_rank"], run.place.dist
     try:
         run.state.load(ckpt)
-        unfit = set_rng_state(per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0], run.generators,
-                              run.place.device)
+        unfit = set_rng_state(
+            per_rank[dist.rank] if len(per_rank) == dist.world else per_rank[0], run.generators, run.place.device
+        )
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{run.args.resume or 'the checkpoint'} does not fit its own configuration ({first_line(e)})") from None
+        raise UserError(
+            f"{run.args.resume or 'the checkpoint'} does not fit its own configuration ({first_line(e)})"
+        ) from None
     why = None
     if len(per_rank) != dist.world:
         why = f"the checkpoint was written by {len(per_rank)} process(es), this job has {dist.world}"
@@ -256,8 +290,15 @@ def restore(run: Run, ckpt: dict) -> None:
     if why:
         run.log(f"note: {why}: augmentation streams restart from the seed (the run goes on, but not bit-exactly)")
         run.generators["augment"].manual_seed(augment_seed(run.args.seed, dist.rank) + 7919 * ckpt["epoch"])
-    run.progress = Progress(ckpt["epoch"], ckpt["step"], ckpt["best_val_error"], ckpt["best"], ckpt["elapsed_seconds"],
-                            EpochSums(**ckpt["partial"]), list(ckpt["metrics"]))
+    run.progress = Progress(
+        ckpt["epoch"],
+        ckpt["step"],
+        ckpt["best_val_error"],
+        ckpt["best"],
+        ckpt["elapsed_seconds"],
+        EpochSums(**ckpt["partial"]),
+        list(ckpt["metrics"]),
+    )
     here = {**run.provenance[-1], "from_step": ckpt["step"]}
     saved = list(ckpt["provenance"])
     run.provenance = saved if saved and provenance.same_place(saved[-1], here) else [*saved, here]
@@ -275,7 +316,8 @@ def wrap(run: Run) -> None:
     forward = model
     if place.dist.world > 1:
         forward = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[place.device.index] if place.device.type == "cuda" else None)
+            model, device_ids=[place.device.index] if place.device.type == "cuda" else None
+        )
     run.state.forward, run.state.objective = forward, objective_of(forward, model)
     if run.args.compile:  # under DDP, dynamo splits the graph at its gradient buckets
         compile_step(run.state, fullgraph=place.dist.world == 1, cuda_graphs=uses_cuda_graphs(place))
@@ -287,17 +329,19 @@ def wrap(run: Run) -> None:
 def announce(run: Run, resumed: bool) -> None:
     """The run's one-line description."""
     a, d, s, place = run.args, run.data, run.schedule, run.place
-    run.log(f"{run.experiment.run_name(a)}: {run.num_parameters:,} parameters | {len(d.train_x)} train / "
-            f"{len(d.val_x)} val / {len(d.test_x)} test images | device {place.device.type}, {place.precision.describe()}"
-            f"{', channels_last' if place.memory_format == torch.channels_last else ', NCHW'}"
-            f"{f' x {place.dist.world} processes' if place.dist.world > 1 else ''} | "
-            f"{a.optimizer or s.optimizer} lr {a.lr if a.lr is not None else s.lr:g}, {s.epochs} epochs x "
-            f"{run.settings.steps_per_epoch} steps of {run.settings.batch_size}"
-            + (f" | resumed {where_it_stands(run)}" if resumed else ""))
+    run.log(
+        f"{run.experiment.run_name(a)}: {run.num_parameters:,} parameters | {len(d.train_x)} train / "
+        f"{len(d.val_x)} val / {len(d.test_x)} test images | device {place.device.type}, {place.precision.describe()}"
+        f"{', channels_last' if place.memory_format == torch.channels_last else ', NCHW'}"
+        f"{f' x {place.dist.world} processes' if place.dist.world > 1 else ''} | "
+        f"{a.optimizer or s.optimizer} lr {a.lr if a.lr is not None else s.lr:g}, {s.epochs} epochs x "
+        f"{run.settings.steps_per_epoch} steps of {run.settings.batch_size}"
+        + (f" | resumed {where_it_stands(run)}" if resumed else "")
+    )
 
 
 def where_it_stands(run: Run) -> str:
-    """"after epoch E", or "at step S (epoch E, step K of N)" in the middle of one."""
+    """ "after epoch E", or "at step S (epoch E, step K of N)" in the middle of one."""
     p = run.progress
     if not p.partial.position:
         return f"after epoch {p.epoch}"
@@ -310,10 +354,19 @@ def epoch_record(run: Run, stats: EpochStats, errors: dict[str, float]) -> dict:
     p.epoch += 1
     p.elapsed_seconds += time.time() - stats.started + stats.resumed_seconds
     val_error, test_error = errors["val_error"], errors["test_error"]
-    record = {"epoch": p.epoch, "step": p.step, "train_loss": stats.train_loss, "train_error": stats.train_error,
-              **errors, "lr": float(run.state.optimizer.param_groups[0]["lr"]),
-              "images_per_s": stats.images_per_s, "epoch_seconds": stats.seconds,
-              "elapsed_seconds": p.elapsed_seconds, "device": run.place.device.type, "processes": run.place.dist.world}
+    record = {
+        "epoch": p.epoch,
+        "step": p.step,
+        "train_loss": stats.train_loss,
+        "train_error": stats.train_error,
+        **errors,
+        "lr": float(run.state.optimizer.param_groups[0]["lr"]),
+        "images_per_s": stats.images_per_s,
+        "epoch_seconds": stats.seconds,
+        "elapsed_seconds": p.elapsed_seconds,
+        "device": run.place.device.type,
+        "processes": run.place.dist.world,
+    }
     if val_error < p.best_val_error:
         p.best_val_error = val_error
         p.best = {"epoch": p.epoch, "step": p.step, "val_error": val_error, "test_error": test_error}
@@ -329,14 +382,25 @@ def checkpoint(run: Run) -> dict:
     if p.partial.position:
         rng["data_order"] = run.order_state
     return {
-        "format": CHECKPOINT_FORMAT, "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict(), "epoch": p.epoch, "step": p.step, "best_val_error": p.best_val_error,
-        "best": p.best, "rng_per_rank": all_gather(rng, run.place.dist),
-        "config": {**vars(run.args), "experiment": run.experiment.name}, "train_indices": run.data.train_indices,
-        "val_indices": run.data.val_indices, "num_parameters": run.num_parameters,
-        "elapsed_seconds": p.elapsed_seconds, "processes": run.place.dist.world,
-        "partial": dataclasses.asdict(p.partial), "metrics": p.metrics,
-        "scaler": state.scaler.state_dict() if state.scaler is not None else None, "placement": placement(run),
+        "format": CHECKPOINT_FORMAT,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "epoch": p.epoch,
+        "step": p.step,
+        "best_val_error": p.best_val_error,
+        "best": p.best,
+        "rng_per_rank": all_gather(rng, run.place.dist),
+        "config": {**vars(run.args), "experiment": run.experiment.name},
+        "train_indices": run.data.train_indices,
+        "val_indices": run.data.val_indices,
+        "num_parameters": run.num_parameters,
+        "elapsed_seconds": p.elapsed_seconds,
+        "processes": run.place.dist.world,
+        "partial": dataclasses.asdict(p.partial),
+        "metrics": p.metrics,
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        "placement": placement(run),
         "provenance": run.provenance,
     }
 
@@ -344,8 +408,12 @@ def checkpoint(run: Run) -> dict:
 def placement(run: Run) -> dict:
     """Where and how the run computes now (not part of its configuration: it may change on resume)."""
     place = run.place
-    return {"device": place.device.type, "precision": place.precision.name, "processes": place.dist.world,
-            "channels_last": place.memory_format == torch.channels_last}
+    return {
+        "device": place.device.type,
+        "precision": place.precision.name,
+        "processes": place.dist.world,
+        "channels_last": place.memory_format == torch.channels_last,
+    }
 
 
 def note_moves(run: Run, saved: dict) -> None:
@@ -398,10 +466,13 @@ def save_interrupted(run: Run) -> Path:
 
 
 def log_epoch(run: Run, record: dict) -> None:
-    run.log(f"epoch {record['epoch']}/{run.schedule.epochs} step {record['step']} | loss {record['train_loss']:.4f} "
-            f"train err {record['train_error']:.2f}% | val err {record['val_error']:.2f}% test err {record['test_error']:.2f}% | "
-            f"lr {record['lr']:.3g} | {record['images_per_s']:.0f} img/s | {format_time(record['epoch_seconds'])}/epoch, "
-            f"ETA {format_time(run.eta())}", flush=True)
+    run.log(
+        f"epoch {record['epoch']}/{run.schedule.epochs} step {record['step']} | loss {record['train_loss']:.4f} "
+        f"train err {record['train_error']:.2f}% | val err {record['val_error']:.2f}% test err {record['test_error']:.2f}% | "
+        f"lr {record['lr']:.3g} | {record['images_per_s']:.0f} img/s | {format_time(record['epoch_seconds'])}/epoch, "
+        f"ETA {format_time(run.eta())}",
+        flush=True,
+    )
 
 
 def should_stop(run: Run, epoch: int) -> bool:
@@ -427,7 +498,9 @@ def run_epochs(run: Run, writer) -> str | None:
             record = epoch_record(run, stats, evaluate_run(run))
             save_epoch(run, record, writer)
             log_epoch(run, record)
-            if run.stop.agreed(run.place.dist, run.place.device, True):  # signalled while evaluating or saving: last.pt is this epoch
+            if run.stop.agreed(
+                run.place.dist, run.place.device, True
+            ):  # signalled while evaluating or saving: last.pt is this epoch
                 return signal.Signals(run.stop.decided).name
             if run.args.stop_after is not None and run.args.stop_after <= record["epoch"] < run.schedule.epochs:
                 return "stop-after"
@@ -451,9 +524,11 @@ def report_end(run: Run, reason: str | None) -> None:
         run.log(f"{reason}: saved {last} {where_it_stands(run)}; continue with: {again}", flush=True)
     else:
         best = p.best
-        run.log(f"final: {name} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "
-                f"val error {best['val_error']:.2f}%) | {run.num_parameters:,} parameters ({run.num_parameters / 1e6:.3f}M) "
-                f"| {run.experiment.paper_result(run.args)}")
+        run.log(
+            f"final: {name} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "
+            f"val error {best['val_error']:.2f}%) | {run.num_parameters:,} parameters ({run.num_parameters / 1e6:.3f}M) "
+            f"| {run.experiment.paper_result(run.args)}"
+        )
 
 
 def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
@@ -472,7 +547,11 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
         wrap(run)
         from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
 
-        writer = SummaryWriter(str(run.log_dir), purge_step=run.progress.step if ckpt else None) if run.place.dist.main else None
+        writer = (
+            SummaryWriter(str(run.log_dir), purge_step=run.progress.step if ckpt else None)
+            if run.place.dist.main
+            else None
+        )
         announce(run, resumed=ckpt is not None)
         run.session_start = (time.time(), run.progress.step)
         try:
@@ -484,7 +563,11 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
         report_end(run, reason)
     finally:
         release_run_lock(run.lock)
-    summary = {"name": configuration_name(experiment, vars(args)), "num_parameters": run.num_parameters, **run.progress.best}
+    summary = {
+        "name": configuration_name(experiment, vars(args)),
+        "num_parameters": run.num_parameters,
+        **run.progress.best,
+    }
     return {**summary, "stopped": reason} if reason not in (None, "early") else summary
 
 
@@ -498,7 +581,9 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> int:
     except UserError as e:
         if report:
             print(f"error: {e}", file=sys.stderr)
-        elif not distributed.joined():  # refused before any process joined: torchrun ends this one once rank 0 has reported
+        elif (
+            not distributed.joined()
+        ):  # refused before any process joined: torchrun ends this one once rank 0 has reported
             distributed.await_the_end()
         distributed.shut_down(after_error=True)
         return 1
@@ -508,4 +593,6 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> int:
         return 130
     finally:
         distributed.shut_down()
-    return 128 + signal.Signals[stopped].value if isinstance(stopped, str) and stopped in signal.Signals.__members__ else 0
+    return (
+        128 + signal.Signals[stopped].value if isinstance(stopped, str) and stopped in signal.Signals.__members__ else 0
+    )

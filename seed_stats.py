@@ -9,15 +9,47 @@ import statistics
 from run_records import Run, configuration
 
 # Student's t, 97.5% quantile, by degrees of freedom (n - 1); beyond 30 the value at 30 (slightly wide).
-T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+T_975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def seed_group(run: Run, ignoring: tuple[str, ...] = ()) -> str:
     """What a run's result depends on besides its seed (and the flags IGNORING): runs with
     equal groups are seeds of one configuration."""
     left_out = ("seed", *ignoring)
-    return json.dumps([run.experiment, {k: v for k, v in configuration(run).items() if k not in left_out}], sort_keys=True)
+    return json.dumps(
+        [run.experiment, {k: v for k, v in configuration(run).items() if k not in left_out}], sort_keys=True
+    )
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:

@@ -78,7 +78,9 @@ def run_seeds(script: str, seeds: list[int], flags: list[str], jobs: int) -> lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="seeds.py", description="Run one experiment with several seeds.", formatter_class=HelpFormatter)
+    p = ArgumentParser(
+        prog="seeds.py", description="Run one experiment with several seeds.", formatter_class=HelpFormatter
+    )
     p.add_argument("script", choices=sorted(experiments()), help="the experiment's script")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="the seeds to run")
     p.add_argument("--jobs", type=positive_int, default=1, help="seeds trained at once (one thread each when > 1)")

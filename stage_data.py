@@ -45,8 +45,11 @@ def pack(folder: Path, out: Path, part_bytes: int) -> list[Path]:
     names = [f"part-{i:03d}" for i in range(len(parts))]
     for name, part in zip(names, parts):
         (out / name).write_bytes(part)
-    manifest = {"folder": folder.name, "parts": {n: sha256(p) for n, p in zip(names, parts)},
-                "files": {str(p.relative_to(folder.parent)): sha256(p.read_bytes()) for p in files}}
+    manifest = {
+        "folder": folder.name,
+        "parts": {n: sha256(p) for n, p in zip(names, parts)},
+        "files": {str(p.relative_to(folder.parent)): sha256(p.read_bytes()) for p in files},
+    }
     atomic_write_text(json.dumps(manifest, indent=1) + "\n", out / MANIFEST)
     return [out / name for name in names]
 
@@ -106,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("pack", help="a folder -> parts and a manifest")
     a.add_argument("folder", type=Path)
     a.add_argument("out", type=Path)
-    a.add_argument("--part-mib", type=positive_int, default=50,
-                   help="the largest part, in MiB (a device command carries 64 MiB, the repository included)")
+    a.add_argument(
+        "--part-mib",
+        type=positive_int,
+        default=50,
+        help="the largest part, in MiB (a device command carries 64 MiB, the repository included)",
+    )
     b = sub.add_parser("unpack", help="parts and a manifest -> the folder, checked")
     b.add_argument("staged", type=Path)
     b.add_argument("dest", type=Path)

@@ -20,14 +20,51 @@ from run_records import Run, as_run_sees_it, departures, setting
 from seed_stats import gap_interval, mean_interval, mean_sd, reruns, seed_group, seed_groups
 
 CIFAR_Z_DIM, CIFAR_SHORTCUT = 64, "pad"  # the configuration behind the paper's Table 2 (N_z = 64)
-RUN_COLUMNS = ["run", "test error", "val error", "best epoch", "epochs", "steps x batch", "stopped", "device", "wall time",
-               "where it ran"]
-SEED_COLUMNS = ["configuration", "epochs", "paper test error", "n", "seeds", "test error", "val error", "test error range",
-                "95% interval of the mean test error"]
-GAP_COLUMNS = ["hyper configuration", "plain configuration", "n (hyper, plain)", "paper gap", "our gap",
-               "standard error", "95% interval of our gap"]
-LEFT_COLUMNS = {"model", "configuration", "run", "epochs", "stopped", "device", "seeds", "where it ran",
-                "hyper configuration", "plain configuration", "n (hyper, plain)"}  # words; the other columns are numbers
+RUN_COLUMNS = [
+    "run",
+    "test error",
+    "val error",
+    "best epoch",
+    "epochs",
+    "steps x batch",
+    "stopped",
+    "device",
+    "wall time",
+    "where it ran",
+]
+SEED_COLUMNS = [
+    "configuration",
+    "epochs",
+    "paper test error",
+    "n",
+    "seeds",
+    "test error",
+    "val error",
+    "test error range",
+    "95% interval of the mean test error",
+]
+GAP_COLUMNS = [
+    "hyper configuration",
+    "plain configuration",
+    "n (hyper, plain)",
+    "paper gap",
+    "our gap",
+    "standard error",
+    "95% interval of our gap",
+]
+LEFT_COLUMNS = {
+    "model",
+    "configuration",
+    "run",
+    "epochs",
+    "stopped",
+    "device",
+    "seeds",
+    "where it ran",
+    "hyper configuration",
+    "plain configuration",
+    "n (hyper, plain)",
+}  # words; the other columns are numbers
 
 
 def percent(value: float) -> str:
@@ -55,9 +92,18 @@ def run_cells(run: Run | None) -> list[str]:
     if run is None:
         return ["no run"] + [""] * (len(RUN_COLUMNS) - 1)
     schedule = " (paper schedule)" if run.config["epochs"] is None else ""
-    return [f"`{run.name}`", percent(run.best["test_error"]), percent(run.best["val_error"]), str(run.best["epoch"]),
-            f"{run.epoch} of {planned_epochs(run):,}{schedule}", f"{run.step:,} x {run.config['batch_size']}",
-            stop_status(run), run.device, format_time(run.elapsed_seconds), provenance.describe(run.provenance)]
+    return [
+        f"`{run.name}`",
+        percent(run.best["test_error"]),
+        percent(run.best["val_error"]),
+        str(run.best["epoch"]),
+        f"{run.epoch} of {planned_epochs(run):,}{schedule}",
+        f"{run.step:,} x {run.config['batch_size']}",
+        stop_status(run),
+        run.device,
+        format_time(run.elapsed_seconds),
+        provenance.describe(run.provenance),
+    ]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -98,9 +144,19 @@ def seed_rows(table: PaperTable, finished: list[Run]) -> list[list[str]]:
         paper = percent(table.paper[key][0]) if key in table.paper else "no row"
         tests, vals = [r.best["test_error"] for r in group], [r.best["val_error"] for r in group]
         epochs = group[0].config["epochs"]
-        rows.append([table.describe(group[0]), "paper schedule" if epochs is None else f"{epochs}", paper, str(len(group)),
-                     ", ".join(str(seed) for seed in sorted(r.config["seed"] for r in group)), mean_sd(tests), mean_sd(vals),
-                     f"{percent(min(tests))} - {percent(max(tests))}", " - ".join(map(percent, mean_interval(tests)))])
+        rows.append(
+            [
+                table.describe(group[0]),
+                "paper schedule" if epochs is None else f"{epochs}",
+                paper,
+                str(len(group)),
+                ", ".join(str(seed) for seed in sorted(r.config["seed"] for r in group)),
+                mean_sd(tests),
+                mean_sd(vals),
+                f"{percent(min(tests))} - {percent(max(tests))}",
+                " - ".join(map(percent, mean_interval(tests))),
+            ]
+        )
     return rows
 
 
@@ -114,8 +170,10 @@ def gap_rows(table: PaperTable, finished: list[Run]) -> list[list[str]]:
 
     def twin(group: list[Run]) -> str:
         first = group[0]  # its seeds act alike, though one may give a schedule's value that another leaves to it
-        given = [None if setting(first, k) == as_run_sees_it(first, k, None) else first.config[k]
-                 for k in ("optimizer", "lr")]
+        given = [
+            None if setting(first, k) == as_run_sees_it(first, k, None) else first.config[k]
+            for k in ("optimizer", "lr")
+        ]
         return seed_group(group[0], ignoring=("plain", "init", "z_dim", "optimizer", "lr")) + json.dumps(given)
 
     plains = {twin(g): g for g in groups if not g[0].hyper}
@@ -123,11 +181,23 @@ def gap_rows(table: PaperTable, finished: list[Run]) -> list[list[str]]:
     for hyper in (g for g in groups if g[0].hyper and twin(g) in plains):
         plain = plains[twin(hyper)]
         keys = table.key(hyper[0]), table.key(plain[0])
-        paper = (f"{table.paper[keys[0]][0] - table.paper[keys[1]][0]:+.2f}" if all(k in table.paper for k in keys)
-                 else "no row")
+        paper = (
+            f"{table.paper[keys[0]][0] - table.paper[keys[1]][0]:+.2f}"
+            if all(k in table.paper for k in keys)
+            else "no row"
+        )
         gap, se, half = gap_interval([r.best["test_error"] for r in hyper], [r.best["test_error"] for r in plain])
-        rows.append([table.describe(hyper[0]), table.describe(plain[0]), f"{len(hyper)}, {len(plain)}", paper,
-                     f"{gap:+.2f}", f"{se:.2f}", f"{gap - half:+.2f} - {gap + half:+.2f}"])
+        rows.append(
+            [
+                table.describe(hyper[0]),
+                table.describe(plain[0]),
+                f"{len(hyper)}, {len(plain)}",
+                paper,
+                f"{gap:+.2f}",
+                f"{se:.2f}",
+                f"{gap - half:+.2f} - {gap + half:+.2f}",
+            ]
+        )
     return rows
 
 
@@ -155,16 +225,29 @@ def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list
     finished = [run for run in runs if stop_status(run) != "unfinished"]
     seeds = seed_rows(table, finished)
     if seeds:
-        lines += ["", "Over seeds: each configuration with several finished runs (mean ± sample standard deviation, n runs):",
-                  "", *markdown_table(SEED_COLUMNS, seeds)]
+        lines += [
+            "",
+            "Over seeds: each configuration with several finished runs (mean ± sample standard deviation, n runs):",
+            "",
+            *markdown_table(SEED_COLUMNS, seeds),
+        ]
         gaps = gap_rows(table, finished)
         if gaps:
-            lines += ["", "Hyper - plain over seeds (test error, points): the difference of the means, its standard "
-                      "error, and its 95% Welch t-interval:", "", *markdown_table(GAP_COLUMNS, gaps)]
+            lines += [
+                "",
+                "Hyper - plain over seeds (test error, points): the difference of the means, its standard "
+                "error, and its 95% Welch t-interval:",
+                "",
+                *markdown_table(GAP_COLUMNS, gaps),
+            ]
         again = reruns(finished)
         if again:
-            lines += ["", "Not counted over seeds (a seed of the same configuration counted already): "
-                      + ", ".join(f"`{run.name}` (seed {run.config['seed']})" for run in again) + "."]
+            lines += [
+                "",
+                "Not counted over seeds (a seed of the same configuration counted already): "
+                + ", ".join(f"`{run.name}` (seed {run.config['seed']})" for run in again)
+                + ".",
+            ]
     return lines
 
 
@@ -205,8 +288,13 @@ def mnist_key(run: Run) -> bool | None:
 
 def mnist_cells(hyper: bool, paper: tuple[float, int]) -> list[str]:
     net = mnist.MnistNet(hyper)
-    return ["hyper" if hyper else "normal", percent(paper[0]), f"{paper[1]:,}", f"{net.layer2_parameters():,}",
-            f"{num_parameters(net):,}"]
+    return [
+        "hyper" if hyper else "normal",
+        percent(paper[0]),
+        f"{paper[1]:,}",
+        f"{net.layer2_parameters():,}",
+        f"{num_parameters(net):,}",
+    ]
 
 
 def mnist_describe(run: Run) -> str:
@@ -220,14 +308,35 @@ def mnist_describe(run: Run) -> str:
 def paper_tables() -> list[PaperTable]:
     """Paper Table 2 (CIFAR-10) and Table 7 (MNIST), and how our runs match their rows."""
     return [
-        PaperTable(train.CIFAR10.name, "CIFAR-10: paper Table 2 against our runs", PAPER_TABLE2,
-                   ["model", "paper test error", "paper params", "our params"], cifar_cells, cifar_key, cifar_describe,
-                   is_wrn),
-        PaperTable(train.CIFAR10.name, "CIFAR-10: torchvision models, plain and hypernetized (no paper row)", {}, [],
-                   cifar_cells, cifar_key, torchvision_describe, lambda run: not is_wrn(run)),
-        PaperTable(mnist.MNIST.name, "MNIST: paper Table 7 against our runs", mnist.PAPER_TABLE7,
-                   ["model", "paper test error", "paper layer-2 params", "our layer-2 params", "our params"],
-                   mnist_cells, mnist_key, mnist_describe),
+        PaperTable(
+            train.CIFAR10.name,
+            "CIFAR-10: paper Table 2 against our runs",
+            PAPER_TABLE2,
+            ["model", "paper test error", "paper params", "our params"],
+            cifar_cells,
+            cifar_key,
+            cifar_describe,
+            is_wrn,
+        ),
+        PaperTable(
+            train.CIFAR10.name,
+            "CIFAR-10: torchvision models, plain and hypernetized (no paper row)",
+            {},
+            [],
+            cifar_cells,
+            cifar_key,
+            torchvision_describe,
+            lambda run: not is_wrn(run),
+        ),
+        PaperTable(
+            mnist.MNIST.name,
+            "MNIST: paper Table 7 against our runs",
+            mnist.PAPER_TABLE7,
+            ["model", "paper test error", "paper layer-2 params", "our layer-2 params", "our params"],
+            mnist_cells,
+            mnist_key,
+            mnist_describe,
+        ),
     ]
 
 
@@ -241,8 +350,10 @@ def paper_error(run: Run) -> float | None:
 
 def report(runs: list[Run], roots: list[Path], command: str) -> str:
     """The whole Markdown report: each paper table beside our runs."""
-    lines = [f"Generated by `{command}`. Test error: at the epoch with the best validation error "
-             "(early stopping), as in the paper. Our parameter counts are computed from the models."]
+    lines = [
+        f"Generated by `{command}`. Test error: at the epoch with the best validation error "
+        "(early stopping), as in the paper. Our parameter counts are computed from the models."
+    ]
     for table in paper_tables():
         section = table_section(table, runs, roots)
         lines += ["", *section] if section else []

@@ -61,8 +61,10 @@ def wrn_depth(text: str) -> int:
 def arch_name(text: str) -> str:
     """argparse type: "wrn" (the paper's Wide-ResNet) or a torchvision classification model's name."""
     if text != "wrn" and text not in torchvision.models.list_models(module=torchvision.models):
-        raise argparse.ArgumentTypeError(f"must be wrn or a torchvision classification model (resnet18, mobilenet_v2, "
-                                         f"...: torchvision.models.list_models()), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be wrn or a torchvision classification model (resnet18, mobilenet_v2, "
+            f"...: torchvision.models.list_models()), got {text!r}"
+        )
     return text
 
 
@@ -83,19 +85,31 @@ def check_arch_flags(args: argparse.Namespace, explicit: set[str]) -> None:
 def cifar_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[object], dict]) -> None:
     """The model flags, and the schedule choice."""
     m = groups["model"]
-    m.add_argument("--arch", type=arch_name, **d("wrn"), metavar="NAME",
-                   help="wrn: the paper's Wide-ResNet; or any torchvision classification model (resnet18, ...), "
-                        "hypernetized unless --plain")
+    m.add_argument(
+        "--arch",
+        type=arch_name,
+        **d("wrn"),
+        metavar="NAME",
+        help="wrn: the paper's Wide-ResNet; or any torchvision classification model (resnet18, ...), "
+        "hypernetized unless --plain",
+    )
     m.add_argument("--depth", type=wrn_depth, **d(40), help="WRN depth, 6N+4")
     m.add_argument("--width", type=positive_int, **d(1), help="widening factor k")
-    m.add_argument("--plain", action="store_true", **d(False), help="train the plain model (stored weights), not the hypernetwork")
+    m.add_argument(
+        "--plain", action="store_true", **d(False), help="train the plain model (stored weights), not the hypernetwork"
+    )
     m.add_argument("--z-dim", type=positive_int, **d(64), help="size of each z-embedding")
     m.add_argument("--shortcut", choices=["pad", "conv"], **d("pad"), help="shortcut where a block changes shape")
-    m.add_argument("--init", choices=INITS, **d(INITS[0]),
-                   help="hyper: where the kernels' initial Kaiming scale lives: in the z's (std 0.03-0.12), or in the "
-                        "hypernetwork's output weights with z's of unit scale (hyperfan-in style)")
-    groups["training"].add_argument("--schedule", choices=["paper"], **d("paper"),
-                                    help="lr schedule (App. A.3.2: Table 9 hyper, Table 8 plain)")
+    m.add_argument(
+        "--init",
+        choices=INITS,
+        **d(INITS[0]),
+        help="hyper: where the kernels' initial Kaiming scale lives: in the z's (std 0.03-0.12), or in the "
+        "hypernetwork's output weights with z's of unit scale (hyperfan-in style)",
+    )
+    groups["training"].add_argument(
+        "--schedule", choices=["paper"], **d("paper"), help="lr schedule (App. A.3.2: Table 9 hyper, Table 8 plain)"
+    )
 
 
 def cifar_run_name(args: argparse.Namespace) -> str:
@@ -114,8 +128,14 @@ def build_model(config: dict) -> torch.nn.Module:
         model = torchvision.models.get_model(config["arch"], num_classes=10)
         return model if config["plain"] else hypernetize(model, z_dim=config["z_dim"], inplace=True)
     scale_in = "hypernet" if config["init"] == "scale-in-hypernet" else "z"
-    return PrimaryNetwork(config["depth"], config["width"], hyper=not config["plain"], z_dim=config["z_dim"],
-                          shortcut=config["shortcut"], scale_in=scale_in)
+    return PrimaryNetwork(
+        config["depth"],
+        config["width"],
+        hyper=not config["plain"],
+        z_dim=config["z_dim"],
+        shortcut=config["shortcut"],
+        scale_in=scale_in,
+    )
 
 
 def schedule_for(args: argparse.Namespace, steps_per_epoch: int) -> tuple[PaperSchedule, int, int]:
@@ -148,13 +168,20 @@ CIFAR10 = Experiment(
     name="cifar10",
     script="train.py",
     description="Train a HyperResNet or a plain Wide-ResNet on CIFAR-10 (Ha et al. 2017), or any torchvision "
-                "classification model, hypernetized or not.",
+    "classification model, hypernetized or not.",
     add_arguments=cifar_arguments,
     defaults=FlagDefaults(
-        epochs=None, epochs_help="rescale the schedule to this many epochs (default: the paper's step count)",
-        batch_size=128, weight_decay=5e-4, patience=None, optimizer_help="default: adam for hyper, Nesterov sgd for plain",
-        lr_help="base lr (default: 0.002 hyper, 0.1 plain)", data_help="folder holding cifar-10-batches-py/",
-        run_name_example="hyper-40-1-epochs-10-seed1", precise_bn=2000),
+        epochs=None,
+        epochs_help="rescale the schedule to this many epochs (default: the paper's step count)",
+        batch_size=128,
+        weight_decay=5e-4,
+        patience=None,
+        optimizer_help="default: adam for hyper, Nesterov sgd for plain",
+        lr_help="base lr (default: 0.002 hyper, 0.1 plain)",
+        data_help="folder holding cifar-10-batches-py/",
+        run_name_example="hyper-40-1-epochs-10-seed1",
+        precise_bn=2000,
+    ),
     load_data=load_cifar10,
     augment=lambda config: augment_cifar,
     build_model=build_model,

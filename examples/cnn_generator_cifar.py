@@ -63,7 +63,9 @@ def flat_mlp_num_parameters(num_outputs: int, z_dim: int = 64, hidden: int = 256
 
 
 @torch.no_grad()
-def evaluate(hnet: TargetHyperNetwork, x: torch.Tensor, y: torch.Tensor, normalise: Normalize, batch_size: int = 500) -> float:
+def evaluate(
+    hnet: TargetHyperNetwork, x: torch.Tensor, y: torch.Tensor, normalise: Normalize, batch_size: int = 500
+) -> float:
     """Test accuracy with the currently generated weights (BatchNorm in eval mode)."""
     hnet.eval()
     correct = 0
@@ -111,8 +113,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--generator-hidden", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default); on a"
-                   " busy 2-core CPU one thread was 4x faster than two")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (0: torch's default); on a busy 2-core CPU one thread was 4x faster than two",
+    )
     return p.parse_args(argv)
 
 

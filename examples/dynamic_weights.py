@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     x, y = make_data(args.train_size + 2048, args.context, args.features, args.out, generator)
     data = (x[: args.train_size], y[: args.train_size], x[args.train_size :], y[args.train_size :])
-    print(f"task: y = A(c) u, c in R^{args.context}, u in R^{args.features}, y in R^{args.out};"
-          f" predict-zero test MSE {data[3].pow(2).mean().item():.4f}")
+    print(
+        f"task: y = A(c) u, c in R^{args.context}, u in R^{args.features}, y in R^{args.out};"
+        f" predict-zero test MSE {data[3].pow(2).mean().item():.4f}"
+    )
 
     torch.manual_seed(args.seed)
     chunk_size = args.chunk_size or n_in * args.out + args.out  # default: Linear(n_in, out) in one chunk

@@ -81,9 +81,17 @@ def write_archived_run(folder: Path, best: dict, epoch: int, step: int, metrics:
     from experiment import parse_args
 
     config = {**vars(parse_args(train.CIFAR10, [])[0]), "experiment": "cifar10", "run_name": folder.name, **flags}
-    summary = {"format": run_records.ARCHIVE_FORMAT, "config": {k: v for k, v in config.items() if k not in archiving.MACHINE_KEYS},
-               "best": best, "epoch": epoch, "step": step, "elapsed_seconds": 60.0, "device": "cpu",
-               "num_parameters": 1, "provenance": [{"from_step": 0, **provenance.unknown()}]}
+    summary = {
+        "format": run_records.ARCHIVE_FORMAT,
+        "config": {k: v for k, v in config.items() if k not in archiving.MACHINE_KEYS},
+        "best": best,
+        "epoch": epoch,
+        "step": step,
+        "elapsed_seconds": 60.0,
+        "device": "cpu",
+        "num_parameters": 1,
+        "provenance": [{"from_step": 0, **provenance.unknown()}],
+    }
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps(summary))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))

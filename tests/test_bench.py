@@ -11,8 +11,29 @@ import bench
 def test_bench_runs_with_tiny_sizes(tmp_path, capsys):
     out = tmp_path / "bench.json"
     report = tmp_path / "bench.md"
-    assert bench.main(["--widths", "1", "--repeats", "1", "--batch-size", "4", "--small-batch", "2", "--val-size", "6",
-                       "--precise-bn", "4", "--json", str(out), "--out", str(report)]) == 0
+    assert (
+        bench.main(
+            [
+                "--widths",
+                "1",
+                "--repeats",
+                "1",
+                "--batch-size",
+                "4",
+                "--small-batch",
+                "2",
+                "--val-size",
+                "6",
+                "--precise-bn",
+                "4",
+                "--json",
+                str(out),
+                "--out",
+                str(report),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "batched vs per-tile loop" in table and "train step, batch 4" in table and "end to end" in table
     assert "epoch 1/" not in table and "final:" not in table  # train.py's own lines stay out of the report

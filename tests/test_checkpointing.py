@@ -55,8 +55,9 @@ def test_a_new_run_removes_the_temporaries_a_killed_first_save_left(tmp_path, ti
 
 @pytest.mark.slow
 @pytest.mark.skipif(checkpointing.fcntl is None, reason="runs are locked on POSIX only")
-def test_a_start_refused_by_the_run_lock_leaves_the_running_saves_temporary_alone(tmp_path, tiny_cifar, monkeypatch,
-                                                                                  capsys):
+def test_a_start_refused_by_the_run_lock_leaves_the_running_saves_temporary_alone(
+    tmp_path, tiny_cifar, monkeypatch, capsys
+):
     """Only the process holding the run's lock may clean: a second start on the run removes nothing."""
     args = tiny_args(tmp_path, tiny_cifar, "--epochs", "1")
     run_dir = run_folder(train.CIFAR10, args)

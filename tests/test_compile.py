@@ -35,8 +35,13 @@ def fresh_dynamo():
 def test_the_whole_step_is_one_graph_and_an_lr_change_does_not_recompile():
     torch.manual_seed(0)
     model = PrimaryNetwork(10, 1)
-    state = TrainState.create(model, "adam", 2e-3, lambda step: 1.0 if step < 2 else 0.1,
-                              Place(torch.device("cpu"), SINGLE_PROCESS, FP32, torch.contiguous_format))
+    state = TrainState.create(
+        model,
+        "adam",
+        2e-3,
+        lambda step: 1.0 if step < 2 else 0.1,
+        Place(torch.device("cpu"), SINGLE_PROCESS, FP32, torch.contiguous_format),
+    )
     compile_step(state, fullgraph=True, backend="aot_eager")  # fullgraph: a graph break would raise
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     train_step(state, x, y, 5e-4)
@@ -68,8 +73,22 @@ def test_a_compiled_run_resumes_exactly(tmp_path, cifar_dir, monkeypatch):
 def test_inductor_matches_eager(tmp_path, mnist_dir):
     """Inductor reorders floating-point sums, so a compiled run is close to an eager one, not
     equal: each epoch's mean training loss within 1e-4 (relative) over two epochs of MNIST."""
-    common = ["--val-size", "20", "--batch-size", "50", "--no-download", "--no-progress", "--device", "cpu",
-              "--data-dir", str(mnist_dir), "--epochs", "2", "--weight-decay", "1e-4"]
+    common = [
+        "--val-size",
+        "20",
+        "--batch-size",
+        "50",
+        "--no-download",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(mnist_dir),
+        "--epochs",
+        "2",
+        "--weight-decay",
+        "1e-4",
+    ]
     losses = []
     for name, extra in (("eager", []), ("compiled", ["--compile"])):
         folders = ["--checkpoint-dir", str(tmp_path / name), "--log-dir", str(tmp_path / "tb" / name)]

@@ -21,22 +21,38 @@ from devices import FP32, Precision, choose_channels_last, choose_precision, cud
 A100, H100, V100, T4 = (8, 0), (9, 0), (7, 0), (7, 5)
 
 
-@pytest.mark.parametrize("requested,device,capability,expected", [
-    ("auto", "cuda", A100, "bf16"), ("auto", "cuda", H100, "bf16"),
-    ("auto", "cuda", V100, "fp16"), ("auto", "cuda", T4, "fp16"),  # no native bf16 before compute capability 8.0
-    ("auto", "cpu", None, "fp32"), ("auto", "mps", None, "fp32"),
-    ("off", "cuda", A100, "fp32"), ("fp16", "cuda", A100, "fp16"), ("bf16", "cpu", None, "bf16"),
-])
+@pytest.mark.parametrize(
+    "requested,device,capability,expected",
+    [
+        ("auto", "cuda", A100, "bf16"),
+        ("auto", "cuda", H100, "bf16"),
+        ("auto", "cuda", V100, "fp16"),
+        ("auto", "cuda", T4, "fp16"),  # no native bf16 before compute capability 8.0
+        ("auto", "cpu", None, "fp32"),
+        ("auto", "mps", None, "fp32"),
+        ("off", "cuda", A100, "fp32"),
+        ("fp16", "cuda", A100, "fp16"),
+        ("bf16", "cpu", None, "bf16"),
+    ],
+)
 def test_precision_policy(requested, device, capability, expected):
     precision = choose_precision(requested, device, capability)
     assert precision.name == expected
     assert precision.scaled == (expected == "fp16")  # a GradScaler exactly for fp16
 
 
-@pytest.mark.parametrize("requested,device,precision,expected", [
-    (None, "cuda", "bf16", True), (None, "cuda", "fp16", True), (None, "cuda", "fp32", False),  # NHWC pays with tensor cores
-    (None, "cpu", "fp32", False), (None, "mps", "fp32", False), (True, "cpu", "fp32", True), (False, "cuda", "bf16", False),
-])
+@pytest.mark.parametrize(
+    "requested,device,precision,expected",
+    [
+        (None, "cuda", "bf16", True),
+        (None, "cuda", "fp16", True),
+        (None, "cuda", "fp32", False),  # NHWC pays with tensor cores
+        (None, "cpu", "fp32", False),
+        (None, "mps", "fp32", False),
+        (True, "cpu", "fp32", True),
+        (False, "cuda", "bf16", False),
+    ],
+)
 def test_channels_last_policy(requested, device, precision, expected):
     assert choose_channels_last(requested, device, Precision(precision)) is expected
 
@@ -100,9 +116,26 @@ def test_no_autocast_where_torch_has_none(monkeypatch):
 @pytest.mark.slow
 def test_resume_may_change_precision_and_memory_format(tmp_path, cifar_dir, capsys):
     """A run started with a GPU's defaults (bf16, channels_last) resumes on a CPU without them."""
-    args = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu",
-            "--data-dir", str(cifar_dir), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs"),
-            "--epochs", "2"]
+    args = [
+        "--depth",
+        "10",
+        "--batch-size",
+        "32",
+        "--val-size",
+        "40",
+        "--no-progress",
+        "--no-download",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(cifar_dir),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "runs"),
+        "--epochs",
+        "2",
+    ]
     assert train.main([*args, "--amp", "bf16", "--channels-last", "--stop-after", "1"]) == 0
     capsys.readouterr()
     assert train.main([*args, "--amp", "off", "--no-channels-last", "-r"]) == 0
@@ -142,8 +175,11 @@ def test_resuming_with_channels_last_gives_the_optimizer_state_the_parameters_la
     moments = [(p, v) for p in params for v in optimizer.state[p].values() if torch.is_tensor(v) and v.dim() == 4]
     assert moments and all(v.stride() == p.stride() for p, v in moments)
     saved = ckpt["optimizer"]["state"]
-    assert all(torch.equal(v, saved[i][k]) for i, p in enumerate(optimizer.param_groups[0]["params"])
-               for k, v in optimizer.state[p].items())  # the same values, only laid out anew
+    assert all(
+        torch.equal(v, saved[i][k])
+        for i, p in enumerate(optimizer.param_groups[0]["params"])
+        for k, v in optimizer.state[p].items()
+    )  # the same values, only laid out anew
 
 
 def test_target_hypernetwork_reads_its_template_without_float64_on_the_device():
@@ -158,7 +194,9 @@ def test_target_hypernetwork_reads_its_template_without_float64_on_the_device():
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
-@pytest.mark.parametrize("version,refused", [("2.3.1", True), ("2.4.0+cpu", True), ("2.5.0", False), ("2.14.1+cu130", False)])
+@pytest.mark.parametrize(
+    "version,refused", [("2.3.1", True), ("2.4.0+cpu", True), ("2.5.0", False), ("2.14.1+cu130", False)]
+)
 def test_16_bit_autocast_on_mps_needs_torch_2_5(version, refused):
     """torch 2.3 and 2.4 have no MPS autocast: --amp bf16/fp16 there is one line, not a traceback."""
     for amp in ("bf16", "fp16"):
@@ -168,7 +206,9 @@ def test_16_bit_autocast_on_mps_needs_torch_2_5(version, refused):
         else:
             assert choose_precision(amp, "mps", None, version).name == amp
         assert choose_precision(amp, "cuda", (8, 0), version).name == amp  # other devices: as before
-    assert choose_precision("auto", "mps", None, version) == FP32 and choose_precision("off", "mps", None, version) == FP32
+    assert (
+        choose_precision("auto", "mps", None, version) == FP32 and choose_precision("off", "mps", None, version) == FP32
+    )
 
 
 def test_adam_is_fused_for_an_eager_step_on_cuda_and_capturable_for_cuda_graphs(monkeypatch):
@@ -184,8 +224,14 @@ def test_adam_is_fused_for_an_eager_step_on_cuda_and_capturable_for_cuda_graphs(
 
     monkeypatch.setattr(engine, "build_optimizer", recording)
     model = torch.nn.Linear(2, 2)
-    cases = [("cuda", SINGLE_PROCESS, False), ("cuda", SINGLE_PROCESS, True), ("cuda", Distributed(0, 2), True),
-             ("cpu", SINGLE_PROCESS, False), ("cpu", SINGLE_PROCESS, True), ("mps", SINGLE_PROCESS, False)]
+    cases = [
+        ("cuda", SINGLE_PROCESS, False),
+        ("cuda", SINGLE_PROCESS, True),
+        ("cuda", Distributed(0, 2), True),
+        ("cpu", SINGLE_PROCESS, False),
+        ("cpu", SINGLE_PROCESS, True),
+        ("mps", SINGLE_PROCESS, False),
+    ]
     for device, dist, compiled in cases:
         place = engine.Place(torch.device(device), dist, FP32, torch.contiguous_format)
         engine.TrainState.create(model, "adam", 1e-3, lambda step: 1.0, place, compiled)
@@ -265,9 +311,14 @@ class RecordedGenerator:
         return self
 
 
-@pytest.mark.parametrize("device,augment_on", [(torch.device("cuda", 1), torch.device("cuda", 1)),
-                                               (torch.device("cpu"), torch.device("cpu")),
-                                               (torch.device("mps"), torch.device("cpu"))])
+@pytest.mark.parametrize(
+    "device,augment_on",
+    [
+        (torch.device("cuda", 1), torch.device("cuda", 1)),
+        (torch.device("cpu"), torch.device("cpu")),
+        (torch.device("mps"), torch.device("cpu")),
+    ],
+)
 def test_the_augmentation_generator_lives_on_a_cuda_device_and_on_the_cpu_elsewhere(device, augment_on, monkeypatch):
     """On CUDA the augmentation draws on the GPU itself; on the CPU and MPS on the CPU. The data order is always on the CPU."""
     from distributed import SINGLE_PROCESS, Distributed

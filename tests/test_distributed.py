@@ -31,15 +31,50 @@ def torchrun(script: str, *args: str, max_restarts: int = 0, **popen) -> subproc
     MAX_RESTARTS SCRIPT ARGS` starts it. With restarts, torchrun's agent keeps no shared
     TCPStore: in torch 2.14 the one it shares keeps the first attempt's gloo addresses, and a
     restarted worker then connects to a dead one (refused, or a hang; pytorch/pytorch#135712)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"} if max_restarts else {})}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "--max-restarts", str(max_restarts), script, *args]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        **({"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"} if max_restarts else {}),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        str(max_restarts),
+        script,
+        *args,
+    ]
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
 
 
 def flags(root: Path, data: Path, *extra: str) -> list[str]:
-    return ["--depth", "10", "--epochs", EPOCHS, "--batch-size", "32", "--val-size", "20", "--data-dir", str(data),
-            "--no-download", "--no-progress", "--device", "cpu", "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"), *extra]
+    return [
+        "--depth",
+        "10",
+        "--epochs",
+        EPOCHS,
+        "--batch-size",
+        "32",
+        "--val-size",
+        "20",
+        "--data-dir",
+        str(data),
+        "--no-download",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--checkpoint-dir",
+        str(root / "ck"),
+        "--log-dir",
+        str(root / "runs"),
+        *extra,
+    ]
 
 
 def descendants(pid: int) -> list[int]:
@@ -72,7 +107,12 @@ def reference(tmp_path_factory, data) -> tuple[Path, str]:
 def test_one_set_of_files_and_identical_parameters_on_both_ranks(reference):
     root, out = reference
     run = only_run(root / "ck")
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "last.pt", "metrics.jsonl"]  # rank 0 alone wrote
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".lock",
+        "best.pt",
+        "last.pt",
+        "metrics.jsonl",
+    ]  # rank 0 alone wrote
     assert len(list((only_run(root / "runs")).iterdir())) == 1  # one TensorBoard event file
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -97,8 +137,10 @@ def test_one_set_of_files_and_identical_parameters_on_both_ranks(reference):
 def test_a_torchrun_worker_exits_with_its_code_and_output_but_skips_finalization(world):
     """exit_process: a torchrun worker's buffered output and exit code survive os._exit, and
     the interpreter's finalization (where gloo's threads can abort) never runs; alone, it does."""
-    code = ("import atexit, sys, distributed; atexit.register(print, 'finalized'); "
-            "sys.stdout.write('buffered'); sys.stderr.write('unflushed'); distributed.exit_process(7)")
+    code = (
+        "import atexit, sys, distributed; atexit.register(print, 'finalized'); "
+        "sys.stdout.write('buffered'); sys.stderr.write('unflushed'); distributed.exit_process(7)"
+    )
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "WORLD_SIZE": world}  # output buffered
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG)
     assert done.returncode == 7 and done.stderr == "unflushed"
@@ -142,7 +184,9 @@ def test_killed_then_resumed_under_torchrun_ends_where_the_uninterrupted_run_end
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, int(EPOCHS) + 1))
 
 
-def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_ends_as_uninterrupted(reference, data, tmp_path):
+def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_ends_as_uninterrupted(
+    reference, data, tmp_path
+):
     """torchrun --max-restarts 1 ... -r: the one command starts the run (no checkpoint yet)
     and, after rank 0 is killed with SIGKILL in epoch 2, its restart resumes from epoch 1's."""
     argv = [*flags(tmp_path, data), "-r"]
@@ -153,7 +197,9 @@ def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_ends_as_
     assert torch.load(last, weights_only=True)["epoch"] == 1
     os.kill(int(re.search(r"\(pid (\d+)\)", line).group(1)), signal.SIGKILL)  # rank 0 alone; rank 1 waits on it
     out = finish(proc)  # the restart's output
-    assert out.count("resumed after epoch 1") == 1 and out.count("final: hyper-10-1") == 1 and "no checkpoint" not in out
+    assert (
+        out.count("resumed after epoch 1") == 1 and out.count("final: hyper-10-1") == 1 and "no checkpoint" not in out
+    )
 
     def result(record: dict) -> dict:  # a record without its timings
         return {k: v for k, v in record.items() if not k.endswith("_seconds") and k != "images_per_s"}
@@ -163,8 +209,10 @@ def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_ends_as_
     assert resumed["epoch"] == straight["epoch"] == int(EPOCHS) and resumed["best"] == straight["best"]
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
-    records = [[result(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
-               for run in (last.parent, straight_run)]
+    records = [
+        [result(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (last.parent, straight_run)
+    ]
     assert records[0] == records[1] and len(records[0]) == int(EPOCHS)
 
 
@@ -174,8 +222,16 @@ def test_the_printed_continue_command_works_under_torchrun(data, tmp_path):
     command = out.strip().splitlines()[-1].split("continue with: ")[1].split()
     assert command[:5] == ["torchrun", "--standalone", "--nproc-per-node", "2", "train.py"]
     again = [sys.executable, "-m", "torch.distributed.run", *command[1:]]  # torchrun is this module's entry point
-    finish(subprocess.Popen(again, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True))
+    finish(
+        subprocess.Popen(
+            again,
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
     ckpt = torch.load(command[-1], weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["placement"]["processes"] == 2
 

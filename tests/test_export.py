@@ -12,8 +12,26 @@ from primary_net import num_parameters
 
 @pytest.mark.slow
 def test_export_cli_round_trip(tmp_path, cifar_dir, capsys):
-    args = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu", "--epochs", "1",
-            "--data-dir", str(cifar_dir), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs")]
+    args = [
+        "--depth",
+        "10",
+        "--batch-size",
+        "32",
+        "--val-size",
+        "40",
+        "--no-progress",
+        "--no-download",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(cifar_dir),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "runs"),
+    ]
     assert train.main(args) == 0
     best = only_run(tmp_path / "ck") / "best.pt"
     assert export.main([str(best)]) == 0

@@ -20,8 +20,20 @@ import runner
 from experiment import parse_args
 
 CROSS_ENTROPY = torch.nn.functional.cross_entropy
-FLAGS = ["--val-size", "20", "--batch-size", "20", "--epochs", "2", "--amp", "fp16", "--no-download", "--no-progress",
-         "--device", "cpu"]
+FLAGS = [
+    "--val-size",
+    "20",
+    "--batch-size",
+    "20",
+    "--epochs",
+    "2",
+    "--amp",
+    "fp16",
+    "--no-download",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 class Losses:
@@ -55,7 +67,15 @@ class StopAt:
 @contextlib.contextmanager
 def fp16_run(folder, mnist_dir, ckpt: dict | None = None):
     """A fresh fp16 MNIST run in FOLDER, or one resumed from CKPT, ready to train."""
-    argv = [*FLAGS, "--data-dir", str(mnist_dir), "--checkpoint-dir", str(folder / "ck"), "--log-dir", str(folder / "runs")]
+    argv = [
+        *FLAGS,
+        "--data-dir",
+        str(mnist_dir),
+        "--checkpoint-dir",
+        str(folder / "ck"),
+        "--log-dir",
+        str(folder / "runs"),
+    ]
     run = runner.set_up(mnist.MNIST, parse_args(mnist.MNIST, argv)[0], ckpt)
     try:
         if ckpt is not None:

@@ -21,14 +21,32 @@ from devices import capability, choose_precision
 
 REPO = Path(__file__).resolve().parent.parent
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: not run on this machine")
-mps = pytest.mark.skipif(not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-                         reason="needs MPS: not run on this machine")
+mps = pytest.mark.skipif(
+    not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+    reason="needs MPS: not run on this machine",
+)
 
 
 def run_args(root: Path, data: Path, device: str, *extra: str) -> list[str]:
-    return ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download",
-            "--device", device, "--data-dir", str(data), "--checkpoint-dir", str(root / "ck"),
-            "--log-dir", str(root / "runs"), *extra]
+    return [
+        "--depth",
+        "10",
+        "--batch-size",
+        "32",
+        "--val-size",
+        "40",
+        "--no-progress",
+        "--no-download",
+        "--device",
+        device,
+        "--data-dir",
+        str(data),
+        "--checkpoint-dir",
+        str(root / "ck"),
+        "--log-dir",
+        str(root / "runs"),
+        *extra,
+    ]
 
 
 def load(path: Path) -> dict:
@@ -100,16 +118,27 @@ def test_a_checkpoint_moves_from_the_gpu_to_the_cpu_and_back(tmp_path, cifar_dir
 def test_fp16_with_its_grad_scaler_over_many_steps(tmp_path, cifar_dir):
     assert train.main(run_args(tmp_path, cifar_dir, "cuda", "--epochs", "6", "--amp", "fp16")) == 0
     ckpt = load(only_run(tmp_path / "ck") / "last.pt")
-    assert ckpt["scaler"] and ckpt["scaler"]["scale"] > 0 and all(math.isfinite(m["train_loss"]) for m in ckpt["metrics"])
+    assert (
+        ckpt["scaler"] and ckpt["scaler"]["scale"] > 0 and all(math.isfinite(m["train_loss"]) for m in ckpt["metrics"])
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs: not run on this machine")
 def test_torchrun_with_nccl_on_two_gpus(tmp_path, cifar_dir):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py",
-               *run_args(tmp_path, cifar_dir, "cuda", "--epochs", "2")]
-    result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=HANG)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "train.py",
+        *run_args(tmp_path, cifar_dir, "cuda", "--epochs", "2"),
+    ]
+    result = subprocess.run(
+        command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=HANG
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert load(only_run(tmp_path / "ck") / "last.pt")["placement"]["processes"] == 2
 
@@ -135,8 +164,13 @@ def test_augmentation_and_a_training_step_never_wait_for_the_gpu(amp):
     labels = torch.randint(0, 10, (256,), device=device)
     normalize, gen = Normalize(images), torch.Generator(device).manual_seed(0)
     layout, precision = torch.channels_last, Precision(amp)  # train.py's GPU defaults for Hyper-WRN-40-1
-    state = TrainState.create(PrimaryNetwork(40, 1).to(device, memory_format=layout), "adam", 1e-3, lambda step: 1.0,
-                              Place(device, SINGLE_PROCESS, precision, layout))
+    state = TrainState.create(
+        PrimaryNetwork(40, 1).to(device, memory_format=layout),
+        "adam",
+        1e-3,
+        lambda step: 1.0,
+        Place(device, SINGLE_PROCESS, precision, layout),
+    )
     idx = torch.arange(128, device=device)
     for _ in range(2):  # warm-up: first-call allocations may synchronise
         train_step(state, normalize(augment_cifar(images[idx], gen), layout), labels[idx], 5e-4, precision)

@@ -17,12 +17,21 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_dry_run_passes_every_section_and_writes_the_report(tmp_path):
     out = tmp_path / "check"
-    done = subprocess.run([sys.executable, "gpu_check.py", "--dry-run", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=HANG)
+    done = subprocess.run(
+        [sys.executable, "gpu_check.py", "--dry-run", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     saved = json.loads((out / "report.json").read_text())
     assert [(s["section"], s["status"]) for s in saved["sections"]] == [
-        ("tests", "passed"), ("bench", "passed"), ("syncs", "passed"), ("mnist", "passed")]
+        ("tests", "passed"),
+        ("bench", "passed"),
+        ("syncs", "passed"),
+        ("mnist", "passed"),
+    ]
     assert saved["environment"]["torch"] == str(torch.__version__)
     text = (out / "report.md").read_text()
     assert "train.py end to end vs bare step" in text and "the paper's Hyper-40-1 schedule" in text
@@ -50,7 +59,9 @@ def reported(out: Path) -> tuple[list[str], list[str]]:
     """The sections that OUT/report.json and OUT/report.md hold now (none before the first is written)."""
     saved = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {"sections": []}
     text = (out / "report.md").read_text() if (out / "report.md").exists() else ""
-    return [s["section"] for s in saved["sections"]], [s for s in ("tests", "bench", "syncs", "mnist") if f"## {s}:" in text]
+    return [s["section"] for s in saved["sections"]], [
+        s for s in ("tests", "bench", "syncs", "mnist") if f"## {s}:" in text
+    ]
 
 
 def test_the_report_on_disk_holds_every_finished_section_before_the_next_starts(tmp_path, monkeypatch, capsys):

@@ -67,8 +67,13 @@ def test_which_layers_are_generated_and_by_which_tiles():
     assert "model.stem.weight" in names and "model.fc.weight" in names and "model.conv1.bias" in names
     assert "model.conv1.weight" not in names and "model.depthwise.weight" not in names
     assert hypernetize(SmallCNN(), layers=["conv2"]).generated == ["conv2.weight"]
-    two_heads = nn.Sequential(SmallCNN(), nn.Linear(10, 16), nn.Linear(16, 4))  # Linear layers too, all but the classifier
-    assert hypernetize(two_heads).generated[-1] == "1.weight" and "1.weight" not in hypernetize(two_heads, linear=False).generated
+    two_heads = nn.Sequential(
+        SmallCNN(), nn.Linear(10, 16), nn.Linear(16, 4)
+    )  # Linear layers too, all but the classifier
+    assert (
+        hypernetize(two_heads).generated[-1] == "1.weight"
+        and "1.weight" not in hypernetize(two_heads, linear=False).generated
+    )
     chosen = hypernetize(SmallCNN(), layers=lambda name, m: isinstance(m, nn.Linear))
     assert chosen.generated == ["fc.weight"] and chosen(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
@@ -76,11 +81,15 @@ def test_which_layers_are_generated_and_by_which_tiles():
 def test_errors_say_which_layer_and_why():
     with pytest.raises(ValueError, match=r"^SmallCNN has no layer named 'conv3'$"):  # a typo
         hypernetize(SmallCNN(), layers=["conv3"])
-    with pytest.raises(ValueError, match=r"^bn cannot be generated: it is a BatchNorm2d, neither an nn.Conv2d nor an nn.Linear$"):
+    with pytest.raises(
+        ValueError, match=r"^bn cannot be generated: it is a BatchNorm2d, neither an nn.Conv2d nor an nn.Linear$"
+    ):
         hypernetize(SmallCNN(), layers=["bn"])
     with pytest.raises(ValueError, match=r"^1 cannot be generated: its kernel is 1x7: the tiles are square$"):
         hypernetize(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, (1, 7))), layers=["1"])
-    with pytest.raises(ValueError, match=r"^Sequential has nothing to generate: no square nn.Conv2d but its first, no nn.Linear"):
+    with pytest.raises(
+        ValueError, match=r"^Sequential has nothing to generate: no square nn.Conv2d but its first, no nn.Linear"
+    ):
         hypernetize(nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU()))
 
 
@@ -90,7 +99,9 @@ def test_the_callers_model_is_left_as_it_was_unless_inplace():
     before, out = copy.deepcopy(model.state_dict()), model(x)
     net = hypernetize(model)
     assert net.model is not model and torch.equal(model(x), out)  # the caller's model still runs, as it did
-    assert model.state_dict().keys() == before.keys() and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.state_dict().keys() == before.keys() and all(
+        torch.equal(before[k], v) for k, v in model.state_dict().items()
+    )
     wrapped = hypernetize(model, inplace=True)
     assert wrapped.model is model and not hasattr(model.conv1, "weight")  # its kernels now come from the bank
     assert "HyperNetized" not in repr(model) and "banks" in repr(wrapped)
@@ -181,15 +192,29 @@ def test_wrn_40_1_from_ordinary_convs_gives_the_papers_36_kernels_from_242_zs():
 def test_cropped_tiles_and_their_penalty_are_exact():
     """Channels that are not multiples of 16 (24, 40, 3 per group) come from a covering grid of
     tiles, cropped; the L2 penalty from Gram matrices still equals the kernels' sum of squares."""
-    model = nn.Sequential(nn.Conv2d(3, 24, 3), nn.Conv2d(24, 40, 3), nn.Conv2d(40, 40, 3, groups=8), nn.Conv2d(40, 24, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 24, 3), nn.Conv2d(24, 40, 3), nn.Conv2d(40, 40, 3, groups=8), nn.Conv2d(40, 24, 1)
+    )
     net = hypernetize(model, z_dim=8).double()
     assert [tuple(k.shape) for k in net.kernels()] == [(40, 24, 3, 3), (40, 5, 3, 3), (24, 40, 1, 1)]
     assert list(net.banks) == ["16x16x3x3", "16x5x3x3", "16x16x1x1"]
     torch.testing.assert_close(net.kernel_sq_norm(), sum(k.pow(2).sum() for k in net.kernels()), rtol=1e-10, atol=0)
 
 
-FAMILIES = ["resnet18", "resnet50", "vgg11", "densenet121", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
-            "convnext_tiny", "regnet_y_400mf", "shufflenet_v2_x0_5", "squeezenet1_1", "googlenet"]
+FAMILIES = [
+    "resnet18",
+    "resnet50",
+    "vgg11",
+    "densenet121",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "regnet_y_400mf",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+    "googlenet",
+]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -227,8 +252,9 @@ def assembled(bank, layer: int) -> torch.Tensor:
     grid = torch.zeros(rows * hyper.out_size, cols * hyper.in_size, f, f, dtype=tiles.dtype)
     for r in range(rows):
         for c in range(cols):
-            grid[r * hyper.out_size : (r + 1) * hyper.out_size, c * hyper.in_size : (c + 1) * hyper.in_size] = \
-                tiles[r * cols + c].transpose(0, 1)
+            grid[r * hyper.out_size : (r + 1) * hyper.out_size, c * hyper.in_size : (c + 1) * hyper.in_size] = tiles[
+                r * cols + c
+            ].transpose(0, 1)
     return grid[:c_out, :c_in]
 
 
@@ -268,10 +294,12 @@ def test_the_trainer_steps_any_module_generating_each_kernel_once_per_step(name)
     import mnist
 
     torch.manual_seed(0)
-    model, shape = {"hyper-wrn": (lambda: PrimaryNetwork(10, 1), (4, 3, 32, 32)),
-                    "mnist": (lambda: mnist.MnistNet(), (4, 1, 28, 28)),
-                    "hypernetize-resnet18": (lambda: hypernetize(torchvision.models.resnet18(num_classes=10)), (4, 3, 32, 32)),
-                    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (4, 3, 32, 32))}[name]
+    model, shape = {
+        "hyper-wrn": (lambda: PrimaryNetwork(10, 1), (4, 3, 32, 32)),
+        "mnist": (lambda: mnist.MnistNet(), (4, 1, 28, 28)),
+        "hypernetize-resnet18": (lambda: hypernetize(torchvision.models.resnet18(num_classes=10)), (4, 3, 32, 32)),
+        "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (4, 3, 32, 32)),
+    }[name]
     model = model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     state = engine.TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))

@@ -17,8 +17,16 @@ SMALL = ["--val-size", "20", "--batch-size", "50", "--no-download", "--no-progre
 
 
 def run_args(tmp_path, data_dir, *extra):
-    return [*SMALL, "--data-dir", str(data_dir), "--checkpoint-dir", str(tmp_path / "ck"),
-            "--log-dir", str(tmp_path / "runs"), *extra]
+    return [
+        *SMALL,
+        "--data-dir",
+        str(data_dir),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "runs"),
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------------- the model
@@ -135,7 +143,9 @@ def test_run_resume_and_early_stop(tmp_path, mnist_dir, capsys):
     # Patience 1 on a fresh run: it stops as soon as one epoch fails to improve validation.
     early = run_args(tmp_path / "early", mnist_dir, "--epochs", "30", "--patience", "1", "--plain")
     assert mnist.main(early) == 0
-    records = [json.loads(line) for line in (only_run(tmp_path / "early" / "ck") / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (only_run(tmp_path / "early" / "ck") / "metrics.jsonl").read_text().splitlines()
+    ]
     best = min(range(len(records)), key=lambda i: (records[i]["val_error"], i))
     assert len(records) < 30 and len(records) == best + 2
     assert "early stop after epoch" in capsys.readouterr().out

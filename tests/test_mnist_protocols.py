@@ -71,20 +71,28 @@ def test_notebook_defaults_and_run_names():
     args = notebook_args()
     assert (args.epochs, args.patience, args.init, args.run_name) == (50, None, "notebook", "mnist-hyper-notebook")
     args = notebook_args("--epochs", "7", "--patience", "3", "--init", "scale-in-z", "--plain")
-    assert (args.epochs, args.patience, args.run_name) == (7, 3, "mnist-plain-notebook-init-scale-in-z-epochs-7-patience-3")
+    assert (args.epochs, args.patience, args.run_name) == (
+        7,
+        3,
+        "mnist-plain-notebook-init-scale-in-z-epochs-7-patience-3",
+    )
     paper, _ = parse_args(mnist.MNIST, [])
     assert (paper.epochs, paper.patience, paper.init, paper.run_name) == (100, 20, "scale-in-hypernet", "mnist-hyper")
     other, _ = parse_args(mnist.MNIST, ["--init", "scale-in-z"])
     assert other.run_name == "mnist-hyper-init-scale-in-z"
     plain, _ = parse_args(mnist.MNIST, ["--plain", "--init", "scale-in-z"])
     assert plain.run_name == "mnist-plain"  # no hypernetwork to place the scale in: the default plain net
-    assert parse_args(mnist.MNIST, ["--init", "notebook"])[0].run_name == "mnist-hyper-init-notebook"  # not the protocol's name
+    assert (
+        parse_args(mnist.MNIST, ["--init", "notebook"])[0].run_name == "mnist-hyper-init-notebook"
+    )  # not the protocol's name
 
 
 def test_notebook_schedule_decays_per_step_to_its_floor():
     s = mnist.mnist_schedule(notebook_args(), 55)
     assert (s.optimizer, s.lr, s.epochs, s.total_steps, s.clip_norm) == ("adam", 5e-3, 50, 2750, 100.0)
-    assert s.multiplier(0) == 1.0 and math.isclose(s.lr * s.multiplier(54), 0.004737, rel_tol=1e-3)  # the notebook's lr after epoch 0
+    assert s.multiplier(0) == 1.0 and math.isclose(
+        s.lr * s.multiplier(54), 0.004737, rel_tol=1e-3
+    )  # the notebook's lr after epoch 0
     assert math.isclose(s.lr * s.multiplier(10_000), 1e-4)
     paper = mnist.mnist_schedule(parse_args(mnist.MNIST, [])[0], 55)
     assert (paper.lr, paper.clip_norm, paper.multiplier(10_000)) == (1e-3, None, 1.0)
@@ -165,23 +173,36 @@ def test_output_slicing_transposes_the_generated_kernel():
 
 @pytest.mark.slow
 def test_notebook_run_end_to_end_and_kept_out_of_table7(tmp_path, mnist_dir, capsys):
-    folders = ["--data-dir", str(mnist_dir), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "tb")]
+    folders = [
+        "--data-dir",
+        str(mnist_dir),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "tb"),
+    ]
     assert mnist.main([*SMALL, *folders, "--protocol", "notebook", "--epochs", "2"]) == 0
     run = only_run(tmp_path / "ck")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = records[0]["step"]
     assert math.isclose(records[0]["lr"], 5e-3 * 0.999**steps, rel_tol=1e-6)  # the lr of the next step
     ckpt = torch.load(run / "last.pt", weights_only=True)
-    assert (ckpt["config"]["protocol"], ckpt["config"]["init"], ckpt["config"]["patience"]) == ("notebook", "notebook", None)
+    assert (ckpt["config"]["protocol"], ckpt["config"]["init"], ckpt["config"]["patience"]) == (
+        "notebook",
+        "notebook",
+        None,
+    )
     paper_run = [*SMALL, *folders, "--epochs", "1", "--seed", "1"]
     assert mnist.main(paper_run) == 0  # a paper run beside it
     text = capsys.readouterr()
     out = tmp_path / "results.md"
     assert compare.main(["--runs", str(tmp_path / "ck"), "--out", str(out)]) == 0
     report = out.read_text()
-    table7 = report[report.index("## MNIST"):]
+    table7 = report[report.index("## MNIST") :]
     paper_rows = table7[: table7.index("Rows from")]
-    assert f"`{parse_args(mnist.MNIST, paper_run)[0].run_name}`" in paper_rows and "mnist-hyper-notebook" not in paper_rows
+    assert (
+        f"`{parse_args(mnist.MNIST, paper_run)[0].run_name}`" in paper_rows and "mnist-hyper-notebook" not in paper_rows
+    )
     assert "hyper, z_dim 4, notebook protocol, init notebook" in table7  # among the other runs
     assert text.err.count("error") == 0
     figures = tmp_path / "figures"

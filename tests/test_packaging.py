@@ -17,7 +17,9 @@ def test_pyproject_installs_the_model_modules_and_they_exist():
     listed = re.search(r"^py-modules = \[(.*)\]$", (REPO / "pyproject.toml").read_text(), re.M).group(1)
     assert re.findall(r'"([a-z_]+)"', listed) == LIBRARY
     assert all((REPO / f"{name}.py").is_file() for name in LIBRARY)
-    assert "-e .[train]" in (REPO / "requirements.txt").read_text().splitlines()  # the README's install installs the project
+    assert (
+        "-e .[train]" in (REPO / "requirements.txt").read_text().splitlines()
+    )  # the README's install installs the project
 
 
 def test_the_library_needs_torch_alone():
@@ -37,8 +39,12 @@ def test_installed_modules_import_from_another_directory(tmp_path):
     """After the README's install (`pip install -r requirements.txt`, which installs this
     project), the library imports outside the clone; the training modules stay private."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    code = ("import hypernetwork_modules, primary_net, resnet_blocks, target_hypernetwork, importlib.util as u; "
-            "net = primary_net.PrimaryNetwork(10, 1); print(len(net.kernels()), u.find_spec('engine') is None)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG)
+    code = (
+        "import hypernetwork_modules, primary_net, resnet_blocks, target_hypernetwork, importlib.util as u; "
+        "net = primary_net.PrimaryNetwork(10, 1); print(len(net.kernels()), u.find_spec('engine') is None)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["6", "True"]

@@ -32,8 +32,13 @@ def batchnorm_inputs(net: PrimaryNetwork, images: torch.Tensor, normalize, batch
 def batch_statistics(net: PrimaryNetwork, images: torch.Tensor, normalize, batch: int) -> list:
     """Each BatchNorm's (mean, unbiased variance) averaged over the batches."""
     seen = batchnorm_inputs(net, images, normalize, batch)
-    return [(torch.stack([x.mean(dim=(0, 2, 3)) for x in xs]).mean(0),
-             torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in xs]).mean(0)) for xs in seen.values()]
+    return [
+        (
+            torch.stack([x.mean(dim=(0, 2, 3)) for x in xs]).mean(0),
+            torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in xs]).mean(0),
+        )
+        for xs in seen.values()
+    ]
 
 
 def test_statistics_are_the_average_over_the_batches_and_nothing_else_changes():
@@ -44,6 +49,7 @@ def test_statistics_are_the_average_over_the_batches_and_nothing_else_changes():
 
     def normalize(x, memory_format):  # float64 all the way, for an exact comparison
         return base(x, memory_format).double()
+
     expected = batch_statistics(copy.deepcopy(net), images, normalize, 32)
     params = {k: v.clone() for k, v in net.named_parameters()}
     net.eval()
@@ -72,8 +78,24 @@ def test_a_model_without_batchnorm_is_left_alone():
 
 @pytest.mark.slow
 def test_runs_log_both_errors_and_resume_exactly(tmp_path, cifar_dir):
-    common = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progress", "--no-download", "--device", "cpu",
-              "--data-dir", str(cifar_dir), "--epochs", "2", "--precise-bn", "64"]
+    common = [
+        "--depth",
+        "10",
+        "--batch-size",
+        "32",
+        "--val-size",
+        "40",
+        "--no-progress",
+        "--no-download",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(cifar_dir),
+        "--epochs",
+        "2",
+        "--precise-bn",
+        "64",
+    ]
     a = [*common, "--checkpoint-dir", str(tmp_path / "a"), "--log-dir", str(tmp_path / "runs")]
     assert train.main(a) == 0
     records = [json.loads(line) for line in (only_run(tmp_path / "a") / "metrics.jsonl").read_text().splitlines()]
@@ -83,7 +105,15 @@ def test_runs_log_both_errors_and_resume_exactly(tmp_path, cifar_dir):
     x, y = (torch.load(only_run(tmp_path / d) / "last.pt", weights_only=True) for d in "ab")
     for key in x["model"]:
         assert torch.equal(x["model"][key], y["model"][key]), key
-    off = [*common[:-2], "--precise-bn", "0", "--checkpoint-dir", str(tmp_path / "c"), "--log-dir", str(tmp_path / "runs")]
+    off = [
+        *common[:-2],
+        "--precise-bn",
+        "0",
+        "--checkpoint-dir",
+        str(tmp_path / "c"),
+        "--log-dir",
+        str(tmp_path / "runs"),
+    ]
     assert train.main(off) == 0
     last = json.loads((only_run(tmp_path / "c") / "metrics.jsonl").read_text().splitlines()[-1])
     assert "val_error_running" not in last
@@ -107,7 +137,9 @@ def test_batchnorm_gets_the_cumulative_factor_without_reading_its_counter():
         for i in range(0, 96, 32):
             reference(normalize(images[i : i + 32], torch.contiguous_format))
     factors = []
-    hooks = [bn.register_forward_pre_hook(lambda m, inputs: factors.append(m.momentum)) for bn in engine.batchnorms(net)]
+    hooks = [
+        bn.register_forward_pre_hook(lambda m, inputs: factors.append(m.momentum)) for bn in engine.batchnorms(net)
+    ]
     engine.precise_bn(net, images, normalize, 32, torch.contiguous_format)
     for h in hooks:
         h.remove()
@@ -145,8 +177,10 @@ def precise_run(n: int, batch: int):
 
     def normalize(x, memory_format):  # float64 all the way, for an exact comparison
         return base(x, memory_format).double()
-    d = engine.Data(images, labels, images[:4], labels[:4], images[4:8], labels[4:8], torch.arange(100), torch.arange(0),
-                    normalize)
+
+    d = engine.Data(
+        images, labels, images[:4], labels[:4], images[4:8], labels[4:8], torch.arange(100), torch.arange(0), normalize
+    )
     settings = engine.Settings(batch, 100 // batch, 0.0, n, 50, False)
     net = PrimaryNetwork(10, 1).double()
     place = engine.Place(torch.device("cpu"), SINGLE_PROCESS)

@@ -103,7 +103,9 @@ def test_tiles_land_in_the_right_place():
     for r in range(2):
         for c in range(3):
             tile = bank.hypernet(bank.z[r * 3 + c]).transpose(0, 1)  # slices K_i -> the conv's (out, in, f, f)
-            torch.testing.assert_close(kernel[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16], tile, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(
+                kernel[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16], tile, rtol=1e-12, atol=1e-12
+            )
 
 
 def test_a_channels_last_model_gets_its_kernels_channels_last_with_the_same_values():
@@ -288,8 +290,11 @@ def test_kernel_sq_norm_equals_sum_of_squares_of_generated_kernels(hyper):
     explicit = sum(k.pow(2).sum() for k in net.kernels())
     cheap = net.kernel_sq_norm()
     torch.testing.assert_close(cheap, explicit, rtol=1e-12, atol=0)
-    for (name, _), e, g in zip(net.named_parameters(), torch.autograd.grad(explicit, params, allow_unused=True),
-                               torch.autograd.grad(cheap, params, allow_unused=True)):
+    for (name, _), e, g in zip(
+        net.named_parameters(),
+        torch.autograd.grad(explicit, params, allow_unused=True),
+        torch.autograd.grad(cheap, params, allow_unused=True),
+    ):
         if e is None:
             assert g is None or not g.any(), name
         else:

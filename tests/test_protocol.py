@@ -23,21 +23,35 @@ SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progre
 
 
 def run_args(root: Path, data_dir: Path, *extra: str) -> list[str]:
-    return [*SMALL, "--data-dir", str(data_dir), "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"), *extra]
+    return [
+        *SMALL,
+        "--data-dir",
+        str(data_dir),
+        "--checkpoint-dir",
+        str(root / "ck"),
+        "--log-dir",
+        str(root / "runs"),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("plain,epochs,base,factors", [
-    (False, 4, 0.002, [1, 0.5, 0.1, 0.025]),  # Adam, Table 9: boundaries at 1/4, 1/2, 3/4 of the steps
-    (True, 5, 0.1, [1, 0.2, 0.04, 0.008, 0.0016]),  # Nesterov SGD, Table 8: at fifths
-])
+@pytest.mark.parametrize(
+    "plain,epochs,base,factors",
+    [
+        (False, 4, 0.002, [1, 0.5, 0.1, 0.025]),  # Adam, Table 9: boundaries at 1/4, 1/2, 3/4 of the steps
+        (True, 5, 0.1, [1, 0.2, 0.04, 0.008, 0.0016]),  # Nesterov SGD, Table 8: at fifths
+    ],
+)
 def test_lr_follows_the_paper_schedule_over_a_whole_run(plain, epochs, base, factors, tmp_path, cifar_dir, monkeypatch):
     seen = []
     real_step = engine.train_step
 
     def recording(state, *args, **kwargs):
         seen.append(state.optimizer.param_groups[0]["lr"])  # the rate this step trains at
-        assert state.optimizer.param_groups[0]["weight_decay"] == 0  # the penalty is in the loss, never in the optimizer
+        assert (
+            state.optimizer.param_groups[0]["weight_decay"] == 0
+        )  # the penalty is in the loss, never in the optimizer
         return real_step(state, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_step", recording)

@@ -20,7 +20,9 @@ def test_collect_names_torch_python_the_device_and_this_clone():
     assert here["torch"] == str(torch.__version__) and here["python"] == platform.python_version()
     assert here["threads"] == torch.get_num_threads() and here["processes"] == 1
     assert here["device"] == provenance.device_model(torch.device("cpu")) and here["device"] != provenance.UNKNOWN
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=provenance.REPO, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=provenance.REPO, capture_output=True, text=True
+    ).stdout.strip()
     assert here["commit"] == (head or provenance.UNKNOWN) and isinstance(here["dirty"], bool) == bool(head)
 
 
@@ -48,12 +50,22 @@ def test_a_run_records_its_place_once_and_again_when_it_moves(tmp_path, cifar_di
 
 
 def test_describe_is_short_and_says_unknown_for_runs_that_did_not_record():
-    here = {"from_step": 0, "torch": "2.14.1", "python": "3.11.7", "device": "AMD EPYC 7B13", "threads": 1,
-            "processes": 1, "commit": "05a27ffabcdef", "dirty": True}
+    here = {
+        "from_step": 0,
+        "torch": "2.14.1",
+        "python": "3.11.7",
+        "device": "AMD EPYC 7B13",
+        "threads": 1,
+        "processes": 1,
+        "commit": "05a27ffabcdef",
+        "dirty": True,
+    }
     there = {**here, "from_step": 9, "device": "NVIDIA H100 (sm_90)", "processes": 4, "dirty": False}
     assert provenance.describe([here]) == "torch 2.14.1, AMD EPYC 7B13 (1 thread), 05a27ff+dirty"
-    assert provenance.describe([here, there]) == ("torch 2.14.1, AMD EPYC 7B13 (1 thread), 05a27ff+dirty, then "
-                                                  "torch 2.14.1, NVIDIA H100 (sm_90) (1 thread x 4 processes), 05a27ff")
+    assert provenance.describe([here, there]) == (
+        "torch 2.14.1, AMD EPYC 7B13 (1 thread), 05a27ff+dirty, then "
+        "torch 2.14.1, NVIDIA H100 (sm_90) (1 thread x 4 processes), 05a27ff"
+    )
     assert provenance.describe([{"from_step": 0, **provenance.unknown()}]) == "unknown"
 
 
@@ -96,7 +108,9 @@ def test_a_moved_run_adds_one_entry_however_often_it_resumes_there(tmp_path, cif
     last = only_run(tmp_path / "ck") / "last.pt"
     (first,) = load(last)["provenance"]
     here = provenance.collect
-    monkeypatch.setattr(provenance, "collect", lambda device, processes: {**here(device, processes), "device": "elsewhere"})
+    monkeypatch.setattr(
+        provenance, "collect", lambda device, processes: {**here(device, processes), "device": "elsewhere"}
+    )
     assert train.main([*args, "-r", "--stop-after", "2"]) == 0
     assert train.main([*args, "-r", "--stop-after", "3"]) == 0
     ckpt = load(last)

@@ -50,10 +50,19 @@ def reference_block(block: WideBasicBlock, x: torch.Tensor, w1: torch.Tensor, w2
     return out + shortcut
 
 
-@pytest.mark.parametrize("in_ch,out_ch,stride,shortcut", [
-    (16, 16, 1, "pad"), (16, 32, 1, "pad"), (16, 32, 2, "pad"), (32, 32, 2, "pad"),
-    (16, 32, 2, "conv"), (16, 32, 1, "conv"), (32, 32, 2, "conv"), (16, 16, 1, "conv"),
-])
+@pytest.mark.parametrize(
+    "in_ch,out_ch,stride,shortcut",
+    [
+        (16, 16, 1, "pad"),
+        (16, 32, 1, "pad"),
+        (16, 32, 2, "pad"),
+        (32, 32, 2, "pad"),
+        (16, 32, 2, "conv"),
+        (16, 32, 1, "conv"),
+        (32, 32, 2, "conv"),
+        (16, 16, 1, "conv"),
+    ],
+)
 @pytest.mark.parametrize("training", [True, False])
 def test_block_equals_reference(in_ch, out_ch, stride, shortcut, training):
     g = torch.Generator().manual_seed(in_ch + out_ch + stride)

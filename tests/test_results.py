@@ -41,8 +41,20 @@ def runs(tmp_path_factory, cifar_dir, mnist_dir) -> SimpleNamespace:
     and under `extra` two hand-made runs that match rows of the paper's Table 2."""
     root = tmp_path_factory.mktemp("results")
     checkpoints = root / "checkpoints"
-    common = ["--epochs", "2", "--val-size", "20", "--no-download", "--no-progress", "--device", "cpu",
-              "--checkpoint-dir", str(checkpoints), "--log-dir", str(root / "tensorboard")]
+    common = [
+        "--epochs",
+        "2",
+        "--val-size",
+        "20",
+        "--no-download",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--log-dir",
+        str(root / "tensorboard"),
+    ]
     cifar = [*common, "--depth", "10", "--batch-size", "32", "--data-dir", str(cifar_dir)]
     started = {}
 
@@ -52,7 +64,12 @@ def runs(tmp_path_factory, cifar_dir, mnist_dir) -> SimpleNamespace:
         return model
 
     # Named by their models alone (their default names also spell out --epochs, --val-size, ...).
-    assert runner.main(dataclasses.replace(train.CIFAR10, build_model=build_and_record), [*cifar, "--run-name", "hyper-10-1"]) == 0
+    assert (
+        runner.main(
+            dataclasses.replace(train.CIFAR10, build_model=build_and_record), [*cifar, "--run-name", "hyper-10-1"]
+        )
+        == 0
+    )
     assert train.main([*cifar, "--plain", "--run-name", "wrn-10-1"]) == 0
     mnist_args = [*common, "--batch-size", "50", "--data-dir", str(mnist_dir)]
     assert mnist.main([*mnist_args, "--run-name", "mnist-hyper"]) == 0
@@ -62,18 +79,38 @@ def runs(tmp_path_factory, cifar_dir, mnist_dir) -> SimpleNamespace:
     # paper-schedule run at epoch 8 (351 steps an epoch).
     extra = root / "extra"
     ckpt = torch.load(checkpoints / "hyper-10-1" / "last.pt", weights_only=True)
-    ckpt.update(config={**ckpt["config"], "depth": 40, "epochs": None, "run_name": "hyper-40-1", "device": "auto"},
-                model=PrimaryNetwork(40, 1).state_dict(), epoch=8, step=2808, elapsed_seconds=3725.5,
-                best={"epoch": 7, "step": 2457, "val_error": 9.12, "test_error": 8.34}, num_parameters=96_602)
+    ckpt.update(
+        config={**ckpt["config"], "depth": 40, "epochs": None, "run_name": "hyper-40-1", "device": "auto"},
+        model=PrimaryNetwork(40, 1).state_dict(),
+        epoch=8,
+        step=2808,
+        elapsed_seconds=3725.5,
+        best={"epoch": 7, "step": 2457, "val_error": 9.12, "test_error": 8.34},
+        num_parameters=96_602,
+    )
     (extra / "hyper-40-1").mkdir(parents=True)
     torch.save(ckpt, extra / "hyper-40-1" / "last.pt")
     # A WRN-40-2 run in the archived format, trained elsewhere.
-    config = {**ckpt["config"], "depth": 40, "width": 2, "plain": True, "epochs": 20, "batch_size": 128,
-              "run_name": "wrn-40-2"}
-    summary = {"format": run_records.ARCHIVE_FORMAT, "config": config,
-               "best": {"epoch": 19, "step": 6669, "val_error": 6.5, "test_error": 6.25},
-               "epoch": 20, "step": 7020, "elapsed_seconds": 59.9, "device": "cuda x4",
-               "num_parameters": 2_235_530, "provenance": [{"from_step": 0, **provenance.unknown()}]}
+    config = {
+        **ckpt["config"],
+        "depth": 40,
+        "width": 2,
+        "plain": True,
+        "epochs": 20,
+        "batch_size": 128,
+        "run_name": "wrn-40-2",
+    }
+    summary = {
+        "format": run_records.ARCHIVE_FORMAT,
+        "config": config,
+        "best": {"epoch": 19, "step": 6669, "val_error": 6.5, "test_error": 6.25},
+        "epoch": 20,
+        "step": 7020,
+        "elapsed_seconds": 59.9,
+        "device": "cuda x4",
+        "num_parameters": 2_235_530,
+        "provenance": [{"from_step": 0, **provenance.unknown()}],
+    }
     (extra / "wrn-40-2").mkdir()
     (extra / "wrn-40-2" / "run.json").write_text(json.dumps(summary))
     (extra / "wrn-40-2" / "metrics.jsonl").write_text("")  # its metrics not kept
@@ -119,27 +156,80 @@ def test_tables_hold_the_runs_results_and_live_counts(runs, tmp_path, capsys):
     assert rows["hyper-40-2"] == [["hyper-40-2", "7.23%", "0.148M", "147,610", *no_run]]
     where = provenance.describe(load_checkpoint(runs.extra / "hyper-40-1" / "last.pt")["provenance"])
     assert where.startswith(f"torch {torch.__version__}, ")  # the run that made the fixture's checkpoint: this one
-    assert rows["hyper-40-1"] == [["hyper-40-1", "8.02%", "0.097M", "96,602", "`hyper-40-1`", "8.34%", "9.12%", "7",
-                                   "8 of 1,915 (paper schedule)", "2,808 x 32", "unfinished", "cpu", "01:02:05", where]]
-    assert rows["wrn-40-2"] == [["wrn-40-2", "5.66%", "2.236M", "2,235,530", "`wrn-40-2`", "6.25%", "6.50%", "19",
-                                 "20 of 20", "7,020 x 128", "finished", "cuda x4", "00:00:59", "unknown"]]
+    assert rows["hyper-40-1"] == [
+        [
+            "hyper-40-1",
+            "8.02%",
+            "0.097M",
+            "96,602",
+            "`hyper-40-1`",
+            "8.34%",
+            "9.12%",
+            "7",
+            "8 of 1,915 (paper schedule)",
+            "2,808 x 32",
+            "unfinished",
+            "cpu",
+            "01:02:05",
+            where,
+        ]
+    ]
+    assert rows["wrn-40-2"] == [
+        [
+            "wrn-40-2",
+            "5.66%",
+            "2.236M",
+            "2,235,530",
+            "`wrn-40-2`",
+            "6.25%",
+            "6.50%",
+            "19",
+            "20 of 20",
+            "7,020 x 128",
+            "finished",
+            "cuda x4",
+            "00:00:59",
+            "unknown",
+        ]
+    ]
 
     # Depth 10 is no row of Table 2: those runs are listed below it, with their own results.
-    for name, configuration in (("hyper-10-1", "hyper-10-1, z_dim 64, shortcut pad"),
-                                ("wrn-10-1", "wrn-10-1, z_dim 64, shortcut pad")):
+    for name, configuration in (
+        ("hyper-10-1", "hyper-10-1, z_dim 64, shortcut pad"),
+        ("wrn-10-1", "wrn-10-1, z_dim 64, shortcut pad"),
+    ):
         (row,) = rows[configuration]
         result = best(runs.checkpoints / name)
-        assert row[2:10] == [f"`{name}`", f"{result['test_error']:.2f}%", f"{result['val_error']:.2f}%",
-                             str(result["epoch"]), "2 of 2", "10 x 32", "finished", "cpu"]
+        assert row[2:10] == [
+            f"`{name}`",
+            f"{result['test_error']:.2f}%",
+            f"{result['val_error']:.2f}%",
+            str(result["epoch"]),
+            "2 of 2",
+            "10 x 32",
+            "finished",
+            "cpu",
+        ]
 
-    for model, name, paper, layer2, total in (("normal", "mnist-plain", ["0.72%", "12,544"], "12,544", "21,210"),
-                                              ("hyper", "mnist-hyper", ["0.76%", "4,244"], "4,244", "12,910")):
+    for model, name, paper, layer2, total in (
+        ("normal", "mnist-plain", ["0.72%", "12,544"], "12,544", "21,210"),
+        ("hyper", "mnist-hyper", ["0.76%", "4,244"], "4,244", "12,910"),
+    ):
         (row,) = rows[model]
         result = best(runs.checkpoints / name)
-        assert row[:8] == [model, *paper, layer2, total, f"`{name}`", f"{result['test_error']:.2f}%",
-                           f"{result['val_error']:.2f}%"]
+        assert row[:8] == [
+            model,
+            *paper,
+            layer2,
+            total,
+            f"`{name}`",
+            f"{result['test_error']:.2f}%",
+            f"{result['val_error']:.2f}%",
+        ]
         assert row[9:13] == ["2 of 2", "4 x 50", "finished", "cpu"]
-    assert f"Rows from `{runs.checkpoints / 'mnist-plain'}`, `{runs.checkpoints / 'mnist-hyper'}`; trained on cpu." in text
+    assert (
+        f"Rows from `{runs.checkpoints / 'mnist-plain'}`, `{runs.checkpoints / 'mnist-hyper'}`; trained on cpu." in text
+    )
 
 
 @pytest.mark.slow
@@ -148,8 +238,14 @@ def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
     first = write_report([runs.checkpoints, runs.extra], tmp_path / "a.md", "--archive", str(archive))
     again = write_report([archive], tmp_path / "b.md")
     assert table_lines(again) == table_lines(first) and len(table_lines(first)) == 14
-    assert sorted(p.name for p in archive.iterdir()) == ["hyper-10-1", "hyper-40-1", "mnist-hyper", "mnist-plain",
-                                                         "wrn-10-1", "wrn-40-2"]
+    assert sorted(p.name for p in archive.iterdir()) == [
+        "hyper-10-1",
+        "hyper-40-1",
+        "mnist-hyper",
+        "mnist-plain",
+        "wrn-10-1",
+        "wrn-40-2",
+    ]
     assert "archived 6 run(s)" in capsys.readouterr().err
 
     for name in ("hyper-10-1", "wrn-10-1", "mnist-hyper", "mnist-plain"):
@@ -157,8 +253,17 @@ def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
         assert (copy / "metrics.jsonl").read_text() == (source / "metrics.jsonl").read_text()
         summary = json.loads((copy / "run.json").read_text())
         ckpt = torch.load(source / "last.pt", weights_only=True)
-        assert set(summary) == {"format", "config", "best", "epoch", "step", "elapsed_seconds", "device", "num_parameters",
-                                "provenance"}
+        assert set(summary) == {
+            "format",
+            "config",
+            "best",
+            "epoch",
+            "step",
+            "elapsed_seconds",
+            "device",
+            "num_parameters",
+            "provenance",
+        }
         assert summary["best"] == ckpt["best"] and summary["device"] == "cpu" and summary["step"] == ckpt["step"]
         assert summary["provenance"] == ckpt["provenance"] and summary["format"] == run_records.ARCHIVE_FORMAT
         # No path of the machine that made it: the flags naming its files are left out, nothing else is.
@@ -175,7 +280,9 @@ def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
     # The figures' kernels come out the same from the archive as from the checkpoint.
     from_archive = diagrams.layer_kernels(run_records.read_run(archive / "hyper-10-1"))
     from_checkpoint = diagrams.layer_kernels(run_records.read_run(runs.checkpoints / "hyper-10-1"))
-    assert torch.equal(from_archive.init, from_checkpoint.init) and torch.equal(from_archive.trained, from_checkpoint.trained)
+    assert torch.equal(from_archive.init, from_checkpoint.init) and torch.equal(
+        from_archive.trained, from_checkpoint.trained
+    )
 
 
 @pytest.mark.slow
@@ -194,13 +301,16 @@ def test_archive_on_a_full_disk_is_one_line_and_keeps_the_older_copy(runs, tmp_p
             if len(fsyncs) > n:
                 raise OSError(errno.ENOSPC, "No space left on device")
             real_fsync(fd)
+
         return fsync
 
     # Full from the start: one line naming the report, and nothing written at all.
     monkeypatch.setattr(checkpointing.os, "fsync", full_disk_after(0))
     code = compare.main(["--runs", str(runs.checkpoints), "--out", str(tmp_path / "b.md"), "--archive", str(archive)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and err[0].startswith(f"error: cannot write {tmp_path / 'b.md'}: the disk is full")
+    assert (
+        code == 1 and len(err) == 1 and err[0].startswith(f"error: cannot write {tmp_path / 'b.md'}: the disk is full")
+    )
     assert not (tmp_path / "b.md").exists()
     # Full once the report is written (its file and folder fsynced): the archive is left as it was.
     fsyncs.clear()
@@ -209,7 +319,9 @@ def test_archive_on_a_full_disk_is_one_line_and_keeps_the_older_copy(runs, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[0].startswith("wrote ") and len(err) == 2
     assert err[1].startswith("error: cannot write ") and "the disk is full" in err[1] and str(archive) in err[1]
-    assert {p: p.read_bytes() for p in archive.rglob("*") if p.is_file()} == before  # every file whole, no temporary left
+    assert {
+        p: p.read_bytes() for p in archive.rglob("*") if p.is_file()
+    } == before  # every file whole, no temporary left
 
 
 @pytest.mark.slow
@@ -245,11 +357,16 @@ def test_plain_runs_of_either_scale_init_are_one_configuration(runs):
 def test_unreadable_runs_are_skipped_with_one_warning_each(runs, tmp_path, capsys):
     root = tmp_path / "runs"
     shutil.copytree(runs.checkpoints / "mnist-hyper", root / "good")
-    for name, filename, content in (("garbage", "last.pt", b"not a checkpoint"),
-                                    ("bad-json", "run.json", b"{not json"),
-                                    ("incomplete", "run.json",
-                                     json.dumps({"format": run_records.ARCHIVE_FORMAT, "config": {"plain": True}}).encode()),
-                                    ("older", "run.json", json.dumps({"config": {"plain": True}}).encode())):
+    for name, filename, content in (
+        ("garbage", "last.pt", b"not a checkpoint"),
+        ("bad-json", "run.json", b"{not json"),
+        (
+            "incomplete",
+            "run.json",
+            json.dumps({"format": run_records.ARCHIVE_FORMAT, "config": {"plain": True}}).encode(),
+        ),
+        ("older", "run.json", json.dumps({"config": {"plain": True}}).encode()),
+    ):
         (root / name).mkdir()
         (root / name / filename).write_bytes(content)
     (root / "foreign").mkdir()
@@ -284,9 +401,19 @@ def test_user_errors_are_one_line(runs, tmp_path, capsys):
 
 def test_budget_cells():
     config = {**vars(parse_args(mnist.MNIST, [])[0]), "experiment": "mnist", "patience": 3}
-    run = run_records.Run(Path("r"), config, {"epoch": 5, "step": 275, "val_error": 1.0, "test_error": 0.9}, epoch=8,
-                      step=440, elapsed_seconds=3725.5, num_parameters=12_910, device="cpu", provenance=[], metrics=[],
-                      kernel_bank={})
+    run = run_records.Run(
+        Path("r"),
+        config,
+        {"epoch": 5, "step": 275, "val_error": 1.0, "test_error": 0.9},
+        epoch=8,
+        step=440,
+        elapsed_seconds=3725.5,
+        num_parameters=12_910,
+        device="cpu",
+        provenance=[],
+        metrics=[],
+        kernel_bank={},
+    )
     assert tables.run_cells(run)[8:] == ["01:02:05", "unknown"]  # wall time as the trainer prints it; no provenance
     assert tables.stop_status(run) == "early stop (patience 3)"
     assert tables.stop_status(dataclasses.replace(run, epoch=7, step=385)) == "unfinished"
@@ -317,18 +444,27 @@ def assert_picture(path: Path) -> None:
 def test_diagrams_draws_every_figure(runs, tmp_path, capsys):
     out = tmp_path / "figures"
     assert diagrams.main(["--runs", str(runs.checkpoints), "--out", str(out)]) == 0
-    names = ["architecture.png", "bn_lag.png", "curves_cifar.png", "curves_mnist.png", "kernels_hyper-10-1.png",
-             "kernels_mnist-hyper.png"]
+    names = [
+        "architecture.png",
+        "bn_lag.png",
+        "curves_cifar.png",
+        "curves_mnist.png",
+        "kernels_hyper-10-1.png",
+        "kernels_mnist-hyper.png",
+    ]
     assert sorted(p.name for p in out.iterdir()) == names
     lines = capsys.readouterr().out.splitlines()
     assert sorted(line for line in lines if not line.startswith("note: ")) == [str(out / name) for name in names]
     assert [line for line in lines if line.startswith("note: ")] == [  # these runs are all of the paper's protocol
         "note: no runs of MNIST, the author's notebook protocol with metrics.jsonl: curves_mnist_notebook.png not drawn",
         "note: no runs of MNIST hyper, the paper's protocol with metrics.jsonl of more than one --init: "
-        "curves_mnist_init.png not drawn"]
+        "curves_mnist_init.png not drawn",
+    ]
     for name in names:
         assert_picture(out / name)
-    lagging = diagrams.bn_lag_runs(run_records.find_runs([runs.checkpoints]))  # the CIFAR runs: MNIST's nets have no BatchNorm
+    lagging = diagrams.bn_lag_runs(
+        run_records.find_runs([runs.checkpoints])
+    )  # the CIFAR runs: MNIST's nets have no BatchNorm
     assert [run.name for run in lagging] == ["hyper-10-1", "wrn-10-1"]
     panels = diagrams.draw_bn_lag(lagging, "t").axes
     assert [ax.get_title() for ax in panels] == ["hyper-10-1", "wrn-10-1"] and len(panels[0].get_lines()) == 3
@@ -405,8 +541,13 @@ def test_runs_of_different_z_dim_stay_apart(z64_first, tmp_path, capsys):
 
 def test_a_run_with_another_init_is_not_a_paper_row(tmp_path):
     archived_hyper_40_1(tmp_path / "runs" / "hyper-40-1", 64, 11.0)
-    archived_hyper_40_1(tmp_path / "runs" / "hyper-40-1-init-scale-in-hypernet", 64, 9.0, init="scale-in-hypernet",
-                        run_name="hyper-40-1-init-scale-in-hypernet")
+    archived_hyper_40_1(
+        tmp_path / "runs" / "hyper-40-1-init-scale-in-hypernet",
+        64,
+        9.0,
+        init="scale-in-hypernet",
+        run_name="hyper-40-1-init-scale-in-hypernet",
+    )
     rows = table_rows(write_report([tmp_path / "runs"], tmp_path / "results.md"))
     (paper_row,) = rows["hyper-40-1"]
     assert paper_row[4:6] == ["`hyper-40-1`", "11.00%"]
@@ -417,16 +558,27 @@ def test_a_run_with_another_init_is_not_a_paper_row(tmp_path):
 def test_runs_of_two_budgets_never_share_a_seed_group(tmp_path):
     """Seeds pool only when every setting that changes the result is equal: the budget, and
     precise BN, split them; where they ran does not."""
+
     def archived(name, error, **flags):
-        write_archived_run(tmp_path / name, {"epoch": 1, "step": 351, "val_error": error, "test_error": error}, 1, 351,
-                           **flags)
+        write_archived_run(
+            tmp_path / name, {"epoch": 1, "step": 351, "val_error": error, "test_error": error}, 1, 351, **flags
+        )
         return run_records.read_run(tmp_path / name)
 
-    runs = [archived("a", 20.0, seed=0, epochs=10), archived("b", 22.0, seed=1, epochs=10, device="cpu", compile=True),
-            archived("c", 80.0, seed=2, epochs=1), archived("d", 21.0, seed=3, epochs=10, precise_bn=0),
-            archived("e", 20.5, seed=4, epochs=10, lr=0.002),  # the lr hyper's schedule gives it anyway
-            archived("f", 30.0, seed=5, epochs=10, lr=0.01)]
-    assert [[run.name for run in group] for group in seed_stats.seed_groups(runs)] == [["a", "b", "e"], ["c"], ["d"], ["f"]]
+    runs = [
+        archived("a", 20.0, seed=0, epochs=10),
+        archived("b", 22.0, seed=1, epochs=10, device="cpu", compile=True),
+        archived("c", 80.0, seed=2, epochs=1),
+        archived("d", 21.0, seed=3, epochs=10, precise_bn=0),
+        archived("e", 20.5, seed=4, epochs=10, lr=0.002),  # the lr hyper's schedule gives it anyway
+        archived("f", 30.0, seed=5, epochs=10, lr=0.01),
+    ]
+    assert [[run.name for run in group] for group in seed_stats.seed_groups(runs)] == [
+        ["a", "b", "e"],
+        ["c"],
+        ["d"],
+        ["f"],
+    ]
 
 
 @pytest.mark.slow
@@ -446,10 +598,12 @@ def test_results_md_and_the_readme_figures_come_from_the_archived_runs(monkeypat
     README's status table quotes is in it: no number is copied by hand out of sync."""
     monkeypatch.chdir(REPO)
     roots = [Path("results/runs")]
-    text = tables.report(run_records.find_runs(roots), roots, "python compare.py --runs results/runs --out results/results.md")
+    text = tables.report(
+        run_records.find_runs(roots), roots, "python compare.py --runs results/runs --out results/results.md"
+    )
     assert (REPO / "results" / "results.md").read_text() == text
     readme = (REPO / "README.md").read_text()
-    status = readme[readme.index("## Status"):readme.index("\n## ", readme.index("## Status") + 1)]
+    status = readme[readme.index("## Status") : readme.index("\n## ", readme.index("## Status") + 1)]
     figures = re.findall(r"\d+\.\d\d(?: ± \d+\.\d\d)?%|\d{1,3}(?:,\d{3})+", status)
     assert len(figures) >= 10
     assert [f for f in figures if f not in text] == []
@@ -459,9 +613,15 @@ def test_the_hyper_plain_gap_over_seeds_with_its_welch_interval(tmp_path):
     """Hyper 20, 21, 22 against plain 18, 18.5, 19: gap 2.5, standard error sqrt(1/3 + 0.25/3),
     Welch's 2.94 degrees of freedom rounded down to 2 (t = 4.303). A plain group of another
     budget is no twin."""
+
     def archived(name, error, **flags):
-        write_archived_run(tmp_path / name, {"epoch": 10, "step": 3510, "val_error": error, "test_error": error}, 10, 3510,
-                           **{"epochs": 10, **flags})
+        write_archived_run(
+            tmp_path / name,
+            {"epoch": 10, "step": 3510, "val_error": error, "test_error": error},
+            10,
+            3510,
+            **{"epochs": 10, **flags},
+        )
         return run_records.read_run(tmp_path / name)
 
     runs = [archived(f"h{s}", e, seed=s) for s, e in enumerate((20.0, 21.0, 22.0))]
@@ -492,8 +652,13 @@ def archived_seeds(folder: Path, errors: dict[int, float], **flags) -> list[run_
     runs = []
     for seed, error in errors.items():
         run_dir = folder / f"seed{seed}"
-        write_archived_run(run_dir, {"epoch": 10, "step": 3510, "val_error": error, "test_error": error}, 10, 3510,
-                           **{"epochs": 10, "seed": seed, **flags})
+        write_archived_run(
+            run_dir,
+            {"epoch": 10, "step": 3510, "val_error": error, "test_error": error},
+            10,
+            3510,
+            **{"epochs": 10, "seed": seed, **flags},
+        )
         runs.append(run_records.read_run(run_dir))
     return runs
 
@@ -528,8 +693,10 @@ def test_hyper_seeds_given_their_schedules_own_lr_pair_with_the_default_plain_tw
 def test_compare_shows_the_test_error_of_the_best_validation_epoch(tmp_path):
     """Bug: compare.py's run table showing the lowest test error over epochs."""
     errors = [(30.0, 31.25), (20.0, 22.5), (25.0, 18.75)]  # (val, test): epoch 2 is best on val, epoch 3 on test
-    metrics = [{"epoch": e, "step": 5 * e, "val_error": v, "test_error": t, "device": "cpu", "processes": 1}
-               for e, (v, t) in enumerate(errors, 1)]
+    metrics = [
+        {"epoch": e, "step": 5 * e, "val_error": v, "test_error": t, "device": "cpu", "processes": 1}
+        for e, (v, t) in enumerate(errors, 1)
+    ]
     best = {k: metrics[1][k] for k in ("epoch", "step", "val_error", "test_error")}
     write_archived_run(tmp_path / "runs" / "guard", best, 3, 15, metrics, depth=10, plain=True, epochs=3, batch_size=32)
     out = tmp_path / "results.md"

@@ -25,7 +25,16 @@ SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progre
 
 
 def run_args(root: Path, data: Path, *extra: str) -> list[str]:
-    return [*SMALL, "--data-dir", str(data), "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs"), *extra]
+    return [
+        *SMALL,
+        "--data-dir",
+        str(data),
+        "--checkpoint-dir",
+        str(root / "ck"),
+        "--log-dir",
+        str(root / "runs"),
+        *extra,
+    ]
 
 
 def load(path: Path) -> dict:
@@ -106,12 +115,22 @@ def test_full_disk_is_one_line_and_keeps_what_was_saved(failure, tmp_path, cifar
 # ----------------------------------------------------------------------------- bad numbers and names
 
 
-@pytest.mark.parametrize("flags,flag", [
-    (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "0"], "--lr"), (["--lr", "inf"], "--lr"),
-    (["--weight-decay", "-5"], "--weight-decay"), (["--weight-decay", "nan"], "--weight-decay"),
-    (["--seed", "-1"], "--seed"), (["--seed", "4294967296"], "--seed"),
-    (["--run-name", "../../x"], "--run-name"), (["--run-name", "a/b"], "--run-name"), (["--run-name", ".."], "--run-name"),
-])
+@pytest.mark.parametrize(
+    "flags,flag",
+    [
+        (["--lr", "-1"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "inf"], "--lr"),
+        (["--weight-decay", "-5"], "--weight-decay"),
+        (["--weight-decay", "nan"], "--weight-decay"),
+        (["--seed", "-1"], "--seed"),
+        (["--seed", "4294967296"], "--seed"),
+        (["--run-name", "../../x"], "--run-name"),
+        (["--run-name", "a/b"], "--run-name"),
+        (["--run-name", ".."], "--run-name"),
+    ],
+)
 def test_bad_numbers_and_run_names_are_one_line_naming_the_flag(flags, flag, capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(train.CIFAR10, flags)
@@ -120,7 +139,9 @@ def test_bad_numbers_and_run_names_are_one_line_naming_the_flag(flags, flag, cap
 
 
 def test_good_numbers_still_parse():
-    args, _ = parse_args(train.CIFAR10, ["--lr", "1e-3", "--weight-decay", "0", "--seed", "7", "--run-name", "my-run_1"])
+    args, _ = parse_args(
+        train.CIFAR10, ["--lr", "1e-3", "--weight-decay", "0", "--seed", "7", "--run-name", "my-run_1"]
+    )
     assert (args.lr, args.weight_decay, args.seed, args.run_name) == (1e-3, 0.0, 7, "my-run_1")
 
 
@@ -170,8 +191,14 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # bit-identical means the s
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, signal_data) -> dict:
     root = tmp_path_factory.mktemp("straight")
-    result = subprocess.run([sys.executable, "train.py", *run_args(root, signal_data, "--epochs", "3")], cwd=REPO,
-                            env=ONE_THREAD, capture_output=True, text=True, timeout=HANG)
+    result = subprocess.run(
+        [sys.executable, "train.py", *run_args(root, signal_data, "--epochs", "3")],
+        cwd=REPO,
+        env=ONE_THREAD,
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
     assert result.returncode == 0, result.stderr
     return load(only_run(root / "ck") / "last.pt")
 
@@ -181,15 +208,23 @@ def test_the_processes_tests_start_have_sigint_and_sigterm_at_their_defaults():
     """A suite started with both signals ignored (a background job ignores SIGINT) still
     starts its processes with them at their defaults, so that the signal tests mean something."""
     report = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)"
-    suite = ("import signal, subprocess, sys; import conftest; conftest.pytest_configure(None); "
-             f"subprocess.run([sys.executable, '-c', {report!r}])")
+    suite = (
+        "import signal, subprocess, sys; import conftest; conftest.pytest_configure(None); "
+        f"subprocess.run([sys.executable, '-c', {report!r}])"
+    )
 
     def ignoring():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    done = subprocess.run([sys.executable, "-c", suite], cwd=REPO / "tests", preexec_fn=ignoring, capture_output=True,
-                          text=True, timeout=HANG)
+    done = subprocess.run(
+        [sys.executable, "-c", suite],
+        cwd=REPO / "tests",
+        preexec_fn=ignoring,
+        capture_output=True,
+        text=True,
+        timeout=HANG,
+    )
     assert done.stdout.split() == ["True", "True"], done.stderr
 
 
@@ -199,8 +234,9 @@ EPOCH2_STEP5 = 35  # the 35th training step: step 5 of epoch 2's 30
 def start(root: Path, data: Path, signals: int = 1) -> subprocess.Popen:
     """A 3-epoch run held before EPOCH2_STEP5 until it is signalled (SIGNALS 2: also in the save that follows)."""
     command = paused(EPOCH2_STEP5, signals, "train.py", run_args(root, data, "--epochs", "3"))
-    proc = subprocess.Popen([sys.executable, *command], cwd=REPO, env=ONE_THREAD, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, *command], cwd=REPO, env=ONE_THREAD, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     wait_for_line(proc, f"paused before step {EPOCH2_STEP5}")
     return proc
 
@@ -217,14 +253,17 @@ def test_signal_mid_epoch_saves_that_step_and_resume_is_exact(signals, tmp_path,
     out, err = proc.communicate(timeout=HANG)
     assert proc.returncode == 128 + getattr(signal, signals[0]), err
     saved = load(last)
-    assert saved["epoch"] == 1 and saved["step"] == EPOCH2_STEP5 and saved["partial"]["position"] == 5  # the step in flight, no more
+    assert (
+        saved["epoch"] == 1 and saved["step"] == EPOCH2_STEP5 and saved["partial"]["position"] == 5
+    )  # the step in flight, no more
     assert f"{signals[0]}: saved {last} at step {EPOCH2_STEP5} (epoch 2, step 5 of 30)" in out
     command = next(line for line in out.splitlines() if "continue with: " in line).split("continue with: ")[1].split()
     assert command == ["python", "train.py", "-r", str(last)]  # the path: it finds the run wherever it was named
     assert epochs_in_metrics(last.parent) == [1]
 
-    resumed = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=ONE_THREAD, capture_output=True, text=True,
-                             timeout=HANG)  # as printed
+    resumed = subprocess.run(
+        [sys.executable, *command[1:]], cwd=REPO, env=ONE_THREAD, capture_output=True, text=True, timeout=HANG
+    )  # as printed
     assert resumed.returncode == 0, resumed.stderr
     assert f"| resumed at step {EPOCH2_STEP5} (epoch 2, step 5 of 30)" in resumed.stdout  # not "epoch 1"
     assert_same_weights(load(last), uninterrupted)
@@ -265,7 +304,10 @@ def test_bench_on_a_missing_device_is_one_line(capsys, monkeypatch):
     import bench
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert error_line(bench.main(["--device", "cuda"]), capsys) == "error: --device cuda was given but CUDA is not available"
+    assert (
+        error_line(bench.main(["--device", "cuda"]), capsys)
+        == "error: --device cuda was given but CUDA is not available"
+    )
 
 
 def test_a_file_holding_objects_is_refused_without_advice_to_load_it_unsafely(tmp_path, capsys):
@@ -273,13 +315,17 @@ def test_a_file_holding_objects_is_refused_without_advice_to_load_it_unsafely(tm
     file is not, and never torch's suggestion to retry with weights_only=False."""
     crafted = tmp_path / "crafted.pt"
     torch.save({"format": "hyperresnet-train-v3", "model": argparse.Namespace(a=1)}, crafted)
-    for line in (error_line(train.main(["-r", str(crafted)]), capsys),
-                 error_line(export.main([str(crafted)]), capsys)):
-        assert line.startswith(f"error: {crafted} is not a checkpoint written by train.py or mnist.py: it holds objects")
+    for line in (error_line(train.main(["-r", str(crafted)]), capsys), error_line(export.main([str(crafted)]), capsys)):
+        assert line.startswith(
+            f"error: {crafted} is not a checkpoint written by train.py or mnist.py: it holds objects"
+        )
         assert "weights_only" not in line and "False" not in line
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
     line = error_line(train.main(["-r", str(tmp_path / "garbage.pt")]), capsys)
     assert "is not a checkpoint written by train.py or mnist.py: it is not a file torch.save wrote" in line
     (tmp_path / "torn.pt").write_bytes((tmp_path / "crafted.pt").read_bytes()[:100])  # a zip cut short
     line = error_line(train.main(["-r", str(tmp_path / "torn.pt")]), capsys)
-    assert "is not a checkpoint written by train.py or mnist.py: it cannot be read (" in line and "weights_only" not in line
+    assert (
+        "is not a checkpoint written by train.py or mnist.py: it cannot be read (" in line
+        and "weights_only" not in line
+    )

@@ -21,10 +21,27 @@ from conftest import HANG, REPO
 def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
     monkeypatch.chdir(REPO)  # the scripts run from the repository root
     ck = tmp_path / "ck"
-    flags = ["--val-size", "20", "--batch-size", "50", "--no-download", "--device", "cpu", "--epochs", "2",
-             "--data-dir", str(mnist_dir), "--checkpoint-dir", str(ck), "--log-dir", str(tmp_path / "runs")]
+    flags = [
+        "--val-size",
+        "20",
+        "--batch-size",
+        "50",
+        "--no-download",
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--data-dir",
+        str(mnist_dir),
+        "--checkpoint-dir",
+        str(ck),
+        "--log-dir",
+        str(tmp_path / "runs"),
+    ]
     assert seeds.main(["mnist.py", "--seeds", "3", "7", "--jobs", "2", "--", *flags]) == 0
-    names = [f"mnist-hyper-epochs-2-batch-size-50-val-size-20-seed{seed}" for seed in (3, 7)]  # every flag that changes the result
+    names = [
+        f"mnist-hyper-epochs-2-batch-size-50-val-size-20-seed{seed}" for seed in (3, 7)
+    ]  # every flag that changes the result
     assert sorted(p.name for p in ck.iterdir()) == names
     metrics = {p.name: (p / "metrics.jsonl").read_text() for p in ck.iterdir()}
     assert all(len(m.splitlines()) == 2 for m in metrics.values())
@@ -54,9 +71,23 @@ def test_seeds_run_resume_and_aggregate(tmp_path, mnist_dir, monkeypatch):
 @pytest.mark.slow
 def test_a_failing_seed_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
-    code = seeds.main(["mnist.py", "--seeds", "0", "--", "--no-download", "--device", "cpu",
-                       "--data-dir", str(tmp_path), "--checkpoint-dir", str(tmp_path / "ck"),
-                       "--log-dir", str(tmp_path / "runs")])
+    code = seeds.main(
+        [
+            "mnist.py",
+            "--seeds",
+            "0",
+            "--",
+            "--no-download",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(tmp_path),
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+            "--log-dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err == ["error: seed(s) 0 failed: see their seeds.log"]
     assert "no MNIST at" in (tmp_path / "ck" / "mnist-hyper-seed0" / "seeds.log").read_text()
@@ -75,11 +106,32 @@ def test_ctrl_c_is_one_line_and_every_running_seed_saves_its_step(tmp_path, mnis
     """SIGINT to seeds.py alone (as from a scheduler): no traceback, exit 130, and each
     running seed, signalled in turn, saved a checkpoint that the same command continues."""
     ck = tmp_path / "ck"
-    flags = ["--val-size", "20", "--batch-size", "10", "--no-download", "--device", "cpu", "--epochs", "500",
-             "--patience", "500",  # fake MNIST reaches 0% validation error at once: no early stop within seconds
-             "--data-dir", str(mnist_dir), "--checkpoint-dir", str(ck), "--log-dir", str(tmp_path / "runs")]
-    proc = subprocess.Popen([sys.executable, "seeds.py", "mnist.py", "--seeds", "0", "1", "--jobs", "2", "--", *flags],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flags = [
+        "--val-size",
+        "20",
+        "--batch-size",
+        "10",
+        "--no-download",
+        "--device",
+        "cpu",
+        "--epochs",
+        "500",
+        "--patience",
+        "500",  # fake MNIST reaches 0% validation error at once: no early stop within seconds
+        "--data-dir",
+        str(mnist_dir),
+        "--checkpoint-dir",
+        str(ck),
+        "--log-dir",
+        str(tmp_path / "runs"),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "seeds.py", "mnist.py", "--seeds", "0", "1", "--jobs", "2", "--", *flags],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lasts = [seeds.seed_command("mnist.py", seed, flags)[1] / "last.pt" for seed in (0, 1)]
     for _ in range(HANG * 10):  # every seed is training once it has saved its first epoch
         if all(last.exists() for last in lasts) or proc.poll() is not None:

@@ -33,7 +33,9 @@ def test_a_damaged_or_missing_part_is_one_line_and_writes_nothing(tmp_path, caps
     part.unlink()
     line = error_line(stage_data.main(["unpack", str(staged), str(tmp_path / "there")]), capsys)
     assert "lacks part-001" in line and not (tmp_path / "there").exists()
-    assert set(json.loads((staged / "manifest.json").read_text())["files"]) == {f"cifar-10-batches-py/{p.name}" for p in data.iterdir()}
+    assert set(json.loads((staged / "manifest.json").read_text())["files"]) == {
+        f"cifar-10-batches-py/{p.name}" for p in data.iterdir()
+    }
 
 
 def test_a_file_that_unpacks_other_than_packed_is_one_line_and_writes_nothing(tmp_path, capsys):

@@ -451,8 +451,9 @@ def test_no_device_in_constructor_and_to_moves_everything():
 def test_state_dict_keys_are_stable():
     """Saved state must keep loading: the keys are part of the API, and their order is the
     order of hnet.parameters(), which a saved optimizer state refers to by position."""
-    hnet = TargetHyperNetwork(nn.Linear(3, 2), chunk_size=4, embed_dim=2, hidden_sizes=(5,), dynamic=True,
-                              in_features=3)
+    hnet = TargetHyperNetwork(
+        nn.Linear(3, 2), chunk_size=4, embed_dim=2, hidden_sizes=(5,), dynamic=True, in_features=3
+    )
     assert list(hnet.state_dict()) == [
         "embeddings", "init_offset", "init_scale", "target.weight", "target.bias",
         "generator.0.weight", "generator.0.bias", "generator.2.weight", "generator.2.bias",

@@ -28,12 +28,22 @@ SMALL = ["--depth", "10", "--batch-size", "32", "--val-size", "40", "--no-progre
 
 
 def run_args(tmp_path: Path, cifar_dir: Path, *extra: str) -> list[str]:
-    return [*SMALL, "--data-dir", str(cifar_dir), "--checkpoint-dir", str(tmp_path / "ck"),
-            "--log-dir", str(tmp_path / "runs"), *extra]
+    return [
+        *SMALL,
+        "--data-dir",
+        str(cifar_dir),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "runs"),
+        *extra,
+    ]
 
 
 def cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=HANG, **kwargs)
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=HANG, **kwargs
+    )
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -64,7 +74,10 @@ def test_cli_end_to_end(tmp_path, cifar_dir):
     assert len(lines) == 2 and '"val_error"' in lines[0] and '"test_error"' in lines[0]
     assert "device cpu, float32, NCHW |" in result.stdout.splitlines()[0]  # the start-up line names the layout
     final = result.stdout.strip().splitlines()[-1]
-    assert final.startswith("final: e2e (hyper-10-1-epochs-2-batch-size-32-val-size-40) test error") and "parameters" in final  # the run, and what it is
+    assert (
+        final.startswith("final: e2e (hyper-10-1-epochs-2-batch-size-32-val-size-40) test error")
+        and "parameters" in final
+    )  # the run, and what it is
     ckpt = load(run / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["step"] == 10 and ckpt["config"]["depth"] == 10
     assert set(ckpt["rng_per_rank"][0]) >= {"torch", "numpy", "python", "data_order", "augment"}
@@ -94,17 +107,38 @@ def test_init_flag_names_the_run_and_builds_unit_scale_z():
 def test_a_run_name_says_every_setting_that_changes_the_result():
     """Two budgets (or any two settings that change the result) never share a run folder;
     where and how a run executes does not change its name."""
+
     def name(experiment, *flags):
         return parse_args(experiment, list(flags))[0].run_name
 
     assert name(train.CIFAR10) == "hyper-40-1"
     assert name(train.CIFAR10, "--epochs", "10") == "hyper-40-1-epochs-10"
-    assert name(train.CIFAR10, "--seed", "2", "--precise-bn", "0", "--epochs", "10") == "hyper-40-1-epochs-10-precise-bn-0-seed2"
+    assert (
+        name(train.CIFAR10, "--seed", "2", "--precise-bn", "0", "--epochs", "10")
+        == "hyper-40-1-epochs-10-precise-bn-0-seed2"
+    )
     assert name(train.CIFAR10, "--plain", "--lr", "0.05") == "wrn-40-1-lr-0.05"
     assert name(train.CIFAR10, "--lr", "0.002", "--optimizer", "adam") == "hyper-40-1"  # the schedule's own, given
     assert name(train.CIFAR10, "--plain", "--lr", "0.002") == "wrn-40-1-lr-0.002"  # not plain's schedule lr (0.1)
-    place = ["--data-dir", "elsewhere", "--no-download", "--device", "cpu", "--amp", "off", "--compile", "--stop-after", "3",
-             "--eval-batch-size", "10", "--no-progress", "--checkpoint-dir", "ck", "--log-dir", "tb"]
+    place = [
+        "--data-dir",
+        "elsewhere",
+        "--no-download",
+        "--device",
+        "cpu",
+        "--amp",
+        "off",
+        "--compile",
+        "--stop-after",
+        "3",
+        "--eval-batch-size",
+        "10",
+        "--no-progress",
+        "--checkpoint-dir",
+        "ck",
+        "--log-dir",
+        "tb",
+    ]
     assert name(train.CIFAR10, *place) == "hyper-40-1"
     assert name(train.CIFAR10, "--epochs", "10", "--run-name", "mine") == "mine"
     assert name(mnist.MNIST, "--epochs", "1") == "mnist-hyper-epochs-1"
@@ -113,8 +147,10 @@ def test_a_run_name_says_every_setting_that_changes_the_result():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags,precision,channels_last", [
-    (["--amp", "bf16"], "bf16", False), (["--amp", "fp16"], "fp16", False), (["--channels-last"], "fp32", True)])
+@pytest.mark.parametrize(
+    "flags,precision,channels_last",
+    [(["--amp", "bf16"], "bf16", False), (["--amp", "fp16"], "fp16", False), (["--channels-last"], "fp32", True)],
+)
 def test_cuda_default_paths_run_on_cpu(flags, precision, channels_last, tmp_path, cifar_dir):
     """bf16 autocast, fp16 autocast with a GradScaler and channels_last (the CUDA defaults)
     train, save finite float32 weights, and resume exactly (the fp16 loss scale included)."""
@@ -153,8 +189,13 @@ def test_resume_is_bit_identical(tmp_path, cifar_dir):
 def test_kill_9_mid_run_then_resume_matches_uninterrupted(tmp_path):
     data = write_fake_cifar(tmp_path / "data", per_batch=100)  # 460 train images: 14 steps an epoch
     args = run_args(tmp_path / "killed", data, "--epochs", "3")
-    proc = subprocess.Popen([sys.executable, *paused(19, 1, "train.py", args)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, *paused(19, 1, "train.py", args)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_line(proc, "paused before step 19")  # step 5 of epoch 2
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
@@ -193,12 +234,15 @@ def test_atomic_save_keeps_previous_file_when_interrupted(tmp_path, monkeypatch)
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--depth", "12"], "6N+4"),
-    (["--width", "0"], "must be >= 1"),
-    (["--epochs", "0"], "must be >= 1"),
-    (["--batch-size", "0"], "must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--depth", "12"], "6N+4"),
+        (["--width", "0"], "must be >= 1"),
+        (["--epochs", "0"], "must be >= 1"),
+        (["--batch-size", "0"], "must be >= 1"),
+    ],
+)
 def test_bad_flags_are_argparse_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(train.CIFAR10, flags)
@@ -381,7 +425,15 @@ def test_schedule_rescales_paper_boundaries():
     args = parse_args(train.CIFAR10, ["--epochs", "4"])[0]
     sched, total, epochs = train.schedule_for(args, steps_per_epoch=100)
     assert (total, epochs) == (400, 4)
-    assert [train.lr_multiplier(s, sched, total) for s in (0, 99, 100, 199, 200, 300, 399)] == [1, 1, 0.5, 0.5, 0.1, 0.025, 0.025]
+    assert [train.lr_multiplier(s, sched, total) for s in (0, 99, 100, 199, 200, 300, 399)] == [
+        1,
+        1,
+        0.5,
+        0.5,
+        0.1,
+        0.025,
+        0.025,
+    ]
     args = parse_args(train.CIFAR10, ["--plain"])[0]
     sched, total, epochs = train.schedule_for(args, steps_per_epoch=351)
     assert epochs == 399 and sched.optimizer == "sgd"  # 140k paper steps at 351 steps/epoch
@@ -401,6 +453,7 @@ def test_checkpoint_lacking_a_flag_is_refused_in_one_line(tmp_path, cifar_dir, c
     assert "is incomplete" in line and "--init" in line
     assert last.read_bytes() == before
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("progress", ["--progress", "--no-progress"])
 def test_paper_schedule_on_a_cpu_says_once_how_long_it_would_take(progress, tmp_path, cifar_dir, capfd):
@@ -415,8 +468,21 @@ def test_the_printed_resume_command_works_as_printed(tmp_path, cifar_dir, capsys
     """A run started with its own --data-dir, --checkpoint-dir and --log-dir, then stopped: the
     command it prints resumes it from another folder, where its files are, with nothing added."""
     ck, logs = tmp_path / "elsewhere" / "ck", tmp_path / "elsewhere" / "tb"
-    args = [*SMALL, "--data-dir", str(cifar_dir), "--checkpoint-dir", str(ck), "--log-dir", str(logs), "--epochs", "2",
-            "--precise-bn", "0", "--stop-after", "1"]
+    args = [
+        *SMALL,
+        "--data-dir",
+        str(cifar_dir),
+        "--checkpoint-dir",
+        str(ck),
+        "--log-dir",
+        str(logs),
+        "--epochs",
+        "2",
+        "--precise-bn",
+        "0",
+        "--stop-after",
+        "1",
+    ]
     assert train.main(args) == 0
     hint = capsys.readouterr().out.strip().splitlines()[-1]
     command = hint.split("continue with: ")[1].split()
@@ -425,12 +491,19 @@ def test_the_printed_resume_command_works_as_printed(tmp_path, cifar_dir, capsys
     assert train.main(command[2:]) == 0
     ckpt = load(only_run(ck) / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["config"]["data_dir"] == str(cifar_dir) and ckpt["config"]["precise_bn"] == 0
-    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+    assert (
+        not (tmp_path / "checkpoints").exists()
+        and not (tmp_path / "runs").exists()
+        and not (tmp_path / "data").exists()
+    )
     assert len(list((only_run(logs)).glob("events.out.tfevents.*"))) == 2  # both sessions logged in one place
     monkeypatch.chdir(only_run(ck))  # and from inside the run's folder, by its file name alone
     assert train.main(["-r", "last.pt", "--epochs", "2"]) == 0  # nothing left to do: it only reports
     assert sorted(p.name for p in (only_run(ck)).iterdir() if not p.name.startswith(".")) == [
-        "best.pt", "last.pt", "metrics.jsonl"]
+        "best.pt",
+        "last.pt",
+        "metrics.jsonl",
+    ]
 
 
 def test_sync_bn_on_a_cpu_is_refused_in_one_line_without_torchrun(tmp_path, cifar_dir, capsys):
@@ -442,7 +515,15 @@ def test_a_failed_start_leaves_no_folder_it_made(tmp_path, capsys):
     """No dataset: the run's checkpoint and TensorBoard folders (and their new parents) go again."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    args = [*SMALL, "--data-dir", str(empty), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "tb" / "x")]
+    args = [
+        *SMALL,
+        "--data-dir",
+        str(empty),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "tb" / "x"),
+    ]
     assert error_line(train.main(args), capsys).startswith("error: no CIFAR-10 at")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
@@ -461,9 +542,12 @@ def test_eta_after_a_resume_is_not_inflated_by_the_first_evaluation(monkeypatch)
     monkeypatch.setattr(time, "time", lambda: 1000.0)
     schedule = Schedule("adam", 0.002, 10, 3510, lambda step: 1.0)
     metrics = [{"step": 351, "elapsed_seconds": 702.0}]
-    run = types.SimpleNamespace(session_start=(906.0, 700), schedule=schedule,
-                                settings=types.SimpleNamespace(steps_per_epoch=351),
-                                progress=engine.Progress(epoch=2, step=702, metrics=metrics))
+    run = types.SimpleNamespace(
+        session_start=(906.0, 700),
+        schedule=schedule,
+        settings=types.SimpleNamespace(steps_per_epoch=351),
+        progress=engine.Progress(epoch=2, step=702, metrics=metrics),
+    )
     assert engine.Run.eta(run) == pytest.approx(2.0 * (3510 - 702))
     run.session_start = (1000.0 - 351 * 3.0, 702 - 351)  # a whole epoch in this session: its own rate
     assert engine.Run.eta(run) == pytest.approx(3.0 * (3510 - 702))
@@ -524,7 +608,9 @@ def test_torchrun_ranks_train_on_disjoint_halves_of_each_global_batch(tmp_path, 
     for rank in (0, 1):
         seen = []
         with as_rank(rank, 2, tmp_path / f"store{rank}", monkeypatch):
-            assert runner.main(stamped_cifar(seen), tiny_args(tmp_path / f"rank{rank}", tiny_cifar, "--epochs", "1")) == 0
+            assert (
+                runner.main(stamped_cifar(seen), tiny_args(tmp_path / f"rank{rank}", tiny_cifar, "--epochs", "1")) == 0
+            )
         shares.append(seen)
     assert [len(s) for s in shares] == [5, 5] and all(len(b) == 4 for s in shares for b in s)
     for a, b in zip(*shares):  # step by step: the two halves of one global batch of 8
@@ -561,9 +647,27 @@ def test_resume_refuses_a_different_epochs(tmp_path, tiny_cifar, capsys):
 
 def torchvision_args(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
     """A 2-epoch run of torchvision's ResNet-18 on `tiny_cifar` (5 steps of 8 an epoch)."""
-    return ["--arch", "resnet18", "--epochs", "2", "--val-size", "10", "--batch-size", "8", "--no-progress",
-            "--no-download", "--device", "cpu", "--data-dir", str(data_dir), "--checkpoint-dir", str(tmp_path / "ck"),
-            "--log-dir", str(tmp_path / "runs"), *extra]
+    return [
+        "--arch",
+        "resnet18",
+        "--epochs",
+        "2",
+        "--val-size",
+        "10",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--no-download",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_dir),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "runs"),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -581,8 +685,9 @@ def test_a_torchvision_model_trains_and_resumes_exactly(plain, tmp_path, tiny_ci
     assert only_run(tmp_path / "a" / "ck").name.startswith(name)
     assert_same_state(a, b)
     timing = {"images_per_s", "epoch_seconds", "elapsed_seconds", "precise_bn_seconds"}
-    assert [{k: v for k, v in m.items() if k not in timing} for m in a["metrics"]] == \
-           [{k: v for k, v in m.items() if k not in timing} for m in b["metrics"]]
+    assert [{k: v for k, v in m.items() if k not in timing} for m in a["metrics"]] == [
+        {k: v for k, v in m.items() if k not in timing} for m in b["metrics"]
+    ]
     model = train.build_model(a["config"])
     assert any(k.startswith("banks.") for k in a["model"]) != plain
     assert a["num_parameters"] == sum(p.numel() for p in model.parameters())
@@ -618,19 +723,27 @@ def test_evaluate_refuses_a_missing_or_foreign_file_in_one_line(tmp_path, capsys
 
     assert "no checkpoint at" in error_line(evaluate.main([str(tmp_path / "none.pt")]), capsys)
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    assert "is not a checkpoint written by this train.py" in error_line(evaluate.main([str(tmp_path / "other.pt")]), capsys)
+    assert "is not a checkpoint written by this train.py" in error_line(
+        evaluate.main([str(tmp_path / "other.pt")]), capsys
+    )
 
 
-@pytest.mark.parametrize("flags", [["--depth", "16"], ["--width", "2"], ["--shortcut", "conv"],
-                                   ["--init", "scale-in-hypernet"]])
+@pytest.mark.parametrize(
+    "flags", [["--depth", "16"], ["--width", "2"], ["--shortcut", "conv"], ["--init", "scale-in-hypernet"]]
+)
 def test_wrn_flags_on_a_torchvision_model_are_refused_in_one_line(flags, tmp_path, tiny_cifar, capsys):
     line = error_line(train.main(torchvision_args(tmp_path, tiny_cifar, *flags)), capsys)
     assert line.startswith(f"error: {flags[0]} ") and "--arch" in line
     assert not (tmp_path / "ck").exists()
 
 
-@pytest.mark.parametrize("arch, why", [("vit_b_16", "cannot classify these (3, 32, 32) images"),
-                                       ("googlenet", "does not return one row of logits per image")])
+@pytest.mark.parametrize(
+    "arch, why",
+    [
+        ("vit_b_16", "cannot classify these (3, 32, 32) images"),
+        ("googlenet", "does not return one row of logits per image"),
+    ],
+)
 def test_a_model_that_cannot_train_on_cifar_is_refused_before_any_step(arch, why, tmp_path, tiny_cifar, capsys):
     args = torchvision_args(tmp_path, tiny_cifar)
     args[1] = arch

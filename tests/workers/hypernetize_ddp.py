@@ -22,14 +22,23 @@ STEPS, BATCH = 3, 8  # BATCH: the global batch, split evenly over the processes
 
 def small_cnn() -> torch.nn.Module:
     """No BatchNorm (its statistics are per process); one conv a 16x16x3x3 tile can make."""
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, 10),
+    )
 
 
 def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(1)
-    return [(torch.randn(BATCH, 3, 8, 8, generator=gen), torch.randint(0, 10, (BATCH,), generator=gen)) for _ in range(STEPS)]
+    return [
+        (torch.randn(BATCH, 3, 8, 8, generator=gen), torch.randint(0, 10, (BATCH,), generator=gen))
+        for _ in range(STEPS)
+    ]
 
 
 def train(model: torch.nn.Module, forward, rank: int, world: int) -> None:

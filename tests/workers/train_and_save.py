@@ -1,6 +1,6 @@
 """Runs train.py under torchrun and saves each process's final model state (for the tests).
 
-    torchrun --standalone --nproc-per-node 2 tests/workers/train_and_save.py OUT_DIR [train.py flags]
+torchrun --standalone --nproc-per-node 2 tests/workers/train_and_save.py OUT_DIR [train.py flags]
 """
 
 import os
