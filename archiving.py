@@ -9,9 +9,9 @@ from pathlib import Path
 
 from checkpointing import atomic_save, atomic_write_text, write_error
 from cli import UserError
+from config import roles
+from experiment import all_experiments
 from run_records import ARCHIVE_FORMAT, Run, is_run_dir, read_run, run_identity
-
-MACHINE_KEYS = ("data_dir", "checkpoint_dir", "log_dir", "resume")  # flags naming the machine's files: not archived
 
 
 def check_same_run(run: Run, folder: Path) -> None:
@@ -60,9 +60,10 @@ def archive(runs: list[Run], dest: Path) -> list[Path]:
     written = []
     for run in todo:
         folder = dest / run.name
+        local = {k: role.local for k, role in roles(all_experiments()[run.experiment].config_type).items()}
         summary = {
             "format": ARCHIVE_FORMAT,
-            "config": {k: v for k, v in run.config.items() if k not in MACHINE_KEYS},
+            "config": {k: v for k, v in run.config.items() if not local.get(k, False)},
             "best": run.best,
             "epoch": run.epoch,
             "step": run.step,

@@ -9,7 +9,7 @@ renames it over the old one, so a kill at any moment leaves a whole file.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import errno
 import os
 import pickle
@@ -19,12 +19,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 import torch
 
 from cli import UserError, first_line
+from config import RunConfig, roles
 from devices import cuda_rng_state, cuda_state_for
 
 fcntl: ModuleType | None
@@ -56,31 +57,6 @@ CHECKPOINT_KEYS = {
     "placement",
     "provenance",
 }
-
-# Flags that may differ between a checkpoint and the command that resumes it.
-# None of them changes the model or the schedule: a run can move between machines.
-RESUMABLE_CHANGES = {
-    "resume",
-    "device",
-    "progress",
-    "log_dir",
-    "checkpoint_dir",
-    "compile",
-    "eval_batch_size",
-    "data_dir",
-    "download",
-    "stop_after",
-    "patience",
-    "sync_bn",
-    "amp",
-    "channels_last",
-    "precise_bn",
-}
-# Of those, the ones a resume keeps from the checkpoint unless given again: where the run's
-# data and files are, and how it evaluates. The others (the device and the session's own
-# choices) take the resuming command's values, defaults included.
-REMEMBERED = {"data_dir", "download", "log_dir", "checkpoint_dir", "patience", "precise_bn"}
-
 
 # ----------------------------------------------------------------------------- random states
 
@@ -264,14 +240,23 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def check_resume_config(saved: dict, args: argparse.Namespace, explicit: set[str]) -> None:
-    """Refuse to resume when an explicit flag contradicts the checkpoint's configuration."""
-    for name in sorted(explicit - RESUMABLE_CHANGES):
-        if saved.get(name) != getattr(args, name):
+C = TypeVar("C", bound=RunConfig)
+
+
+def resumed_config(saved: C, given: C, explicit: set[str]) -> C:
+    """SAVED (a checkpoint's configuration) as the command GIVEN resumes it, flag by flag by
+    its `Role`. Refuses, in one line, an EXPLICIT flag that contradicts a "fixed" one."""
+    resumed = dataclasses.replace(saved)
+    for name, role in roles(type(saved)).items():
+        value = getattr(given, name)
+        if role.on_resume == "fixed" and name in explicit and value != getattr(saved, name):
             raise UserError(
-                f"cannot resume: the checkpoint has --{name.replace('_', '-')} {saved.get(name)!r} "
-                f"but {getattr(args, name)!r} was given"
+                f"cannot resume: the checkpoint has --{name.replace('_', '-')} {getattr(saved, name)!r} "
+                f"but {value!r} was given"
             )
+        if role.on_resume == "given" or (role.on_resume == "kept" and name in explicit):
+            setattr(resumed, name, value)
+    return resumed
 
 
 def writable_dir(path: Path, what: str) -> Path:

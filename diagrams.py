@@ -40,7 +40,7 @@ import seed_stats
 import tables
 from checkpointing import writable_dir, write_error
 from cli import ArgumentParser, HelpFormatter, UserError, first_line, run_cli
-from experiment import all_experiments
+from experiment import all_experiments, config_of
 from hypernetwork_modules import HyperNetwork, KernelBank
 from mnist import MnistNet
 from primary_net import PrimaryNetwork, model_name, num_parameters
@@ -421,7 +421,8 @@ def layer_kernels(run: run_records.Run) -> LayerKernels:
     """
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(run.config["seed"])
-        model = all_experiments()[run.experiment].build_model(run.config)
+        experiment = all_experiments()[run.experiment]
+        model = experiment.build_model(config_of(experiment, run.config))
     assert isinstance(model, (PrimaryNetwork, MnistNet))  # the experiments' models, both with a kernel_bank
     init = model.kernels()[0]
     prefix = len(run_records.BANK_PREFIX)

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cli import UserError, format_time
+from config import RunConfig
 from data import Normalize
 from devices import FP32, Precision, autocast, grad_scaler
 from distributed import SINGLE_PROCESS, Distributed, all_sum, broadcast_buffers
@@ -163,7 +163,7 @@ class Run:
     """A training run in progress (see `runner.set_up`)."""
 
     experiment: Experiment
-    args: argparse.Namespace  # the configuration as given (saved in checkpoints); the loops read `settings`
+    config: RunConfig  # the configuration as given (saved in checkpoints); the loops read `settings`
     place: Place
     settings: Settings
     schedule: Schedule

@@ -12,7 +12,6 @@ epoch, so its test error is the one the run reported.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from cli import ArgumentParser, HelpFormatter, UserError, positive_int, run_cli
 from data import Normalize
 from devices import pick_device
 from engine import evaluate
-from experiment import Experiment, all_experiments, check_complete
+from experiment import Experiment, all_experiments, check_complete, config_of
 
 
 def experiment_of(config: dict, path: Path) -> Experiment:
@@ -36,14 +35,14 @@ def experiment_of(config: dict, path: Path) -> Experiment:
 def evaluate_checkpoint(path: Path, data_dir: str | None, split: str, device: torch.device, batch_size: int) -> str:
     """The one-line result of the model saved at PATH on SPLIT ("test" or "val")."""
     ckpt = load_checkpoint(path)
-    config = ckpt["config"]
-    experiment = experiment_of(config, path)
-    check_complete(experiment, config, path)
+    experiment = experiment_of(ckpt["config"], path)
+    check_complete(experiment, ckpt["config"], path)
+    config = config_of(experiment, ckpt["config"])
     model = experiment.build_model(config)
     model.load_state_dict(ckpt["model"])
-    train_x, train_y, test_x, test_y = experiment.load_data(data_dir or config["data_dir"], False)
+    train_x, train_y, test_x, test_y = experiment.load_data(data_dir or config.data_dir, False)
     if len(train_x) <= int(ckpt["train_indices"].max()):
-        raise UserError(f"{data_dir or config['data_dir']} has {len(train_x)} training images; the run split more")
+        raise UserError(f"{data_dir or config.data_dir} has {len(train_x)} training images; the run split more")
     normalize = Normalize(train_x[ckpt["train_indices"]])
     images, labels = (
         (test_x, test_y) if split == "test" else (train_x[ckpt["val_indices"]], train_y[ckpt["val_indices"]])
@@ -54,8 +53,8 @@ def evaluate_checkpoint(path: Path, data_dir: str | None, split: str, device: to
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     where = f"after epoch {ckpt['epoch']}" + (" (and part of the next)" if ckpt["partial"]["position"] else "")
     return (
-        f"{config['run_name']} {where}: {split} error {error:.2f}% on {len(images):,} images | {params:,} "
-        f"parameters ({params / 1e6:.3f}M) | {experiment.paper_result(argparse.Namespace(**config))}"
+        f"{config.run_name} {where}: {split} error {error:.2f}% on {len(images):,} images | {params:,} "
+        f"parameters ({params / 1e6:.3f}M) | {experiment.paper_result(config)}"
     )
 
 

@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import torch
 
@@ -27,6 +27,7 @@ from cli import (
     run_name,
     seed,
 )
+from config import RunConfig, result_flags
 from data import Splits
 from devices import AMP_CHOICES
 
@@ -59,26 +60,6 @@ class FlagDefaults:
     precise_bn: int = 0  # training images for precise BatchNorm statistics before each evaluation
 
 
-# Flags that choose where and how a run executes, not what it computes. Every other flag
-# (the budget included) is part of the run's configuration: its name and its seed group.
-PLACE_FLAGS = frozenset(
-    {
-        "data_dir",
-        "download",
-        "device",
-        "amp",
-        "channels_last",
-        "compile",
-        "sync_bn",
-        "eval_batch_size",
-        "progress",
-        "stop_after",
-        "run_name",
-        "checkpoint_dir",
-        "log_dir",
-        "resume",
-    }
-)
 DEFAULT_DATA_DIR = "./data"  # the one --data-dir that is created (for a download) when missing
 SCALE_INITS = ("scale-in-z", "scale-in-hypernet")  # --init values that only place a hypernetwork's initial kernel scale
 
@@ -91,29 +72,31 @@ def kernel_init(init: str, hyper: bool) -> str:
 
 ArgumentAdder = Callable[[dict[str, argparse._ArgumentGroup], Callable[[object], dict]], None]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # uint8 batch -> batch on the 0-255 scale
+C = TypeVar("C", bound=RunConfig)
 
 
 @dataclass(frozen=True)
-class Experiment:
+class Experiment(Generic[C]):
     """What one experiment defines; `fit` supplies the rest, the same for all."""
 
     name: str  # stored in every checkpoint's config, e.g. "cifar10"
     script: str  # the command that runs it, for messages
     description: str
+    config_type: type[C]  # its flags: the shared ones and its own
     add_arguments: ArgumentAdder  # the experiment's own flags, into the "model"/"training" groups
     defaults: FlagDefaults
     load_data: Callable[[str, bool], Splits]  # (data_dir, download) -> uint8 images and labels
-    augment: Callable[[dict], Augment]  # a run's configuration -> its training augmentation
-    build_model: Callable[[dict], torch.nn.Module]  # from a run's configuration (its flags)
-    schedule: Callable[[argparse.Namespace, int], Schedule]  # (flags, steps per epoch) -> schedule
-    run_name: Callable[[argparse.Namespace], str]  # the model's name (hyper-40-1): `configuration_name` adds the rest
+    augment: Callable[[C], Augment]  # a run's configuration -> its training augmentation
+    build_model: Callable[[C], torch.nn.Module]
+    schedule: Callable[[C, int], Schedule]  # (config, steps per epoch) -> schedule
+    run_name: Callable[[C], str]  # the model's name (hyper-40-1): `configuration_name` adds the rest
     named_flags: tuple[str, ...]  # the flags that `run_name` already says
-    paper_result: Callable[[argparse.Namespace], str]  # the paper's figure, for the final line
+    paper_result: Callable[[C], str]  # the paper's figure, for the final line
     # Fills the defaults that depend on other flags (e.g. a protocol's epochs), given the flags set explicitly.
-    resolve_defaults: Callable[[argparse.Namespace, set[str]], None] | None = None
+    resolve_defaults: Callable[[C, set[str]], None] | None = None
 
 
-def all_experiments() -> dict[str, Experiment]:
+def all_experiments() -> dict[str, Experiment[Any]]:
     """Every experiment, by name: CIFAR-10 (train.py) and MNIST (mnist.py).
 
     They are imported on the first call, not with this module, which both of them import.
@@ -240,47 +223,54 @@ def build_parser(experiment: Experiment, suppress_defaults: bool = False) -> arg
     return p
 
 
-def parse_args(experiment: Experiment, argv: list[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
-    """Parsed arguments of EXPERIMENT and the names of the flags given explicitly."""
-    args = build_parser(experiment).parse_args(argv)
-    explicit = set(vars(build_parser(experiment, suppress_defaults=True).parse_args(argv)))
-    if experiment.resolve_defaults is not None:
-        experiment.resolve_defaults(args, explicit)
-    if args.run_name is None:
-        args.run_name = configuration_name(experiment, vars(args))
-    return args, explicit
+def parse_args(experiment: Experiment[C], argv: list[str] | None = None) -> tuple[C, set[str]]:
+    """ARGV as EXPERIMENT's configuration, and the names of the flags it gives."""
+    given = vars(build_parser(experiment, suppress_defaults=True).parse_args(argv))
+    config = default_config(experiment, given)
+    if config.run_name is None:
+        config.run_name = configuration_name(experiment, config)
+    return config, set(given)
+
+
+def parser_defaults(experiment: Experiment) -> dict:
+    """Every flag of EXPERIMENT at its parser's default, in command-line order."""
+    return vars(build_parser(experiment).parse_args([]))
+
+
+def config_of(experiment: Experiment[C], saved: dict) -> C:
+    """A SAVED configuration (a checkpoint's, an archived run's) as EXPERIMENT's config object;
+    the flags it leaves out (an archive's paths) at their defaults."""
+    values = {**parser_defaults(experiment), **saved}
+    values.pop("experiment", None)
+    return experiment.config_type(**values)
 
 
 def check_complete(experiment: Experiment, config: dict, path: Path) -> None:
-    """Refuse, in one line, the checkpoint at PATH when its CONFIG lacks a flag of EXPERIMENT."""
-    missing = sorted(set(vars(build_parser(experiment).parse_args([]))) - set(config))
-    if missing:
+    """Refuse, in one line, the checkpoint at PATH when its CONFIG lacks a flag of EXPERIMENT or has a foreign one."""
+    names = set(parser_defaults(experiment))
+    missing, foreign = sorted(names - set(config)), sorted(set(config) - names - {"experiment"})
+    if missing or foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in missing or foreign)
         raise UserError(
-            f"{path} is incomplete: its configuration lacks {', '.join('--' + k.replace('_', '-') for k in missing)}"
+            f"{path} {'is incomplete: its configuration lacks' if missing else 'has flags this code lacks:'} {flags}"
         )
 
 
-def result_flags(config: dict) -> list[str]:
-    """The flags of CONFIG (a run's arguments) that change its result, the seed included, in command-line order."""
-    return [k for k in config if k not in PLACE_FLAGS and k != "experiment"]
-
-
-def acting_value(experiment: Experiment, config: dict, flag: str):
+def acting_value(experiment: Experiment, config: RunConfig, flag: str):
     """CONFIG's value of FLAG as the run uses it: an --optimizer or --lr left to the schedule
     (None) is the schedule's own (so ``--lr 0.002`` on a hyper run is its default)."""
-    value = config[flag]
+    value = getattr(config, flag)
     if value is None and flag in ("optimizer", "lr"):
-        return getattr(experiment.schedule(argparse.Namespace(**config), 1), flag)
+        return getattr(experiment.schedule(config, 1), flag)
     return value
 
 
-def default_config(experiment: Experiment, given: dict) -> dict:
+def default_config(experiment: Experiment[C], given: dict) -> C:
     """EXPERIMENT's flags at their defaults, except those in GIVEN (and the defaults that depend on them)."""
-    args = build_parser(experiment).parse_args([])
-    vars(args).update(given)
+    config = config_of(experiment, given)
     if experiment.resolve_defaults is not None:
-        experiment.resolve_defaults(args, set(given))
-    return vars(args)
+        experiment.resolve_defaults(config, set(given))
+    return config
 
 
 def flag_text(flag: str, value: object) -> str:
@@ -291,19 +281,19 @@ def flag_text(flag: str, value: object) -> str:
     return f"{name}-{value}"
 
 
-def configuration_name(experiment: Experiment, config: dict, seed: bool = True) -> str:
+def configuration_name(experiment: Experiment[C], config: C, seed: bool = True) -> str:
     """A run's default name, which says every setting that changes its result: the model's name
     (hyper-40-1, mnist-plain-notebook), then FLAG-VALUE for each other such flag that is not at
     its default (hyper-40-1-epochs-10-precise-bn-0), then seedK for a seed other than 0 (with SEED)."""
-    defaults = default_config(experiment, {k: config[k] for k in experiment.named_flags})
-    parts = [experiment.run_name(argparse.Namespace(**config))]
+    defaults = default_config(experiment, {k: getattr(config, k) for k in experiment.named_flags})
+    parts = [experiment.run_name(config)]
     parts += [
-        flag_text(k, config[k])
-        for k in result_flags(config)
+        flag_text(k, getattr(config, k))
+        for k in result_flags(experiment.config_type)
         if k not in experiment.named_flags
         and k != "seed"
         and acting_value(experiment, config, k) != acting_value(experiment, defaults, k)
     ]
-    if seed and config["seed"]:
-        parts.append(f"seed{config['seed']}")
+    if seed and config.seed:
+        parts.append(f"seed{config.seed}")
     return "-".join(parts)

@@ -19,6 +19,7 @@ import torch
 import train
 from checkpointing import atomic_save, load_checkpoint, safe_load
 from cli import ArgumentParser, UserError, run_cli
+from experiment import config_of
 from primary_net import PrimaryNetwork, num_parameters, to_plain
 
 EXPORT_FORMAT = "hyperresnet-plain-v1"
@@ -30,7 +31,7 @@ def model_from_checkpoint(ckpt: dict) -> PrimaryNetwork:
     Raises:
         UserError: If the checkpoint holds another model (``--arch``): `HyperNetized.to_plain` exports those.
     """
-    model = train.build_model(ckpt["config"])
+    model = train.build_model(config_of(train.CIFAR10, ckpt["config"]))
     if not isinstance(model, PrimaryNetwork):
         raise UserError(
             f"export.py exports Wide-ResNets; this is --arch {ckpt['config']['arch']}: use "

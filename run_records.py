@@ -18,7 +18,8 @@ import mnist
 import train
 from checkpointing import load_checkpoint, safe_load
 from cli import UserError, first_line
-from experiment import acting_value, all_experiments, default_config, kernel_init, result_flags
+from config import result_flags
+from experiment import acting_value, all_experiments, config_of, kernel_init
 
 DEFAULT_RUNS = ("checkpoints", "results/runs")  # new runs, then the archived ones: a fresh clone shows the archive
 ARCHIVE_FORMAT = "hyperresnet-run-v2"  # run.json: today's configuration keys, provenance, no machine paths
@@ -116,7 +117,7 @@ def check_summary(summary: dict, source: Path) -> None:
         experiment = config.get("experiment")
         if experiment not in all_experiments():
             raise UserError(f"{source} is a run of an unknown experiment {experiment!r}")
-        needed = {"run_name", *result_flags(default_config(all_experiments()[experiment], {}))}
+        needed = {"run_name", *result_flags(all_experiments()[experiment].config_type)}
         missing = [f"config.{k}" for k in sorted(needed - set(config))]
         missing += [f"best.{k}" for k in sorted(BEST_KEYS - set(best))]
     if missing:
@@ -196,7 +197,8 @@ def as_run_sees_it(run: Run, flag: str, value):
     --optimizer or --lr left to the schedule is the schedule's."""
     if flag == "init":
         return kernel_init(value, run.hyper)
-    return acting_value(all_experiments()[run.experiment], {**run.config, flag: value}, flag)
+    experiment = all_experiments()[run.experiment]
+    return acting_value(experiment, config_of(experiment, {**run.config, flag: value}), flag)
 
 
 def setting(run: Run, flag: str):
@@ -212,7 +214,7 @@ def departures(run: Run) -> dict:
 
 def configuration(run: Run) -> dict:
     """Every setting RUN's result depends on (its seed included), as they act on it."""
-    return {k: setting(run, k) for k in result_flags(run.config)}
+    return {k: setting(run, k) for k in result_flags(all_experiments()[run.experiment].config_type)}
 
 
 def run_roots(given: list[str] | None) -> list[Path]:

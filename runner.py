@@ -13,7 +13,6 @@ Every user error raises `cli.UserError`; `main` prints it as one line.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import faulthandler
@@ -33,21 +32,20 @@ import distributed
 import provenance
 from checkpointing import (
     CHECKPOINT_FORMAT,
-    REMEMBERED,
-    RESUMABLE_CHANGES,
     acquire_run_lock,
     append_line,
     atomic_save,
     atomic_write_text,
-    check_resume_config,
     load_checkpoint,
     release_run_lock,
     remove_stale_temporaries,
+    resumed_config,
     rng_state,
     set_rng_state,
     writable_dir,
 )
 from cli import UserError, first_line, format_time
+from config import RunConfig, as_dict
 from data import Normalize, split_indices
 from devices import choose_compute, configure_backends, pick_device
 from distributed import Distributed, all_gather, augment_seed, broadcast_object
@@ -66,58 +64,57 @@ from engine import (
     train_one_epoch,
     uses_cuda_graphs,
 )
-from experiment import DEFAULT_DATA_DIR, Experiment, check_complete, configuration_name, parse_args
+from experiment import DEFAULT_DATA_DIR, Experiment, check_complete, config_of, configuration_name, parse_args
 
 
-def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
+def resolve_args(experiment: Experiment, argv: list[str] | None) -> tuple[RunConfig, dict | None]:
     """The run's configuration and, when resuming, its checkpoint. Resuming takes the
-    checkpoint's configuration; flags that contradict it are refused, except the
-    `RESUMABLE_CHANGES` (device, folders, ...), which the command line may set: the
-    `REMEMBERED` ones (where the data and files are) only when given, the others always.
+    checkpoint's configuration, with each flag's `config.Role`: a given flag that a resume
+    cannot change is refused when it contradicts the checkpoint; the others take the given
+    values ("kept": only when given; "given": defaults too).
     ``-r PATH`` continues the run in PATH's folder. A bare ``-r`` before the run's first
     save starts it, so one command both starts and continues a job (a requeue, a torchrun
     restart); a missing PATH stays an error (a typo must not start a new run). Under
     torchrun every process decides alike: none writes last.pt before all have joined."""
-    args, explicit = parse_args(experiment, argv)
-    if args.resume is None:
-        return args, None
-    path = Path(args.resume) if args.resume else Path(args.checkpoint_dir) / args.run_name / "last.pt"
-    if not args.resume and not path.exists():
+    config, explicit = parse_args(experiment, argv)
+    if config.resume is None:
+        return config, None
+    path = Path(config.resume) if config.resume else Path(config.checkpoint_dir) / config.run_name / "last.pt"
+    if not config.resume and not path.exists():
         if distributed.is_main_process():
             print(f"no checkpoint at {path} yet: starting the run", flush=True)
-        args.resume = None
-        return args, None
+        config.resume = None
+        return config, None
     ckpt = load_checkpoint(path)
     saved = dict(ckpt["config"])
     if saved["experiment"] != experiment.name:
         raise UserError(f"{path} is a {saved['experiment']} run, not {experiment.name}: resume it with its own script")
     check_complete(experiment, saved, path)
-    check_resume_config(saved, args, explicit)
-    saved.update({k: getattr(args, k) for k in RESUMABLE_CHANGES if k in explicit or k not in REMEMBERED})
-    if args.resume and "checkpoint_dir" not in explicit:  # a file named by -r PATH: its folder is the run's
+    resumed = resumed_config(config_of(experiment, saved), config, explicit)
+    if config.resume and "checkpoint_dir" not in explicit:  # a file named by -r PATH: its folder is the run's
         folder = path.parent if path.parent.name else path.resolve().parent  # "-r last.pt" inside the folder too
-        saved["checkpoint_dir"], saved["run_name"] = str(folder.parent), folder.name
-    return argparse.Namespace(**saved), ckpt
+        resumed.checkpoint_dir, resumed.run_name = str(folder.parent), folder.name
+    return resumed, ckpt
 
 
-def place_process(args: argparse.Namespace) -> tuple[torch.device, Distributed]:
+def place_process(config: RunConfig) -> tuple[torch.device, Distributed]:
     """The device, chosen before the process group (nccl needs it), and this process's place in torchrun."""
-    device = pick_device(args.device, distributed.local_rank())
+    device = pick_device(config.device, distributed.local_rank())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     world = distributed.world_size()  # checked before joining: a refused job never opens a connection
-    if args.sync_bn and device.type != "cuda":
+    if config.sync_bn and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run on the CPU")
-    if args.batch_size % world:
-        raise UserError(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
+    if config.batch_size % world:
+        raise UserError(f"--batch-size {config.batch_size} does not split evenly over {world} processes")
     return device, distributed.init_distributed(device)
 
 
-def prepare_dirs(args: argparse.Namespace, resuming: bool, dist: Distributed) -> tuple[Path, Path, IO | None]:
+def prepare_dirs(config: RunConfig, resuming: bool, dist: Distributed) -> tuple[Path, Path, IO | None]:
     """The run's checkpoint and log folders, checked writable, and (rank 0) the run's lock.
     A new run never overwrites a saved one; two processes never train one run at once."""
-    run_dir = writable_dir(Path(args.checkpoint_dir) / args.run_name, "checkpoint directory")
-    log_dir = writable_dir(Path(args.log_dir) / args.run_name, "log directory")
+    run_dir = writable_dir(Path(config.checkpoint_dir) / config.run_name, "checkpoint directory")
+    log_dir = writable_dir(Path(config.log_dir) / config.run_name, "log directory")
     if not resuming and (run_dir / "last.pt").exists():
         raise UserError(f"{run_dir / 'last.pt'} exists: resume it with -r, or pick another --run-name")
     lock = None
@@ -141,30 +138,30 @@ def seed_everything(seed: int, dist: Distributed, device: torch.device) -> dict[
     }
 
 
-def read_dataset(experiment: Experiment, args: argparse.Namespace, dist: Distributed) -> tuple:
+def read_dataset(experiment: Experiment, config: RunConfig, dist: Distributed) -> tuple:
     """The experiment's images and labels. Under torchrun rank 0 reads (and, if allowed,
     downloads) them first while the others wait, then they read what it left: one
     download into the shared folder, never several writing the same files."""
     error = None
     if dist.main:
         try:
-            splits = experiment.load_data(args.data_dir, args.download)
+            splits = experiment.load_data(config.data_dir, config.download)
         except UserError as e:
             error = str(e)
     error = broadcast_object(error, dist)  # the other ranks wait here for rank 0
     if error is not None:
         raise UserError(error)
-    return splits if dist.main else experiment.load_data(args.data_dir, False)
+    return splits if dist.main else experiment.load_data(config.data_dir, False)
 
 
-def load_data(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None, place: Place) -> Data:
+def load_data(experiment: Experiment, config: RunConfig, ckpt: dict | None, place: Place) -> Data:
     """The whole dataset as uint8 tensors on the run's device, split as the checkpoint says (or afresh)."""
     device = place.device
-    train_x, train_y, test_x, test_y = read_dataset(experiment, args, place.dist)
+    train_x, train_y, test_x, test_y = read_dataset(experiment, config, place.dist)
     if ckpt is not None:
         train_idx, val_idx = ckpt["train_indices"], ckpt["val_indices"]
     else:
-        train_idx, val_idx = split_indices(len(train_x), args.val_size)
+        train_idx, val_idx = split_indices(len(train_x), config.val_size)
     val_x, val_y = train_x[val_idx].to(device), train_y[val_idx].to(device)
     train_x, train_y = train_x[train_idx].to(device), train_y[train_idx].to(device)
     return Data(
@@ -172,22 +169,22 @@ def load_data(experiment: Experiment, args: argparse.Namespace, ckpt: dict | Non
     )
 
 
-def set_up(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None) -> Run:
+def set_up(experiment: Experiment, config: RunConfig, ckpt: dict | None) -> Run:
     """Everything a run needs, freshly initialised (a checkpoint is restored afterwards)."""
-    if Path(args.data_dir) != Path(DEFAULT_DATA_DIR) and not Path(args.data_dir).is_dir():
+    if Path(config.data_dir) != Path(DEFAULT_DATA_DIR) and not Path(config.data_dir).is_dir():
         raise UserError(
-            f"--data-dir {args.data_dir} is not a folder: check the path (to download into a new folder, "
+            f"--data-dir {config.data_dir} is not a folder: check the path (to download into a new folder, "
             "create it first)"
         )
-    device, dist = place_process(args)
-    place = Place(device, dist, *choose_compute(args.amp, args.channels_last, device))
+    device, dist = place_process(config)
+    place = Place(device, dist, *choose_compute(config.amp, config.channels_last, device))
     configure_backends(device)
-    folders = [Path(args.checkpoint_dir) / args.run_name, Path(args.log_dir) / args.run_name]
+    folders = [Path(config.checkpoint_dir) / config.run_name, Path(config.log_dir) / config.run_name]
     new = {folder: [p for p in (folder, *folder.parents) if not p.exists()] for folder in folders}
     lock = None
     try:
-        run_dir, log_dir, lock = prepare_dirs(args, ckpt is not None, dist)
-        return build_run(experiment, args, ckpt, place, (run_dir, log_dir, lock))
+        run_dir, log_dir, lock = prepare_dirs(config, ckpt is not None, dist)
+        return build_run(experiment, config, ckpt, place, (run_dir, log_dir, lock))
     except BaseException:
         release_run_lock(lock)
         if dist.main:  # a start that failed leaves no folder behind that it made
@@ -206,50 +203,50 @@ def remove_empty(folders: list[Path]) -> None:
             return
 
 
-def build_run(experiment: Experiment, args: argparse.Namespace, ckpt: dict | None, place: Place, folders: tuple) -> Run:
+def build_run(experiment: Experiment, config: RunConfig, ckpt: dict | None, place: Place, folders: tuple) -> Run:
     """Seeds, data, model and optimizer, for the place `set_up` chose."""
     device, dist = place.device, place.dist
-    generators = seed_everything(args.seed, dist, device)
-    data = load_data(experiment, args, ckpt, place)
-    batch_size = min(args.batch_size, len(data.train_x) - len(data.train_x) % dist.world)  # global
+    generators = seed_everything(config.seed, dist, device)
+    data = load_data(experiment, config, ckpt, place)
+    batch_size = min(config.batch_size, len(data.train_x) - len(data.train_x) % dist.world)  # global
     settings = Settings(
         batch_size,
         len(data.train_x) // batch_size,
-        args.weight_decay,
-        args.precise_bn,
-        args.eval_batch_size,
-        args.progress,
+        config.weight_decay,
+        config.precise_bn,
+        config.eval_batch_size,
+        config.progress,
     )
-    schedule = experiment.schedule(args, settings.steps_per_epoch)
+    schedule = experiment.schedule(config, settings.steps_per_epoch)
 
-    model = experiment.build_model(vars(args)).to(device, memory_format=place.memory_format)  # type: ignore[call-overload]  # torch's stubs lack this overload
-    check_classifies(model, data.normalize(data.train_x[:2], place.memory_format), experiment.run_name(args))
-    if args.sync_bn and dist.world > 1:
+    model = experiment.build_model(config).to(device, memory_format=place.memory_format)  # type: ignore[call-overload]  # torch's stubs lack this overload
+    check_classifies(model, data.normalize(data.train_x[:2], place.memory_format), experiment.run_name(config))
+    if config.sync_bn and dist.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     state = TrainState.create(
         model,
-        args.optimizer or schedule.optimizer,
-        args.lr if args.lr is not None else schedule.lr,
+        config.optimizer or schedule.optimizer,
+        config.lr if config.lr is not None else schedule.lr,
         schedule.multiplier,
         place,
-        compiled=args.compile,
+        compiled=config.compile,
     )
     run_dir, log_dir, lock = folders
     return Run(
         experiment=experiment,
-        args=args,
+        config=config,
         place=place,
         settings=settings,
         schedule=schedule,
         data=data,
         state=state,
-        augment=experiment.augment(vars(args)),
+        augment=experiment.augment(config),
         generators=generators,
         run_dir=run_dir,
         log_dir=log_dir,
         lock=lock,
         provenance=[{"from_step": 0, **provenance.collect(device, dist.world)}],
-        cpu_note_due=device.type == "cpu" and args.epochs is None,
+        cpu_note_due=device.type == "cpu" and config.epochs is None,
     )
 
 
@@ -280,7 +277,7 @@ def restore(run: Run, ckpt: dict) -> None:
         )
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise UserError(
-            f"{run.args.resume or 'the checkpoint'} does not fit its own configuration ({first_line(e)})"
+            f"{run.config.resume or 'the checkpoint'} does not fit its own configuration ({first_line(e)})"
         ) from None
     why = None
     if len(per_rank) != dist.world:
@@ -289,7 +286,7 @@ def restore(run: Run, ckpt: dict) -> None:
         why = "the checkpoint's augmentation stream was drawn on another kind of device"
     if why:
         run.log(f"note: {why}: augmentation streams restart from the seed (the run goes on, but not bit-exactly)")
-        run.generators["augment"].manual_seed(augment_seed(run.args.seed, dist.rank) + 7919 * ckpt["epoch"])
+        run.generators["augment"].manual_seed(augment_seed(run.config.seed, dist.rank) + 7919 * ckpt["epoch"])
     run.progress = Progress(
         ckpt["epoch"],
         ckpt["step"],
@@ -304,10 +301,17 @@ def restore(run: Run, ckpt: dict) -> None:
     run.provenance = saved if saved and provenance.same_place(saved[-1], here) else [*saved, here]
 
 
-def reset_metrics(run: Run) -> None:
-    """Make metrics.jsonl hold exactly the epochs the checkpoint holds (none for a new run)."""
+def saved_config(run: Run) -> dict:
+    """The run's configuration as checkpoints and config.json hold it: its flags and its experiment."""
+    return {**as_dict(run.config), "experiment": run.experiment.name}
+
+
+def reset_files(run: Run) -> None:
+    """Make metrics.jsonl hold exactly the epochs the checkpoint holds (none for a new run),
+    and config.json the configuration the run continues with (a resume may change some flags)."""
     if run.place.dist.main:
         atomic_write_text("".join(json.dumps(r) + "\n" for r in run.progress.metrics), run.run_dir / "metrics.jsonl")
+        atomic_write_text(json.dumps(saved_config(run), indent=2) + "\n", run.run_dir / "config.json")
 
 
 def wrap(run: Run) -> None:
@@ -319,7 +323,7 @@ def wrap(run: Run) -> None:
             model, device_ids=[place.device.index] if place.device.type == "cuda" else None
         )
     run.state.forward, run.state.objective = forward, objective_of(forward, model)
-    if run.args.compile:  # under DDP, dynamo splits the graph at its gradient buckets
+    if run.config.compile:  # under DDP, dynamo splits the graph at its gradient buckets
         compile_step(run.state, fullgraph=place.dist.world == 1, cuda_graphs=uses_cuda_graphs(place))
     else:  # a compiled run's checkpoint holds its lr as a tensor: eager optimizers take a number
         for group in run.state.optimizer.param_groups:
@@ -328,7 +332,7 @@ def wrap(run: Run) -> None:
 
 def announce(run: Run, resumed: bool) -> None:
     """The run's one-line description."""
-    a, d, s, place = run.args, run.data, run.schedule, run.place
+    a, d, s, place = run.config, run.data, run.schedule, run.place
     run.log(
         f"{run.experiment.run_name(a)}: {run.num_parameters:,} parameters | {len(d.train_x)} train / "
         f"{len(d.val_x)} val / {len(d.test_x)} test images | device {place.device.type}, {place.precision.describe()}"
@@ -391,7 +395,7 @@ def checkpoint(run: Run) -> dict:
         "best_val_error": p.best_val_error,
         "best": p.best,
         "rng_per_rank": all_gather(rng, run.place.dist),
-        "config": {**vars(run.args), "experiment": run.experiment.name},
+        "config": saved_config(run),
         "train_indices": run.data.train_indices,
         "val_indices": run.data.val_indices,
         "num_parameters": run.num_parameters,
@@ -477,7 +481,7 @@ def log_epoch(run: Run, record: dict) -> None:
 
 def should_stop(run: Run, epoch: int) -> bool:
     """Early stopping: --patience epochs have passed without a better validation error."""
-    patience, best = run.args.patience, run.progress.best
+    patience, best = run.config.patience, run.progress.best
     if patience is not None and best and epoch - best["epoch"] >= patience:
         run.log(f"early stop after epoch {epoch}: no better validation error for {patience} epochs")
         return True
@@ -502,7 +506,7 @@ def run_epochs(run: Run, writer) -> str | None:
                 run.place.dist, run.place.device, True
             ):  # signalled while evaluating or saving: last.pt is this epoch
                 return signal.Signals(run.stop.decided).name
-            if run.args.stop_after is not None and run.args.stop_after <= record["epoch"] < run.schedule.epochs:
+            if run.config.stop_after is not None and run.config.stop_after <= record["epoch"] < run.schedule.epochs:
                 return "stop-after"
     return None
 
@@ -515,7 +519,7 @@ def launcher(dist: Distributed) -> str:
 def report_end(run: Run, reason: str | None) -> None:
     """The run's last line: its result, or how to continue it."""
     p, script, last = run.progress, run.experiment.script, run.run_dir / "last.pt"
-    name = configuration_name(run.experiment, vars(run.args))  # the run's own name may differ (--run-name, seeds.py)
+    name = configuration_name(run.experiment, run.config)  # the run's own name may differ (--run-name, seeds.py)
     name = name if run.run_dir.name == name else f"{run.run_dir.name} ({name})"
     again = f"{launcher(run.place.dist)} {script} -r {last}"
     if reason == "stop-after":
@@ -527,7 +531,7 @@ def report_end(run: Run, reason: str | None) -> None:
         run.log(
             f"final: {name} test error {best['test_error']:.2f}% (best validation epoch {best['epoch']}, "
             f"val error {best['val_error']:.2f}%) | {run.num_parameters:,} parameters ({run.num_parameters / 1e6:.3f}M) "
-            f"| {run.experiment.paper_result(run.args)}"
+            f"| {run.experiment.paper_result(run.config)}"
         )
 
 
@@ -537,13 +541,13 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
     Under ``torchrun --nproc_per_node=N`` it trains data-parallel: every process takes
     its 1/N share of each global batch of --batch-size images, and only rank 0 writes.
     """
-    args, ckpt = resolve_args(experiment, argv)
-    run = set_up(experiment, args, ckpt)
+    config, ckpt = resolve_args(experiment, argv)
+    run = set_up(experiment, config, ckpt)
     try:
         if ckpt is not None:
             restore(run, ckpt)
             note_moves(run, ckpt["placement"])
-        reset_metrics(run)
+        reset_files(run)
         wrap(run)
         from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
 
@@ -564,7 +568,7 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
     finally:
         release_run_lock(run.lock)
     summary = {
-        "name": configuration_name(experiment, vars(args)),
+        "name": configuration_name(experiment, config),
         "num_parameters": run.num_parameters,
         **run.progress.best,
     }

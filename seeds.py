@@ -35,7 +35,7 @@ def seed_command(script: str, seed: int, flags: list[str]) -> tuple[list[str], P
     """The command that runs (or resumes) SEED, and its checkpoint folder."""
     experiment = experiments()[script]
     args, explicit = parse_args(experiment, [*flags, "--seed", str(seed)])
-    name = f"{args.run_name if 'run_name' in explicit else configuration_name(experiment, vars(args), seed=False)}-seed{seed}"
+    name = f"{args.run_name if 'run_name' in explicit else configuration_name(experiment, args, seed=False)}-seed{seed}"
     run_dir = Path(args.checkpoint_dir) / name
     command = [sys.executable, script, *flags, "--seed", str(seed), "--run-name", name, "--no-progress"]
     if (run_dir / "last.pt").exists():

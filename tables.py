@@ -3,7 +3,6 @@ runs, with our parameter counts computed from the live models, and our runs over
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import mnist
 import provenance
 import train
 from cli import format_time
-from experiment import all_experiments
+from experiment import all_experiments, config_of
 from primary_net import PAPER_TABLE2, PrimaryNetwork, model_name, num_parameters
 from run_records import Run, as_run_sees_it, departures, setting
 from seed_stats import gap_interval, mean_interval, mean_sd, reruns, seed_group, seed_groups
@@ -74,7 +73,8 @@ def percent(value: float) -> str:
 def planned_epochs(run: Run) -> int:
     """The run's length in epochs: --epochs, or the paper's step count at the run's steps per epoch."""
     steps_per_epoch = max(1, run.step // max(1, run.epoch))
-    return all_experiments()[run.experiment].schedule(argparse.Namespace(**run.config), steps_per_epoch).epochs
+    experiment = all_experiments()[run.experiment]
+    return experiment.schedule(config_of(experiment, run.config), steps_per_epoch).epochs
 
 
 def stop_status(run: Run) -> str:

@@ -15,6 +15,7 @@ runner.py, checkpointing.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -22,9 +23,10 @@ import torch
 import torchvision
 
 from cli import UserError, positive_int
+from config import SETTING, RunConfig, flag
 from data import augment_cifar, load_cifar10
 from distributed import exit_process
-from experiment import SCALE_INITS, Experiment, FlagDefaults, Schedule, kernel_init
+from experiment import SCALE_INITS, Experiment, FlagDefaults, Schedule, kernel_init, parser_defaults
 from hypernetwork_modules import hypernetize
 from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_name
 from runner import main as run_main
@@ -68,18 +70,35 @@ def arch_name(text: str) -> str:
     return text
 
 
-WRN_ONLY = {"depth": 40, "width": 1, "shortcut": "pad"}  # the flags only --arch wrn reads, at their defaults
+@dataclasses.dataclass
+class CifarFlags:
+    """CIFAR-10's own flags, in the parser's order."""
+
+    arch: str = flag(SETTING)
+    depth: int = flag(SETTING)
+    width: int = flag(SETTING)
+    plain: bool = flag(SETTING)
+    z_dim: int = flag(SETTING)
+    shortcut: str = flag(SETTING)
+    init: str = flag(SETTING)
+    schedule: str = flag(SETTING)
 
 
-def check_arch_flags(args: argparse.Namespace, explicit: set[str]) -> None:
+@dataclasses.dataclass
+class CifarConfig(RunConfig, CifarFlags):
+    """A CIFAR-10 run's flags: its own first (a dataclass lists the last base's fields first)."""
+
+
+def check_arch_flags(config: CifarConfig, explicit: set[str]) -> None:
     """Refuse WRN flags on a torchvision model, and an init that `hypernetize` does not offer."""
-    if args.arch == "wrn":
+    if config.arch == "wrn":
         return
-    for flag, default in WRN_ONLY.items():
-        if getattr(args, flag) != default:
-            raise UserError(f"--{flag} is a Wide-ResNet flag: it does nothing for --arch {args.arch}")
-    if args.init != INITS[0]:
-        raise UserError(f"--init {args.init} is for --arch wrn: hypernetize keeps the initial scale in the z's")
+    defaults = parser_defaults(CIFAR10)
+    for name in ("depth", "width", "shortcut"):  # the flags only --arch wrn reads
+        if getattr(config, name) != defaults[name]:
+            raise UserError(f"--{name} is a Wide-ResNet flag: it does nothing for --arch {config.arch}")
+    if config.init != INITS[0]:
+        raise UserError(f"--init {config.init} is for --arch wrn: hypernetize keeps the initial scale in the z's")
 
 
 def cifar_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[object], dict]) -> None:
@@ -112,36 +131,36 @@ def cifar_arguments(groups: dict[str, argparse._ArgumentGroup], d: Callable[[obj
     )
 
 
-def cifar_run_name(args: argparse.Namespace) -> str:
+def cifar_run_name(config: CifarConfig) -> str:
     """hyper-40-1, wrn-40-2, ..., and the init where it is not the default (hyper-40-1-init-scale-in-hypernet);
     hyper-resnet18 or resnet18 for a torchvision model."""
-    hyper = not args.plain
-    if args.arch != "wrn":
-        return f"hyper-{args.arch}" if hyper else args.arch
-    name = model_name(args.depth, args.width, hyper)
-    return name if kernel_init(args.init, hyper) == kernel_init(INITS[0], hyper) else f"{name}-init-{args.init}"
+    hyper = not config.plain
+    if config.arch != "wrn":
+        return f"hyper-{config.arch}" if hyper else config.arch
+    name = model_name(config.depth, config.width, hyper)
+    return name if kernel_init(config.init, hyper) == kernel_init(INITS[0], hyper) else f"{name}-init-{config.init}"
 
 
-def build_model(config: dict) -> torch.nn.Module:
-    """The network a run's configuration (its arguments, as saved in checkpoints) describes."""
-    if config["arch"] != "wrn":
-        model = torchvision.models.get_model(config["arch"], num_classes=10)
-        return model if config["plain"] else hypernetize(model, z_dim=config["z_dim"], inplace=True)
-    scale_in = "hypernet" if config["init"] == "scale-in-hypernet" else "z"
+def build_model(config: CifarConfig) -> torch.nn.Module:
+    """The network a run's configuration describes."""
+    if config.arch != "wrn":
+        model = torchvision.models.get_model(config.arch, num_classes=10)
+        return model if config.plain else hypernetize(model, z_dim=config.z_dim, inplace=True)
+    scale_in = "hypernet" if config.init == "scale-in-hypernet" else "z"
     return PrimaryNetwork(
-        config["depth"],
-        config["width"],
-        hyper=not config["plain"],
-        z_dim=config["z_dim"],
-        shortcut=config["shortcut"],
+        config.depth,
+        config.width,
+        hyper=not config.plain,
+        z_dim=config.z_dim,
+        shortcut=config.shortcut,
         scale_in=scale_in,
     )
 
 
-def schedule_for(args: argparse.Namespace, steps_per_epoch: int) -> tuple[PaperSchedule, int, int]:
+def schedule_for(config: CifarConfig, steps_per_epoch: int) -> tuple[PaperSchedule, int, int]:
     """(paper schedule entry, total steps, epochs), rescaled to --epochs when given."""
-    sched = SCHEDULES["plain" if args.plain else "hyper"]
-    epochs = args.epochs or max(1, round(sched.total / steps_per_epoch))
+    sched = SCHEDULES["plain" if config.plain else "hyper"]
+    epochs = config.epochs or max(1, round(sched.total / steps_per_epoch))
     return sched, epochs * steps_per_epoch, epochs
 
 
@@ -150,17 +169,17 @@ def lr_multiplier(step: int, sched: PaperSchedule, total: int) -> float:
     return sched.factors[sum(step * sched.total >= b * total for b in sched.boundaries)]  # exact in integers
 
 
-def cifar_schedule(args: argparse.Namespace, steps_per_epoch: int) -> Schedule:
+def cifar_schedule(config: CifarConfig, steps_per_epoch: int) -> Schedule:
     """The paper's schedule for this model (Adam for hyper, Nesterov SGD for plain), rescaled to --epochs."""
-    sched, total, epochs = schedule_for(args, steps_per_epoch)
+    sched, total, epochs = schedule_for(config, steps_per_epoch)
     return Schedule(sched.optimizer, sched.lr, epochs, total, lambda step: lr_multiplier(step, sched, total))
 
 
-def cifar_paper_result(args: argparse.Namespace) -> str:
+def cifar_paper_result(config: CifarConfig) -> str:
     """The paper's Table 2 figure for this configuration."""
-    if args.arch != "wrn":
-        return f"no paper row: {args.arch} is torchvision's"
-    paper = PAPER_TABLE2.get((args.depth, args.width, not args.plain))
+    if config.arch != "wrn":
+        return f"no paper row: {config.arch} is torchvision's"
+    paper = PAPER_TABLE2.get((config.depth, config.width, not config.plain))
     return f"paper: {paper[0]:.2f}% with {paper[1]:.3f}M" if paper else "no paper row for this configuration"
 
 
@@ -169,6 +188,7 @@ CIFAR10 = Experiment(
     script="train.py",
     description="Train a HyperResNet or a plain Wide-ResNet on CIFAR-10 (Ha et al. 2017), or any torchvision "
     "classification model, hypernetized or not.",
+    config_type=CifarConfig,
     add_arguments=cifar_arguments,
     defaults=FlagDefaults(
         epochs=None,

@@ -74,16 +74,16 @@ def error_line(code: int, capsys) -> str:
 def write_archived_run(folder: Path, best: dict, epoch: int, step: int, metrics: list[dict] = (), **flags) -> None:
     """A CIFAR-10 run as `compare.py --archive` writes it: train.py's default flags with FLAGS
     changed, named after FOLDER, trained for EPOCH epochs (STEP steps) with result BEST."""
-    import archiving
     import provenance
     import run_records
     import train
+    from config import as_dict
     from experiment import parse_args
 
-    config = {**vars(parse_args(train.CIFAR10, [])[0]), "experiment": "cifar10", "run_name": folder.name, **flags}
+    config = {**as_dict(parse_args(train.CIFAR10, [])[0]), "experiment": "cifar10", "run_name": folder.name, **flags}
     summary = {
         "format": run_records.ARCHIVE_FORMAT,
-        "config": {k: v for k, v in config.items() if k not in archiving.MACHINE_KEYS},
+        "config": {k: v for k, v in config.items() if k not in ("data_dir", "checkpoint_dir", "log_dir", "resume")},
         "best": best,
         "epoch": epoch,
         "step": step,
@@ -139,3 +139,11 @@ def wait_for_line(proc: subprocess.Popen, text: str) -> str:
             return line
     proc.wait(timeout=HANG)
     pytest.fail(f"the process ended (exit {proc.returncode}) before printing {text!r}: {proc.stderr.read()[-3000:]}")
+
+
+def saved_model(saved: dict) -> torch.nn.Module:
+    """The untrained network of a saved configuration SAVED (a checkpoint's or an archive's)."""
+    from experiment import all_experiments, config_of
+
+    experiment = all_experiments()[saved["experiment"]]
+    return experiment.build_model(config_of(experiment, saved))

@@ -254,7 +254,6 @@ class RecordedDDP(torch.nn.Module):
 def wrap_decisions(monkeypatch, device: str, world: int, compiled: bool) -> tuple:
     """What `runner.wrap` makes of a run on DEVICE in a job of WORLD processes: the step's
     forward and compile_step's keywords (None when it was not called)."""
-    import argparse
     import types
 
     import engine
@@ -267,7 +266,7 @@ def wrap_decisions(monkeypatch, device: str, world: int, compiled: bool) -> tupl
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     state = engine.TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     place = engine.Place(torch.device(device, 0) if device == "cuda" else torch.device(device), Distributed(0, world))
-    runner.wrap(types.SimpleNamespace(state=state, place=place, args=argparse.Namespace(compile=compiled)))
+    runner.wrap(types.SimpleNamespace(state=state, place=place, config=types.SimpleNamespace(compile=compiled)))
     assert len(calls) == int(compiled)
     return state.forward, calls[0] if calls else None
 

@@ -17,7 +17,18 @@ import torch
 import engine
 import runner
 import train
-from conftest import HANG, REPO, WORKERS, as_rank, only_run, paused, run_folder, wait_for_line, write_fake_cifar
+from conftest import (
+    HANG,
+    REPO,
+    WORKERS,
+    as_rank,
+    only_run,
+    paused,
+    run_folder,
+    saved_model,
+    wait_for_line,
+    write_fake_cifar,
+)
 from data import Normalize, load_cifar10
 from devices import FP32
 
@@ -110,6 +121,7 @@ def test_one_set_of_files_and_identical_parameters_on_both_ranks(reference):
     assert sorted(p.name for p in run.iterdir()) == [
         ".lock",
         "best.pt",
+        "config.json",
         "last.pt",
         "metrics.jsonl",
     ]  # rank 0 alone wrote
@@ -129,7 +141,7 @@ def test_one_set_of_files_and_identical_parameters_on_both_ranks(reference):
         assert torch.equal(value, saved["model"][key]), key
     assert len(saved["rng_per_rank"]) == 2
     assert not torch.equal(saved["rng_per_rank"][0]["augment"], saved["rng_per_rank"][1]["augment"])
-    init = train.build_model(saved["config"]).state_dict()
+    init = saved_model(saved["config"]).state_dict()
     assert not torch.equal(init["kernel_bank.z"], rank0["kernel_bank.z"])  # it did train
 
 
@@ -150,7 +162,7 @@ def test_a_torchrun_worker_exits_with_its_code_and_output_but_skips_finalization
 def test_two_process_evaluation_equals_one_process_evaluation(reference, data):
     root, _ = reference
     ckpt = torch.load(only_run(root / "ck") / "last.pt", weights_only=True)
-    model = train.build_model(ckpt["config"])
+    model = saved_model(ckpt["config"])
     model.load_state_dict(ckpt["model"])
     train_x, train_y, test_x, test_y = load_cifar10(data, download=False)
     normalize = Normalize(train_x[ckpt["train_indices"]])

@@ -9,7 +9,7 @@ import torch
 import data
 import engine
 import train
-from conftest import only_run
+from conftest import only_run, saved_model
 from mnist import MnistNet
 from primary_net import PrimaryNetwork
 from test_train import load, tiny_args
@@ -223,13 +223,13 @@ def test_precise_bn_statistics_come_from_the_first_training_images(tmp_path, tin
     train_x, val_x = images[ckpt["train_indices"]], images[ckpt["val_indices"]]
 
     def statistics(source: torch.Tensor) -> dict:
-        model = train.build_model(ckpt["config"])
+        model = saved_model(ckpt["config"])
         model.load_state_dict(ckpt["model"])
         engine.precise_bn(model, source[:16], data.Normalize(train_x), 8, torch.contiguous_format)
         return {k: v for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
 
     expected, from_val = statistics(train_x), statistics(val_x)
-    assert len(expected) == 2 * len(engine.batchnorms(train.build_model(ckpt["config"])))
+    assert len(expected) == 2 * len(engine.batchnorms(saved_model(ckpt["config"])))
     for key, value in expected.items():
         torch.testing.assert_close(ckpt["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     assert any(not torch.allclose(v, from_val[k], rtol=1e-3, atol=1e-4) for k, v in expected.items())  # it can tell

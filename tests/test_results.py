@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-import archiving
 import checkpointing
 import compare
 import diagrams
@@ -26,8 +25,8 @@ import tables
 import train
 from checkpointing import load_checkpoint
 from cli import UserError
-from conftest import error_line, write_archived_run
-from experiment import SCALE_INITS, all_experiments, parse_args
+from conftest import error_line, saved_model, write_archived_run
+from experiment import SCALE_INITS, parse_args
 from primary_net import PrimaryNetwork
 
 REPO = Path(__file__).resolve().parent.parent
@@ -267,7 +266,8 @@ def test_archive_reproduces_the_tables_from_small_files(runs, tmp_path, capsys):
         assert summary["best"] == ckpt["best"] and summary["device"] == "cpu" and summary["step"] == ckpt["step"]
         assert summary["provenance"] == ckpt["provenance"] and summary["format"] == run_records.ARCHIVE_FORMAT
         # No path of the machine that made it: the flags naming its files are left out, nothing else is.
-        assert summary["config"] == {k: v for k, v in ckpt["config"].items() if k not in archiving.MACHINE_KEYS}
+        paths = {"data_dir", "checkpoint_dir", "log_dir", "resume"}
+        assert summary["config"] == {k: v for k, v in ckpt["config"].items() if k not in paths}
         assert str(runs.checkpoints) not in (copy / "run.json").read_text()
         bank = {k: v for k, v in ckpt["model"].items() if k.startswith("kernel_bank.")}
         if name.startswith("wrn") or name.endswith("plain"):
@@ -486,7 +486,7 @@ def test_kernels_start_where_fit_started_and_end_as_trained(runs):
         kernels = diagrams.layer_kernels(run)
         assert torch.equal(torch.get_rng_state(), rng)  # the caller's random state is left alone
         ckpt = load_checkpoint(runs.checkpoints / name / "last.pt")
-        model = all_experiments()[run.experiment].build_model(ckpt["config"])
+        model = saved_model(ckpt["config"])
         model.load_state_dict(ckpt["model"])
         assert torch.equal(kernels.trained, model.kernels()[0].detach())
         assert not torch.allclose(kernels.init, kernels.trained)

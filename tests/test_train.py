@@ -20,7 +20,18 @@ import engine
 import mnist
 import runner
 import train
-from conftest import HANG, REPO, as_rank, error_line, only_run, paused, run_folder, wait_for_line, write_fake_cifar
+from conftest import (
+    HANG,
+    REPO,
+    as_rank,
+    error_line,
+    only_run,
+    paused,
+    run_folder,
+    saved_model,
+    wait_for_line,
+    write_fake_cifar,
+)
 from experiment import Experiment, Schedule, parse_args
 
 # 200 fake images: 160 train + 40 val, 40 test; batch 32 -> 5 steps an epoch.
@@ -99,8 +110,8 @@ def test_init_flag_names_the_run_and_builds_unit_scale_z():
     assert parse_args(train.CIFAR10, ["--init", "scale-in-hypernet", "--plain"])[0].run_name == "wrn-40-1"
     assert parse_args(train.CIFAR10, [])[0].run_name == "hyper-40-1"
     torch.manual_seed(0)
-    unit = train.build_model(vars(args)).kernel_bank
-    old = train.build_model({**vars(args), "init": "scale-in-z"}).kernel_bank
+    unit = train.build_model(args).kernel_bank
+    old = train.build_model(dataclasses.replace(args, init="scale-in-z")).kernel_bank
     assert (unit.scale_in, old.scale_in) == ("hypernet", "z") and unit.z.std() > 0.7 > 0.15 > old.z.std()
 
 
@@ -688,7 +699,7 @@ def test_a_torchvision_model_trains_and_resumes_exactly(plain, tmp_path, tiny_ci
     assert [{k: v for k, v in m.items() if k not in timing} for m in a["metrics"]] == [
         {k: v for k, v in m.items() if k not in timing} for m in b["metrics"]
     ]
-    model = train.build_model(a["config"])
+    model = saved_model(a["config"])
     assert any(k.startswith("banks.") for k in a["model"]) != plain
     assert a["num_parameters"] == sum(p.numel() for p in model.parameters())
     assert "no paper row: resnet18 is torchvision's" in capsys.readouterr().out
