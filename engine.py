@@ -329,76 +329,117 @@ def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> 
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], max_norm)
 
 
+@dataclass
+class Tally:
+    """This process's running sums over an epoch, kept on the device (no host sync per step)."""
+
+    loss: torch.Tensor  # sum of the step losses, overflowed fp16 ones left out
+    correct: torch.Tensor  # correct predictions
+    overflowed: torch.Tensor  # fp16 losses that overflowed
+
+    @classmethod
+    def start(cls, sums: EpochSums, place: Place) -> Tally:
+        """The sums of an epoch from SUMS on: the part done before a resume (summed over processes) counts on rank 0."""
+        main, device = place.dist.main, place.device
+        return cls(
+            torch.tensor(sums.loss if main else 0.0, device=device),
+            torch.tensor(sums.correct if main else 0, dtype=torch.long, device=device),
+            torch.tensor(sums.overflowed if main else 0, dtype=torch.long, device=device),
+        )
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, scaled: bool) -> None:
+        """Count one step; SCALED (fp16): an overflowed loss's step is skipped by the scaler, and in no sum."""
+        if scaled:
+            finite = torch.isfinite(loss)
+            self.overflowed += ~finite
+            loss = torch.where(finite, loss, torch.zeros_like(loss))
+        self.loss += loss
+        self.correct += (logits.argmax(1) == y).sum()
+
+    def total(self, name: str, dist: Distributed) -> float:
+        """The sum NAME over every process: a collective, so every process calls it alike."""
+        return all_sum(getattr(self, name), dist).item()
+
+
 def train_one_epoch(run: Run, epoch: int) -> EpochStats | None:
     """One pass over the shuffled training split (or the rest of it, after a resume in the
     middle); every process takes its share of each global batch. Returns None when a
     signal stopped it early: then ``run.progress.partial`` says where it stands."""
-    data, place, settings, sums = run.data, run.place, run.settings, run.progress.partial
-    dist, batch, steps = place.dist, settings.batch_size, settings.steps_per_epoch
-    local_batch = batch // dist.world
+    place, sums, steps = run.place, run.progress.partial, run.settings.steps_per_epoch
     run.state.model.train()
     run.order_state = run.generators["data_order"].get_state()  # a resumed epoch draws the same order again
-    order = torch.randperm(len(data.train_x), generator=run.generators["data_order"]).to(place.device)
-    # This process's sums; the part done before a resume (summed over processes) counts on rank 0.
-    loss_sum = torch.tensor(sums.loss if dist.main else 0.0, device=place.device)
-    correct = torch.tensor(sums.correct if dist.main else 0, dtype=torch.long, device=place.device)
-    overflowed = torch.tensor(sums.overflowed if dist.main else 0, dtype=torch.long, device=place.device)
-    checked = (sums.position, sums.overflowed)  # (steps, overflowed losses) at the last check
-    scaled = run.state.scaler is not None
-    start = time.time()
-    bar = tqdm(
-        range(sums.position, steps),
+    order = torch.randperm(len(run.data.train_x), generator=run.generators["data_order"]).to(place.device)
+    tally, checked, start = Tally.start(sums, place), (sums.position, sums.overflowed), time.time()
+    bar = progress_bar(run, epoch, sums.position)
+    for i in bar:
+        x, y = batch_of(run, order, i)
+        loss, logits = train_step(run.state, x, y, run.settings.weight_decay, place.precision, run.schedule.clip_norm)
+        run.progress.step += 1
+        tally.add(loss, logits, y, run.state.scaler is not None)
+        in_step = i % 10 == 9 or i == steps - 1  # every process reaches these steps: collectives are safe here
+        if in_step:
+            checked = check_in(run, bar, tally, i + 1, checked, (sums.position, start))
+        if i < steps - 1 and run.stop.agreed(place.dist, place.device, in_step):
+            bar.close()
+            loss_sum, correct = tally.total("loss", place.dist), int(tally.total("correct", place.dist))
+            seconds = sums.seconds + time.time() - start
+            run.progress.partial = EpochSums(
+                i + 1, loss_sum, correct, seconds, int(tally.total("overflowed", place.dist))
+            )
+            return None
+    bar.close()
+    run.progress.partial = EpochSums()
+    return epoch_stats(run, tally, start, sums.seconds)
+
+
+def progress_bar(run: Run, epoch: int, position: int) -> tqdm:
+    """The epoch's tqdm bar (rank 0, with --progress), from step POSITION on."""
+    return tqdm(
+        range(position, run.settings.steps_per_epoch),
         desc=f"epoch {epoch + 1}/{run.schedule.epochs}",
-        initial=sums.position,
-        total=steps,
-        disable=not settings.progress or not dist.main,
+        initial=position,
+        total=run.settings.steps_per_epoch,
+        disable=not run.settings.progress or not run.place.dist.main,
         leave=False,
         dynamic_ncols=True,
         file=sys.stderr,
     )
-    for i in bar:
-        idx = order[i * batch : (i + 1) * batch]  # the global batch
-        idx = idx[dist.rank * local_batch : (dist.rank + 1) * local_batch]  # this process's share
-        x = data.normalize(run.augment(data.train_x[idx], run.generators["augment"]), place.memory_format)
-        y = data.train_y[idx]
-        loss, logits = train_step(run.state, x, y, settings.weight_decay, place.precision, run.schedule.clip_norm)
-        run.progress.step += 1
-        if scaled:  # fp16: an overflowed loss's step is skipped by the scaler, and in no sum
-            finite = torch.isfinite(loss)
-            overflowed += ~finite
-            loss = torch.where(finite, loss, torch.zeros_like(loss))
-        loss_sum += loss
-        correct += (logits.argmax(1) == y).sum()
-        in_step = i % 10 == 9 or i == steps - 1  # every process reaches these steps: collectives are safe here
-        if in_step:
-            total, lost = all_sum(loss_sum, dist).item(), int(all_sum(overflowed, dist).item()) if scaled else 0
-            checked = check_finite(run, total, i + 1, lost, checked)
-            note_cpu_time(run)
-            if settings.progress:  # the same on every process: the accuracy's collective is safe
-                accuracy = 100 * all_sum(correct, dist).item() / ((i + 1) * batch)
-                show_progress(
-                    run,
-                    bar,
-                    mean_loss(total, dist.world, i + 1, lost),
-                    accuracy,
-                    (i + 1 - sums.position) / (time.time() - start),
-                )
-        if i < steps - 1 and run.stop.agreed(dist, place.device, in_step):
-            bar.close()
-            run.progress.partial = EpochSums(
-                i + 1,
-                all_sum(loss_sum, dist).item(),
-                int(all_sum(correct, dist).item()),
-                sums.seconds + time.time() - start,
-                int(all_sum(overflowed, dist).item()),
-            )
-            return None
-    bar.close()
-    seconds = sums.seconds + time.time() - start
-    run.progress.partial = EpochSums()
-    train_loss = mean_loss(all_sum(loss_sum, dist).item(), dist.world, steps, int(all_sum(overflowed, dist).item()))
-    train_error = 100 - 100 * all_sum(correct, dist).item() / (steps * batch)
-    return EpochStats(train_loss, train_error, seconds, steps * batch / seconds, start, sums.seconds)
+
+
+def batch_of(run: Run, order: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of global batch I of ORDER, augmented and normalised: (B, C, H, W) images, (B,) labels."""
+    data, dist, batch = run.data, run.place.dist, run.settings.batch_size
+    local = batch // dist.world
+    idx = order[i * batch : (i + 1) * batch]  # the global batch
+    idx = idx[dist.rank * local : (dist.rank + 1) * local]
+    x = data.normalize(run.augment(data.train_x[idx], run.generators["augment"]), run.place.memory_format)
+    return x, data.train_y[idx]
+
+
+def check_in(
+    run: Run, bar: tqdm, tally: Tally, done: int, checked: tuple[int, int], since: tuple[int, float]
+) -> tuple[int, int]:
+    """Every few steps, on every process: stop on a non-finite loss, and show progress after
+    DONE steps (SINCE: the step and time this session's part of the epoch began).
+    Returns what `check_finite` needs next time."""
+    dist, scaled = run.place.dist, run.state.scaler is not None
+    total, lost = tally.total("loss", dist), int(tally.total("overflowed", dist)) if scaled else 0
+    checked = check_finite(run, total, done, lost, checked)
+    note_cpu_time(run)
+    if run.settings.progress:  # the same on every process: the accuracy's collective is safe
+        accuracy = 100 * tally.total("correct", dist) / (done * run.settings.batch_size)
+        speed = (done - since[0]) / (time.time() - since[1])
+        show_progress(run, bar, mean_loss(total, dist.world, done, lost), accuracy, speed)
+    return checked
+
+
+def epoch_stats(run: Run, tally: Tally, start: float, resumed_seconds: float) -> EpochStats:
+    """The finished epoch's loss, error and speed, over every process."""
+    dist, steps, batch = run.place.dist, run.settings.steps_per_epoch, run.settings.batch_size
+    seconds = resumed_seconds + time.time() - start
+    train_loss = mean_loss(tally.total("loss", dist), dist.world, steps, int(tally.total("overflowed", dist)))
+    train_error = 100 - 100 * tally.total("correct", dist) / (steps * batch)
+    return EpochStats(train_loss, train_error, seconds, steps * batch / seconds, start, resumed_seconds)
 
 
 def mean_loss(total: float, world: int, steps: int, overflowed: int) -> float:
