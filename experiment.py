@@ -114,7 +114,13 @@ def add_shared_arguments(
     groups: dict[str, argparse._ArgumentGroup], d: Callable[[object], dict], defaults: FlagDefaults
 ) -> None:
     """The flags every experiment has, into GROUPS; D(value) gives a flag's default keyword."""
-    t = groups["training"]
+    add_training_arguments(groups["training"], d, defaults)
+    add_system_arguments(groups["system"], d, defaults)
+    add_output_arguments(groups["output"], d, defaults)
+
+
+def add_training_arguments(t: argparse._ArgumentGroup, d: Callable[[object], dict], defaults: FlagDefaults) -> None:
+    """The schedule, the data split, stopping and evaluation."""
     t.add_argument("--epochs", type=positive_int, **d(defaults.epochs), help=defaults.epochs_help)
     t.add_argument("--batch-size", type=positive_int, **d(defaults.batch_size), help="images per training step")
     t.add_argument("--optimizer", choices=["adam", "sgd"], **d(None), help=defaults.optimizer_help)
@@ -150,7 +156,10 @@ def add_shared_arguments(
         metavar="EPOCH",
         help="stop after this epoch (resume later with -r), e.g. to fit a job time limit",
     )
-    s = groups["system"]
+
+
+def add_system_arguments(s: argparse._ArgumentGroup, d: Callable[[object], dict], defaults: FlagDefaults) -> None:
+    """Where the data is and how this process computes."""
     s.add_argument("--data-dir", **d(DEFAULT_DATA_DIR), help=defaults.data_help)
     s.add_argument(
         "--download", action=argparse.BooleanOptionalAction, **d(True), help="download the dataset if missing"
@@ -184,7 +193,10 @@ def add_shared_arguments(
     )
     s.add_argument("--eval-batch-size", type=positive_int, **d(1000), help="images per evaluation batch")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, **d(True), help="tqdm progress bar")
-    o = groups["output"]
+
+
+def add_output_arguments(o: argparse._ArgumentGroup, d: Callable[[object], dict], defaults: FlagDefaults) -> None:
+    """The run's name, its folders, and resuming."""
     o.add_argument(
         "--run-name",
         type=run_name,

@@ -445,6 +445,14 @@ def hypernetize(
     Each generated weight starts at the scale of the layer's own initialisation: its z's
     are drawn with the std of the weight it replaces (a hypernetwork keeps scale).
     """
+    names = chosen_layers(model, layers, linear)
+    return HyperNetized(model if inplace else copy.deepcopy(model), names, z_dim, tile)
+
+
+def chosen_layers(
+    model: nn.Module, layers: Sequence[str] | Callable[[str, nn.Module], bool] | None, linear: bool
+) -> list[str]:
+    """The names of the layers `hypernetize` generates, checked (its LAYERS and LINEAR)."""
     modules = dict(model.named_modules())
     if layers is None:
         layers = default_layers(model, linear)
@@ -461,4 +469,4 @@ def hypernetize(
             f"{type(model).__name__} has nothing to generate: no square nn.Conv2d but its first, "
             "no nn.Linear but its last"
         )
-    return HyperNetized(model if inplace else copy.deepcopy(model), list(layers), z_dim, tile)
+    return list(layers)

@@ -137,21 +137,7 @@ def read_run(directory: Path) -> Run:
         UserError: If its files are unreadable or lack what the tables need.
     """
     if (directory / "last.pt").is_file():
-        source = directory / "last.pt"
-        ckpt = load_checkpoint(source)
-        if ckpt.get("epoch") == 0:
-            script = all_experiments()[ckpt["config"]["experiment"]].script
-            raise NoResultYet(
-                f"stopped in its first epoch, before any result; continue with: python {script} -r {source}"
-            )
-        metrics = ckpt["metrics"]
-        summary = {
-            **{k: ckpt[k] for k in SUMMARY_KEYS if k in ckpt},
-            "format": ARCHIVE_FORMAT,
-            "device": devices(metrics),
-        }
-        bank = {k: v for k, v in ckpt["model"].items() if k.startswith(BANK_PREFIX)}
-        check_summary(summary, source)
+        summary, metrics, bank = read_checkpointed(directory / "last.pt")
     else:
         source = directory / "run.json"
         summary = read_json(source)
@@ -171,6 +157,18 @@ def read_run(directory: Path) -> Run:
         metrics=metrics[: summary["epoch"]],
         kernel_bank=bank,
     )
+
+
+def read_checkpointed(source: Path) -> tuple[dict, list[dict], dict[str, torch.Tensor]]:
+    """The summary, metrics and kernel bank of the run whose last.pt is SOURCE."""
+    ckpt = load_checkpoint(source)
+    if ckpt.get("epoch") == 0:
+        script = all_experiments()[ckpt["config"]["experiment"]].script
+        raise NoResultYet(f"stopped in its first epoch, before any result; continue with: python {script} -r {source}")
+    metrics = ckpt["metrics"]
+    summary = {**{k: ckpt[k] for k in SUMMARY_KEYS if k in ckpt}, "format": ARCHIVE_FORMAT, "device": devices(metrics)}
+    check_summary(summary, source)
+    return summary, metrics, {k: v for k, v in ckpt["model"].items() if k.startswith(BANK_PREFIX)}
 
 
 def read_kernel_bank(path: Path) -> dict[str, torch.Tensor]:

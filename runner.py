@@ -218,13 +218,8 @@ def build_run(experiment: Experiment, config: RunConfig, ckpt: dict | None, plac
         config.progress,
     )
     schedule = experiment.schedule(config, settings.steps_per_epoch)
-
-    model = experiment.build_model(config).to(device, memory_format=place.memory_format)  # type: ignore[call-overload]  # torch's stubs lack this overload
-    check_classifies(model, data.normalize(data.train_x[:2], place.memory_format), experiment.run_name(config))
-    if config.sync_bn and dist.world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     state = TrainState.create(
-        model,
+        place_model(experiment, config, data, place),
         config.optimizer or schedule.optimizer,
         config.lr if config.lr is not None else schedule.lr,
         schedule.multiplier,
@@ -248,6 +243,15 @@ def build_run(experiment: Experiment, config: RunConfig, ckpt: dict | None, plac
         provenance=[{"from_step": 0, **provenance.collect(device, dist.world)}],
         cpu_note_due=device.type == "cpu" and config.epochs is None,
     )
+
+
+def place_model(experiment: Experiment, config: RunConfig, data: Data, place: Place) -> torch.nn.Module:
+    """The run's model on its device and memory format, checked to classify the data's images."""
+    model = experiment.build_model(config).to(place.device, memory_format=place.memory_format)  # type: ignore[call-overload]  # torch's stubs lack this overload
+    check_classifies(model, data.normalize(data.train_x[:2], place.memory_format), experiment.run_name(config))
+    if config.sync_bn and place.dist.world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def check_classifies(model: torch.nn.Module, x: torch.Tensor, name: str) -> None:

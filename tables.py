@@ -222,32 +222,37 @@ def table_section(table: PaperTable, runs: list[Run], roots: list[Path]) -> list
         rows = [[table.describe(run), f"{run.num_parameters:,}", *run_cells(run)] for run in others]
         lines += ["", "Other runs (no row in the paper's table):"] if table.paper else []
         lines += ["", *markdown_table(["configuration", "our params", *RUN_COLUMNS], rows), "", sources(others, roots)]
-    finished = [run for run in runs if stop_status(run) != "unfinished"]
+    return lines + seed_lines(table, [run for run in runs if stop_status(run) != "unfinished"])
+
+
+def seed_lines(table: PaperTable, finished: list[Run]) -> list[str]:
+    """The section's statistics over the seeds of its FINISHED runs (nothing with no configuration run twice)."""
     seeds = seed_rows(table, finished)
-    if seeds:
+    if not seeds:
+        return []
+    lines = [
+        "",
+        "Over seeds: each configuration with several finished runs (mean ± sample standard deviation, n runs):",
+        "",
+        *markdown_table(SEED_COLUMNS, seeds),
+    ]
+    gaps = gap_rows(table, finished)
+    if gaps:
         lines += [
             "",
-            "Over seeds: each configuration with several finished runs (mean ± sample standard deviation, n runs):",
+            "Hyper - plain over seeds (test error, points): the difference of the means, its standard "
+            "error, and its 95% Welch t-interval:",
             "",
-            *markdown_table(SEED_COLUMNS, seeds),
+            *markdown_table(GAP_COLUMNS, gaps),
         ]
-        gaps = gap_rows(table, finished)
-        if gaps:
-            lines += [
-                "",
-                "Hyper - plain over seeds (test error, points): the difference of the means, its standard "
-                "error, and its 95% Welch t-interval:",
-                "",
-                *markdown_table(GAP_COLUMNS, gaps),
-            ]
-        again = reruns(finished)
-        if again:
-            lines += [
-                "",
-                "Not counted over seeds (a seed of the same configuration counted already): "
-                + ", ".join(f"`{run.name}` (seed {run.config['seed']})" for run in again)
-                + ".",
-            ]
+    again = reruns(finished)
+    if again:
+        lines += [
+            "",
+            "Not counted over seeds (a seed of the same configuration counted already): "
+            + ", ".join(f"`{run.name}` (seed {run.config['seed']})" for run in again)
+            + ".",
+        ]
     return lines
 
 
