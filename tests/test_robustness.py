@@ -109,7 +109,7 @@ def test_full_disk_is_one_line_and_keeps_what_was_saved(failure, tmp_path, cifar
     monkeypatch.undo()
     assert load(run / "last.pt")["epoch"] == 1 and load(run / "best.pt")["epoch"] == 1
     assert epochs_in_metrics(run) == [1]  # no line for the epoch whose checkpoint was never written
-    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "config.json", "last.pt", "metrics.jsonl"]
 
 
 # ----------------------------------------------------------------------------- bad numbers and names

@@ -512,6 +512,7 @@ def test_the_printed_resume_command_works_as_printed(tmp_path, cifar_dir, capsys
     assert train.main(["-r", "last.pt", "--epochs", "2"]) == 0  # nothing left to do: it only reports
     assert sorted(p.name for p in (only_run(ck)).iterdir() if not p.name.startswith(".")) == [
         "best.pt",
+        "config.json",
         "last.pt",
         "metrics.jsonl",
     ]
