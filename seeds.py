@@ -32,15 +32,13 @@ def experiments() -> dict[str, Experiment]:
 
 
 def seed_command(script: str, seed: int, flags: list[str]) -> tuple[list[str], Path]:
-    """The command that runs (or resumes) SEED, and its checkpoint folder."""
+    """The command that runs or resumes SEED, and its checkpoint folder."""
     experiment = experiments()[script]
     args, explicit = parse_args(experiment, [*flags, "--seed", str(seed)])
     name = f"{args.run_name if 'run_name' in explicit else configuration_name(experiment, args, seed=False)}-seed{seed}"
     run_dir = Path(args.checkpoint_dir) / name
-    command = [sys.executable, script, *flags, "--seed", str(seed), "--run-name", name, "--no-progress"]
-    if (run_dir / "last.pt").exists():
-        command.append("-r")
-    return command, run_dir
+    # -r resumes a seed that has a checkpoint and starts one that has none yet
+    return [sys.executable, script, *flags, "--seed", str(seed), "--run-name", name, "--no-progress", "-r"], run_dir
 
 
 def run_seeds(script: str, seeds: list[int], flags: list[str], jobs: int) -> list[int]:
