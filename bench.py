@@ -52,7 +52,8 @@ from provenance import device_model
 from run_records import read_run
 
 CIFAR_TRAIN_IMAGES = 45_000  # train.py's training split (50,000 less --val-size 5000)
-# Targets of issue 5 (CPU, 2 threads): hyper/plain step-time ratio by batch size.
+# What each ratio should reach on a CPU with 2 threads: at most for the step-time ratios (hyper/plain
+# at batch 128 and 8, hypernetize(ResNet-18)/ResNet-18), at least for the speedups and train.py/bare.
 TARGETS = {
     "step_128": 1.05,
     "step_8": 1.12,
@@ -60,7 +61,8 @@ TARGETS = {
     "pipeline": 0.95,
     "compile_128": 1.25,
     "resnet18_128": 1.15,
-}  # issue 22's compiled vs eager; issue 24's ResNet-18
+}
+Section = tuple[dict, list[str]]  # a section's numbers (for --json) and its rows of the report's table
 
 
 def per_tile_kernels(bank: KernelBank) -> list[torch.Tensor]:
@@ -199,66 +201,49 @@ def compile_bench(device: torch.device, args: argparse.Namespace, repeats: int) 
     return {"compiled_s": t_compiled, "eager_s": t_eager, "speedup": speedup, "compile_s": compile_s}
 
 
+def block_seconds(step: StepRunner, steps: int, device: torch.device) -> float:
+    """Seconds per step of STEPS consecutive calls of STEP."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def train_py_argv(root: Path, device: torch.device, args: argparse.Namespace, epochs: int) -> list[str]:
+    """train.py's command line for Hyper-WRN-40-1 on the fake CIFAR-10 in ROOT/data, with ARGS' compute flags."""
+    argv = f"--depth 40 --width 1 --epochs {epochs} --batch-size {args.batch_size} --val-size 100".split()
+    argv += ["--data-dir", str(root / "data"), "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "runs")]
+    argv += f"--device {device.type} --no-download --eval-batch-size 100 --no-progress --run-name bench".split()
+    argv += ["--compile"] if args.compile else []
+    amp = "off" if args.amp == "fp32" else args.amp
+    return argv + ["--amp", amp, "--channels-last" if args.channels_last else "--no-channels-last"]
+
+
+def train_py_metrics(argv: list[str], run_dir: Path) -> list[dict]:
+    """Run train.py with ARGV, its epoch lines kept out of the bench's output; the metrics it logged in RUN_DIR."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        if train.main(argv) != 0:
+            raise RuntimeError("train.py failed inside the pipeline benchmark")
+    return read_run(run_dir).metrics
+
+
 def pipeline_bench(device: torch.device, args: argparse.Namespace, steps: int = 15, epochs: int = 3) -> dict:
     """train.py's images/s (its fastest epoch of STEPS steps) vs the bare step's (its fastest
     block of STEPS consecutive steps, blocks run before and after train.py). Best-of on
     both sides, since a shared machine only ever makes a block slower."""
-    batch = args.batch_size
-    bare = StepRunner(1, True, batch, device, args)
-
-    def block_seconds() -> float:
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            bare()
-        sync(device)
-        return (time.perf_counter() - start) / steps
-
+    bare = StepRunner(1, True, args.batch_size, device, args)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        per_batch = (steps * batch + 100) // 5 + 1  # 5 train batches: steps*batch train images + 100 val
+        per_batch = (steps * args.batch_size + 100) // 5 + 1  # 5 train batches: steps*batch train images + 100 val
         write_synthetic_cifar(root / "data", per_batch=per_batch, test_size=100)
-        argv = [
-            "--depth",
-            "40",
-            "--width",
-            "1",
-            "--epochs",
-            str(epochs),
-            "--batch-size",
-            str(batch),
-            "--val-size",
-            "100",
-            "--data-dir",
-            str(root / "data"),
-            "--checkpoint-dir",
-            str(root / "ck"),
-            "--log-dir",
-            str(root / "runs"),
-            "--device",
-            device.type,
-            "--no-download",
-            "--eval-batch-size",
-            "100",
-            "--no-progress",
-            "--run-name",
-            "bench",
-        ]
-        argv += ["--compile"] if args.compile else []
-        argv += [
-            "--amp",
-            "off" if args.amp == "fp32" else args.amp,
-            "--channels-last" if args.channels_last else "--no-channels-last",
-        ]
         bare()  # warm-up
-        blocks = [block_seconds(), block_seconds()]
-        with contextlib.redirect_stdout(io.StringIO()):  # train.py's epoch lines stay out of the bench's output
-            if train.main(argv) != 0:
-                raise RuntimeError("train.py failed inside the pipeline benchmark")
-        blocks += [block_seconds(), block_seconds()]
-        metrics = read_run(root / "ck" / "bench").metrics
+        blocks = [block_seconds(bare, steps, device) for _ in range(2)]
+        metrics = train_py_metrics(train_py_argv(root, device, args, epochs), root / "ck" / "bench")
+        blocks += [block_seconds(bare, steps, device) for _ in range(2)]
     train_rate = max(m["images_per_s"] for m in metrics)
-    bare_rate = batch / min(blocks)
+    bare_rate = args.batch_size / min(blocks)
     return {"train_py_images_per_s": train_rate, "bare_step_images_per_s": bare_rate, "ratio": train_rate / bare_rate}
 
 
@@ -292,16 +277,8 @@ def precise_bn_bench(device: torch.device, args: argparse.Namespace, repeats: in
     }
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where to measure")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="large batch of section 2, and section 3")
-    p.add_argument("--small-batch", type=positive_int, default=8, help="small batch of section 2")
-    p.add_argument("--widths", type=positive_int, nargs="+", default=[1, 2], help="WRN-40-k widths k to measure")
-    p.add_argument(
-        "--repeats", type=positive_int, default=7, help="timed repeats per measurement (3x for the small batch)"
-    )
+def add_compute_flags(p: ArgumentParser) -> None:
+    """The flags that choose how each step computes, as train.py's do."""
     p.add_argument(
         "--compile",
         action="store_true",
@@ -319,6 +296,20 @@ def build_parser() -> ArgumentParser:
         default="auto",
         help="autocast dtype, fp16 with a GradScaler (default: auto, train.py's for the device)",
     )
+
+
+def build_parser() -> ArgumentParser:
+    """bench.py's command line."""
+    p = ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where to measure")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="large batch of section 2, and section 3")
+    p.add_argument("--small-batch", type=positive_int, default=8, help="small batch of section 2")
+    p.add_argument("--widths", type=positive_int, nargs="+", default=[1, 2], help="WRN-40-k widths k to measure")
+    p.add_argument(
+        "--repeats", type=positive_int, default=7, help="timed repeats per measurement (3x for the small batch)"
+    )
+    add_compute_flags(p)
     p.add_argument("--skip-pipeline", action="store_true", help="leave out section 3")
     p.add_argument(
         "--precise-bn",
@@ -335,75 +326,100 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def row(*cells: str) -> str:
+    """One line of the report's table, an empty cell as a single space."""
+    return "|" + "".join(f" {cell} |" if cell else " |" for cell in cells)
+
+
+def verdict(value: float, bound: str, target: float, digits: int = 2) -> tuple[str, str]:
+    """The target and met cells of a row: VALUE against TARGET, BOUND ">=" (at least) or "<=" (at most)."""
+    met = value >= target if bound == ">=" else value <= target
+    return f"{bound} {target:.{digits}f}x", "yes" if met else "NO"
+
+
+def ms(seconds: float, digits: int = 1) -> str:
+    """SECONDS as a table cell in milliseconds."""
+    return f"{1e3 * seconds:.{digits}f} ms"
+
+
+def generation_section(args: argparse.Namespace, device: torch.device) -> Section:
+    """Section 1 for each width, the 40-2 against its target."""
+    results, rows = {}, []
+    for width in args.widths:
+        g = results[f"generation_40_{width}"] = generation_bench(width, device, args.repeats)
+        target = verdict(g["speedup"], ">=", TARGETS["generation_speedup_40_2"], 0) if width == 2 else ("", "")
+        what = f"kernel generation fwd+bwd, 40-{width} ({g['tiles']} tiles): batched vs per-tile loop"
+        rows.append(row(what, ms(g["batched_s"], 2), ms(g["per_tile_s"]), f"{g['speedup']:.1f}x faster", *target))
+    return results, rows
+
+
+def step_section(args: argparse.Namespace, device: torch.device) -> Section:
+    """Section 2 at both batch sizes, and the paper's schedule at the measured Hyper-40-1 step."""
+    results, rows = {}, []
+    sizes = (args.batch_size, "step_128", args.repeats), (args.small_batch, "step_8", 3 * args.repeats)
+    for batch, key, repeats in sizes:
+        for width in args.widths:
+            s = results[f"step_40_{width}_b{batch}"] = step_bench(width, batch, device, args, repeats)
+            cells = ms(s["hyper_s"]), ms(s["plain_s"]), f"{s['ratio']:.3f}x", *verdict(s["ratio"], "<=", TARGETS[key])
+            rows.append(row(f"train step, batch {batch}: Hyper-40-{width} vs WRN-40-{width}", *cells))
+    if 1 in args.widths:  # the measured step, times the paper's step count (App. A.3.2, batch 128)
+        total = train.SCHEDULES["hyper"].total
+        hours = results["paper_schedule_hours"] = results[f"step_40_1_b{args.batch_size}"]["hyper_s"] * total / 3600
+        what = f"the paper's Hyper-40-1 schedule ({total:,} steps) at this step, batch {args.batch_size}"
+        rows.append(row(what, f"{hours:.1f} h of steps", "", "", "", ""))
+    return results, rows
+
+
+def compile_section(args: argparse.Namespace, device: torch.device) -> Section:
+    """With --compile, the compiled Hyper-40-1 step against the eager one."""
+    if not args.compile:
+        return {}, []
+    c = compile_bench(device, args, args.repeats)
+    what = f"train step, batch {args.batch_size}, Hyper-40-1: compiled vs eager (first step compiles: {c['compile_s']:.0f} s)"
+    cells = ms(c["compiled_s"]), ms(c["eager_s"]), f"{c['speedup']:.2f}x faster"
+    return {"compile": c}, [row(what, *cells, *verdict(c["speedup"], ">=", TARGETS["compile_128"]))]
+
+
+def hypernetize_section(args: argparse.Namespace, device: torch.device) -> Section:
+    """hypernetize(ResNet-18) against ResNet-18."""
+    r = hypernetize_bench(device, args, args.repeats)
+    what = f"train step, batch {args.batch_size}, CIFAR-size: hypernetize(ResNet-18) vs ResNet-18"
+    cells = ms(r["hyper_s"]), ms(r["plain_s"]), f"{r['ratio']:.3f}x"
+    return {"hypernetize_resnet18": r}, [row(what, *cells, *verdict(r["ratio"], "<=", TARGETS["resnet18_128"]))]
+
+
+def pipeline_section(args: argparse.Namespace, device: torch.device) -> Section:
+    """Section 3, unless --skip-pipeline: train.py end to end against the bare step."""
+    if args.skip_pipeline:
+        return {}, []
+    e = pipeline_bench(device, args)
+    what = f"train.py end to end vs bare step, Hyper-40-1, batch {args.batch_size}"
+    cells = f"{e['train_py_images_per_s']:.0f} img/s", f"{e['bare_step_images_per_s']:.0f} img/s", f"{e['ratio']:.3f}x"
+    return {"pipeline": e}, [row(what, *cells, *verdict(e["ratio"], ">=", TARGETS["pipeline"]))]
+
+
+def precise_bn_section(args: argparse.Namespace, device: torch.device) -> Section:
+    """What --precise-bn adds to an epoch."""
+    p = precise_bn_bench(device, args, args.repeats)
+    what = (
+        f"--precise-bn {p['images']} per epoch, Hyper-40-1, batch {args.batch_size}: recompute + running-stats "
+        f"pass over {p['val_images']} val images vs {p['steps_per_epoch']} train steps"
+    )
+    cells = f"{p['overhead_s']:.2f} s", f"{p['steps_per_epoch'] * p['step_s']:.1f} s"
+    return {"precise_bn": p}, [row(what, *cells, f"{100 * p['fraction_of_epoch']:.1f}% of an epoch", "", "")]
+
+
 def measure(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[str]]:
     """Every section's numbers, and the table rows that report them."""
-    results: dict = {
-        "device": device.type,
-        "machine": device_model(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "repeats": args.repeats,
-        "compile": args.compile,
-        "channels_last": args.channels_last,
-        "amp": args.amp,
-    }
-    rows = ["| measurement | ours | reference | ratio | target | met |", "|---|---:|---:|---:|---:|:-:|"]
-    for width in args.widths:
-        g = generation_bench(width, device, args.repeats)
-        results[f"generation_40_{width}"] = g
-        target = TARGETS["generation_speedup_40_2"] if width == 2 else None
-        rows.append(
-            f"| kernel generation fwd+bwd, 40-{width} ({g['tiles']} tiles): batched vs per-tile loop | "
-            f"{1e3 * g['batched_s']:.2f} ms | {1e3 * g['per_tile_s']:.1f} ms | {g['speedup']:.1f}x faster | "
-            + (f">= {target:.0f}x | {'yes' if g['speedup'] >= target else 'NO'} |" if target else "| |")
-        )
-    for batch, key, repeats in (
-        (args.batch_size, "step_128", args.repeats),
-        (args.small_batch, "step_8", 3 * args.repeats),
-    ):
-        for width in args.widths:
-            s = step_bench(width, batch, device, args, repeats)
-            results[f"step_40_{width}_b{batch}"] = s
-            rows.append(
-                f"| train step, batch {batch}: Hyper-40-{width} vs WRN-40-{width} | {1e3 * s['hyper_s']:.1f} ms | "
-                f"{1e3 * s['plain_s']:.1f} ms | {s['ratio']:.3f}x | <= {TARGETS[key]:.2f}x | "
-                f"{'yes' if s['ratio'] <= TARGETS[key] else 'NO'} |"
-            )
-    if 1 in args.widths:  # the measured step, times the paper's step count (App. A.3.2, batch 128)
-        step_s = results[f"step_40_1_b{args.batch_size}"]["hyper_s"]
-        results["paper_schedule_hours"] = hours = step_s * train.SCHEDULES["hyper"].total / 3600
-        rows.append(
-            f"| the paper's Hyper-40-1 schedule ({train.SCHEDULES['hyper'].total:,} steps) at this step, "
-            f"batch {args.batch_size} | {hours:.1f} h of steps | | | | |"
-        )
-    if args.compile:
-        c = results["compile"] = compile_bench(device, args, args.repeats)
-        rows.append(
-            f"| train step, batch {args.batch_size}, Hyper-40-1: compiled vs eager (first step compiles: "
-            f"{c['compile_s']:.0f} s) | {1e3 * c['compiled_s']:.1f} ms | {1e3 * c['eager_s']:.1f} ms | "
-            f"{c['speedup']:.2f}x faster | >= {TARGETS['compile_128']:.2f}x | {'yes' if c['speedup'] >= TARGETS['compile_128'] else 'NO'} |"
-        )
-    r = results["hypernetize_resnet18"] = hypernetize_bench(device, args, args.repeats)
-    rows.append(
-        f"| train step, batch {args.batch_size}, CIFAR-size: hypernetize(ResNet-18) vs ResNet-18 | "
-        f"{1e3 * r['hyper_s']:.1f} ms | {1e3 * r['plain_s']:.1f} ms | {r['ratio']:.3f}x | "
-        f"<= {TARGETS['resnet18_128']:.2f}x | {'yes' if r['ratio'] <= TARGETS['resnet18_128'] else 'NO'} |"
-    )
-    if not args.skip_pipeline:
-        e = pipeline_bench(device, args)
-        results["pipeline"] = e
-        rows.append(
-            f"| train.py end to end vs bare step, Hyper-40-1, batch {args.batch_size} | "
-            f"{e['train_py_images_per_s']:.0f} img/s | {e['bare_step_images_per_s']:.0f} img/s | {e['ratio']:.3f}x | "
-            f">= {TARGETS['pipeline']:.2f}x | {'yes' if e['ratio'] >= TARGETS['pipeline'] else 'NO'} |"
-        )
-    p = precise_bn_bench(device, args, args.repeats)
-    results["precise_bn"] = p
-    rows.append(
-        f"| --precise-bn {p['images']} per epoch, Hyper-40-1, batch {args.batch_size}: recompute + running-stats "
-        f"pass over {p['val_images']} val images vs {p['steps_per_epoch']} train steps | {p['overhead_s']:.2f} s | "
-        f"{p['steps_per_epoch'] * p['step_s']:.1f} s | {100 * p['fraction_of_epoch']:.1f}% of an epoch | | |"
-    )
+    flags = {flag: getattr(args, flag) for flag in ("repeats", "compile", "channels_last", "amp")}
+    machine = {"device": device.type, "machine": device_model(device), "threads": torch.get_num_threads()}
+    results: dict = {**machine, "torch": torch.__version__, **flags}
+    rows = [row("measurement", "ours", "reference", "ratio", "target", "met"), "|---|---:|---:|---:|---:|:-:|"]
+    sections = (generation_section, step_section, compile_section, hypernetize_section, pipeline_section)
+    for section in (*sections, precise_bn_section):
+        numbers, lines = section(args, device)
+        results.update(numbers)
+        rows += lines
     return results, rows
 
 

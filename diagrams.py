@@ -164,61 +164,21 @@ def draw_stage(
         left += max(cols * side, 8) + 1.5
 
 
-def draw_hyper_resnet(ax: Axes, model: PrimaryNetwork, side: float) -> None:
-    """The path from z's to kernels of a hyper PrimaryNetwork, with its parameter budget."""
-    depth, width = model.depth, model.width
-    bank, hypernet = model.kernel_bank, model.kernel_bank.hypernet
-    n_hyper, n_z, n_total = num_parameters(hypernet), bank.z.numel(), num_parameters(model)
-    n_plain = num_parameters(PrimaryNetwork(depth, width, hyper=False))
-    tile = tile_name(hypernet)
-    ax.set(xlim=(0, 100), ylim=(0, 44), aspect="equal")
-    ax.axis("off")
-    ax.set_title(
-        f"{model_name(depth, width, True)}: {n_total:,} parameters make {len(bank.shapes)} kernels "
-        f"(the plain {model_name(depth, width, False)} stores {n_plain:,})",
-        loc="left",
-        fontsize=13,
-    )
-
-    box(
-        ax,
-        1,
-        20,
-        17,
-        14,
-        COLOURS["z"],
-        "z-embeddings",
-        [f"{bank.num_tiles} x {hypernet.z_dim}", "one learned z per tile", f"{n_z:,} params"],
-    )
+def draw_generation(ax: Axes, bank: KernelBank, n_z: int, n_hyper: int) -> None:
+    """The z's, the hypernetwork and the tiles it makes, left to right."""
+    hypernet = bank.hypernet
+    z_lines = [f"{bank.num_tiles} x {hypernet.z_dim}", "one learned z per tile", f"{n_z:,} params"]
+    box(ax, 1, 20, 17, 14, COLOURS["z"], "z-embeddings", z_lines)
     arrow(ax, (18, 27), (23, 27))
-    box(
-        ax,
-        23,
-        20,
-        20,
-        14,
-        COLOURS["hypernet"],
-        "hypernetwork",
-        ["shared by every tile", "one batched call", f"{n_hyper:,} params"],
-    )
+    hypernet_lines = ["shared by every tile", "one batched call", f"{n_hyper:,} params"]
+    box(ax, 23, 20, 20, 14, COLOURS["hypernet"], "hypernetwork", hypernet_lines)
     arrow(ax, (43, 27), (48, 27))
-    box(
-        ax,
-        48,
-        20,
-        14,
-        14,
-        COLOURS["tile"],
-        f"{bank.num_tiles} tiles",
-        [f"each {tile}", "laid out in grids", "per kernel"],
-    )
-    per_stage = len(bank.shapes) // STAGES
-    for stage in range(STAGES):
-        draw_stage(
-            ax, bank, stage, range(stage * per_stage, (stage + 1) * per_stage), 30.5 - 14 * stage, side, (62, 27)
-        )
+    tile_lines = [f"each {tile_name(hypernet)}", "laid out in grids", "per kernel"]
+    box(ax, 48, 20, 14, 14, COLOURS["tile"], f"{bank.num_tiles} tiles", tile_lines)
 
-    # Where the parameters are: a bar split in proportion.
+
+def draw_budget(ax: Axes, n_hyper: int, n_z: int, n_total: int) -> None:
+    """Where the parameters are: a bar split in proportion, and its legend."""
     parts = [
         ("hypernetwork", n_hyper, COLOURS["hypernet"]),
         ("z's", n_z, COLOURS["z"]),
@@ -231,6 +191,23 @@ def draw_hyper_resnet(ax: Axes, model: PrimaryNetwork, side: float) -> None:
     ax.text(1, 16, "where the parameters are", ha="left", va="bottom", fontsize=9.5, style="italic")
     legend = "   ".join(f"{label} {count:,} ({100 * count / n_total:.0f}%)" for label, count, _ in parts)
     ax.text(1, 9.5, legend, ha="left", va="top", fontsize=9)
+
+
+def draw_hyper_resnet(ax: Axes, model: PrimaryNetwork, side: float) -> None:
+    """The path from z's to kernels of a hyper PrimaryNetwork, with its parameter budget."""
+    depth, width, bank = model.depth, model.width, model.kernel_bank
+    n_hyper, n_z, n_total = num_parameters(bank.hypernet), bank.z.numel(), num_parameters(model)
+    n_plain = num_parameters(PrimaryNetwork(depth, width, hyper=False))
+    ax.set(xlim=(0, 100), ylim=(0, 44), aspect="equal")
+    ax.axis("off")
+    title = f"{model_name(depth, width, True)}: {n_total:,} parameters make {len(bank.shapes)} kernels"
+    ax.set_title(f"{title} (the plain {model_name(depth, width, False)} stores {n_plain:,})", loc="left", fontsize=13)
+    draw_generation(ax, bank, n_z, n_hyper)
+    per_stage = len(bank.shapes) // STAGES
+    for stage in range(STAGES):
+        layers = range(stage * per_stage, (stage + 1) * per_stage)
+        draw_stage(ax, bank, stage, layers, 30.5 - 14 * stage, side, (62, 27))
+    draw_budget(ax, n_hyper, n_z, n_total)
 
 
 def draw_architecture() -> Figure:
@@ -271,6 +248,73 @@ def paper_row_name(run: run_records.Run) -> str:
     return "hyper" if run.hyper else "normal"
 
 
+def group_styles(groups: list[list[run_records.Run]]) -> list[tuple[str, str]]:
+    """Each configuration's (colour, marker): hyper in blues, plain in oranges, and a marker
+    of its own, so that each is told apart twice."""
+    used: Counter[bool] = Counter()
+    styles = []
+    for n, group in enumerate(groups):
+        palette = RUN_COLOURS[group[0].hyper]
+        styles.append((palette[used[group[0].hyper] % len(palette)], MARKERS[n % len(MARKERS)]))
+        used[group[0].hyper] += 1
+    return styles
+
+
+def group_label(group: list[run_records.Run], flag: str | None) -> str:
+    """A configuration's legend entry: with FLAG its value of FLAG, else its first run's name."""
+    if flag:  # the legend names the compared setting, not the runs
+        seeds = f", {len(group)} runs (seeds): mean, min-max" if len(group) > 1 else ""
+        return f"--{flag} {run_records.setting(group[0], flag)}{seeds}"
+    more = len(group) - 1
+    return f"{group[0].name} and {more} more run{'s' * (more > 1)} (seeds): mean, min-max" if more else group[0].name
+
+
+def draw_paper_line(ax: Axes, error: float, model: str, colour: str, above: bool) -> None:
+    """The paper's test ERROR for MODEL, a dotted line labelled ABOVE it or below."""
+    ax.axhline(error, ls=":", lw=1.2, color=colour)
+    ax.annotate(
+        f"paper, {model}: {error:.2f}%",
+        xy=(0.99, error),
+        xycoords=("axes fraction", "data"),
+        ha="right",
+        va="bottom" if above else "top",
+        fontsize=8,
+        color=colour,
+    )
+
+
+def draw_configuration(
+    loss_ax: Axes, error_ax: Axes, group: list[run_records.Run], style: tuple[str, str], label: str
+) -> None:
+    """One configuration's curves: training loss, validation and test error, a star at each run's result."""
+    colour, marker = style
+    draw_group(loss_ax, "train_loss", group, colour, f"-{marker}", label)
+    draw_group(error_ax, "val_error", group, colour, "--", None)
+    draw_group(error_ax, "test_error", group, colour, f"-{marker}", None)
+    for run in group:
+        error_ax.plot(run.best["epoch"], run.best["test_error"], "*", ms=13, color=colour, mec="black", mew=0.6)
+
+
+def set_curve_axes(loss_ax: Axes, error_ax: Axes, runs: list[run_records.Run]) -> None:
+    """Titles, labels and y ranges from 0; the error's range zoomed on the runs' results."""
+    keys = ("train_loss", "val_error", "test_error")
+    highest = {key: max(m[key] for run in runs for m in run.metrics) for key in keys}
+    loss_ax.set(
+        title="training loss (cross-entropy)", xlabel="epoch", ylabel="loss", ylim=(0, 1.1 * highest["train_loss"])
+    )
+    best = max(run.best["test_error"] for run in runs)  # the first epochs' errors may be 10x the results: zoom on these
+    top = min(1.1 * max(highest["val_error"], highest["test_error"], 1), 4 * best)
+    error_ax.set(title="error", xlabel="epoch", ylabel="error (%)", ylim=(0, top))
+
+
+def error_legend(papers: bool) -> list[Line2D]:
+    """The error panel's legend: the line styles (the paper's with PAPERS) and the star."""
+    lines = [("--", "validation"), ("-", "test")] + ([(":", "paper (test)")] if papers else [])
+    styles = [Line2D([], [], color="grey", ls=ls, label=label) for ls, label in lines]
+    label = "test at the best validation epoch"
+    return [*styles, Line2D([], [], color="grey", ls="", marker="*", ms=11, mec="black", mew=0.6, label=label)]
+
+
 def draw_curves(runs: list[run_records.Run], title: str, flag: str | None = None) -> Figure:
     """Training loss | validation (dashed) and test (solid) error against epochs, a star at
     each run's reported result (its best validation epoch), the paper's test error dotted.
@@ -278,74 +322,17 @@ def draw_curves(runs: list[run_records.Run], title: str, flag: str | None = None
     With FLAG, the figure compares that setting and each legend entry starts with its value."""
     fig = Figure(figsize=(13, 4.8), layout="constrained")
     loss_ax, error_ax = fig.subplots(1, 2)
-    used: Counter[bool] = Counter()
     papers: dict[float, str] = {}
-    for group in seed_stats.seed_groups(runs):
-        hyper = group[0].hyper
-        colour = RUN_COLOURS[hyper][used[hyper] % len(RUN_COLOURS[hyper])]
-        marker = MARKERS[
-            (used[True] + used[False]) % len(MARKERS)
-        ]  # colour and marker: each configuration told apart twice
-        used[hyper] += 1
-        if flag:  # the legend names the compared setting, not the runs
-            label = f"--{flag} {run_records.setting(group[0], flag)}" + (
-                f", {len(group)} runs (seeds): mean, min-max" if len(group) > 1 else ""
-            )
-        else:
-            more = len(group) - 1
-            label = (
-                group[0].name
-                if not more
-                else f"{group[0].name} and {more} more run{'s' * (more > 1)} (seeds): mean, min-max"
-            )
-        draw_group(loss_ax, "train_loss", group, colour, f"-{marker}", label)
-        draw_group(error_ax, "val_error", group, colour, "--", None)
-        draw_group(error_ax, "test_error", group, colour, f"-{marker}", None)
-        for run in group:
-            error_ax.plot(run.best["epoch"], run.best["test_error"], "*", ms=13, color=colour, mec="black", mew=0.6)
+    groups = seed_stats.seed_groups(runs)
+    for group, style in zip(groups, group_styles(groups)):
+        draw_configuration(loss_ax, error_ax, group, style, group_label(group, flag))
         paper = tables.paper_error(group[0])
         if paper is not None and paper not in papers:  # one line per paper row, named by its model
             papers[paper] = paper_row_name(group[0])
-            error_ax.axhline(paper, ls=":", lw=1.2, color=colour)
-            error_ax.annotate(
-                f"paper, {papers[paper]}: {paper:.2f}%",
-                xy=(0.99, paper),
-                xycoords=("axes fraction", "data"),
-                ha="right",
-                va="bottom" if hyper else "top",
-                fontsize=8,
-                color=colour,
-            )  # hyper's is the higher
-    highest = {
-        key: max(m[key] for run in runs for m in run.metrics) for key in ("train_loss", "val_error", "test_error")
-    }
-    loss_ax.set(
-        title="training loss (cross-entropy)", xlabel="epoch", ylabel="loss", ylim=(0, 1.1 * highest["train_loss"])
-    )
-    best = max(run.best["test_error"] for run in runs)  # the first epochs' errors may be 10x the results: zoom on these
-    error_ax.set(
-        title="error",
-        xlabel="epoch",
-        ylabel="error (%)",
-        ylim=(0, min(1.1 * max(highest["val_error"], highest["test_error"], 1), 4 * best)),
-    )
+            draw_paper_line(error_ax, paper, papers[paper], style[0], above=group[0].hyper)  # hyper's is the higher
+    set_curve_axes(loss_ax, error_ax, runs)
     loss_ax.legend(title="run", fontsize=9)
-    lines = [("--", "validation"), ("-", "test")] + ([(":", "paper (test)")] if papers else [])
-    styles = [Line2D([], [], color="grey", ls=ls, label=label) for ls, label in lines]
-    styles.append(
-        Line2D(
-            [],
-            [],
-            color="grey",
-            ls="",
-            marker="*",
-            ms=11,
-            mec="black",
-            mew=0.6,
-            label="test at the best validation epoch",
-        )
-    )
-    error_ax.legend(handles=styles, fontsize=9)
+    error_ax.legend(handles=error_legend(bool(papers)), fontsize=9)
     last_epoch = max(m["epoch"] for run in runs for m in run.metrics)
     for ax in (loss_ax, error_ax):
         ax.set_xlim(0, last_epoch + 1)

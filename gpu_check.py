@@ -25,12 +25,14 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from checkpointing import atomic_write_text, writable_dir
 from cli import ArgumentParser, HelpFormatter, UserError, positive_int, run_cli
+from devices import Precision, choose_compute, configure_backends
 
 REPO = Path(__file__).resolve().parent
 TAIL_LINES = 30  # of each section's output, in the report
@@ -71,50 +73,25 @@ def sections(args: argparse.Namespace, device: str) -> list[tuple[str, list[str]
     ]
 
 
+def mnist_plan(args: argparse.Namespace, out: Path) -> tuple[Path, list[str], list[str]]:
+    """The MNIST folder, the seeds and mnist.py's own flags: five seeds on --mnist-dir, or for
+    a dry run two seeds of one epoch on a synthetic MNIST written into OUT."""
+    if not args.dry_run:
+        return Path(args.mnist_dir), ["0", "1", "2", "3", "4"], []
+    from data import write_synthetic_mnist
+
+    return write_synthetic_mnist(out / "synthetic", 300, 100), ["0", "1"], ["--epochs", "1", "--val-size", "50"]
+
+
 def check_mnist(args: argparse.Namespace) -> None:
     """Table 7 on the device: hyper and normal, five seeds each (two, one epoch, for a dry run),
     every run at once as its own process, then compare.py's tables into OUT/mnist.md."""
     out = Path(args.out)
-    if args.dry_run:
-        from data import write_synthetic_mnist
-
-        data, seeds, extra = (
-            write_synthetic_mnist(out / "synthetic", 300, 100),
-            ["0", "1"],
-            ["--epochs", "1", "--val-size", "50"],
-        )
-    else:
-        data, seeds, extra = Path(args.mnist_dir), ["0", "1", "2", "3", "4"], []
-    flags = [
-        "--data-dir",
-        str(data),
-        "--no-download",
-        "--device",
-        args.device,
-        "--checkpoint-dir",
-        str(out / "mnist"),
-        "--log-dir",
-        str(out / "mnist-tb"),
-        *extra,
-    ]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "seeds.py",
-                "mnist.py",
-                "--seeds",
-                *seeds,
-                "--jobs",
-                str(len(seeds)),
-                "--",
-                *flags,
-                *plain,
-            ],
-            cwd=REPO,
-        )
-        for plain in ([], ["--plain"])
-    ]
+    data, seeds, extra = mnist_plan(args, out)
+    flags = ["--data-dir", str(data), "--no-download", "--device", args.device]
+    flags += ["--checkpoint-dir", str(out / "mnist"), "--log-dir", str(out / "mnist-tb"), *extra]
+    command = [sys.executable, "seeds.py", "mnist.py", "--seeds", *seeds, "--jobs", str(len(seeds)), "--", *flags]
+    procs = [subprocess.Popen([*command, *plain], cwd=REPO) for plain in ([], ["--plain"])]
     failed = [p for p in procs if p.wait() != 0]
     if failed:
         raise UserError(f"{len(failed)} of the two seeds.py runs failed: see {out / 'mnist'}/*/seeds.log")
@@ -177,16 +154,14 @@ def report(env: dict, results: list[dict], out: Path) -> None:
     atomic_write_text(json.dumps({"environment": env, "sections": results}, indent=1) + "\n", out / "report.json")
 
 
-def check_syncs(device: str) -> None:
-    """A steady-state Hyper-WRN-40-1 training step, with train.py's defaults for DEVICE, under
-    CUDA's sync debug mode (a host-device synchronisation raises). Elsewhere it only runs."""
+def hyper_step(dev: torch.device) -> tuple[Callable[[], None], Precision, torch.memory_format]:
+    """A Hyper-WRN-40-1 training step on augmented random images, with train.py's defaults for
+    DEV: the step, and the precision and memory format it runs in."""
     from data import Normalize, augment_cifar
-    from devices import choose_compute, configure_backends
     from distributed import SINGLE_PROCESS
     from engine import Place, TrainState, train_step
     from primary_net import PrimaryNetwork
 
-    dev = torch.device(device)
     precision, layout = choose_compute("auto", None, dev)
     configure_backends(dev)
     place = Place(dev, SINGLE_PROCESS, precision, layout)
@@ -194,15 +169,20 @@ def check_syncs(device: str) -> None:
     model = PrimaryNetwork(40, 1).to(dev, memory_format=layout)  # type: ignore[call-overload]
     state = TrainState.create(model, "adam", 2e-3, lambda step: 1.0, place)
     images = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=dev)
-    labels, normalize, gen = (
-        torch.randint(0, 10, (256,), device=dev),
-        Normalize(images),
-        torch.Generator(dev).manual_seed(0),
-    )
+    labels = torch.randint(0, 10, (256,), device=dev)
+    normalize, gen = Normalize(images), torch.Generator(dev).manual_seed(0)
 
     def step() -> None:
         train_step(state, normalize(augment_cifar(images[:128], gen), layout), labels[:128], 5e-4, precision)
 
+    return step, precision, layout
+
+
+def check_syncs(device: str) -> None:
+    """A steady-state Hyper-WRN-40-1 training step, with train.py's defaults for DEVICE, under
+    CUDA's sync debug mode (a host-device synchronisation raises). Elsewhere it only runs."""
+    dev = torch.device(device)
+    step, precision, layout = hyper_step(dev)
     for _ in range(3):  # warm-up: first calls allocate, and the autotuner synchronises
         step()
     if dev.type != "cuda":
