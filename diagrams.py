@@ -6,13 +6,14 @@
     architecture.png   z's -> one shared hypernetwork -> 16x16x3x3 tiles -> each stage's
                        kernels, with the tile grids and parameter counts of Hyper-40-1 and 40-2
     curves_cifar.png   training loss and validation/test error per epoch, hyper and plain runs
+    curves_torchvision.png  the same for torchvision models (train.py --arch)
     curves_mnist.png   the same for the MNIST runs with the paper's protocol and init
     curves_mnist_notebook.png, curves_mnist_init.png
                        MNIST with the author's notebook protocol; hyper with each --init
     bn_lag.png         per run with --precise-bn: validation error with training's running
                        BatchNorm statistics against precise ones, beside the training error
     kernels_RUN.png    one generated layer at initialisation and after training, for each
-                       hyper configuration (its lowest seed)
+                       hyper Wide-ResNet and MNIST configuration (its lowest seed)
 
 Runs are found and read by run_records.py (a checkpoint folder or an archived one, alike).
 """
@@ -64,7 +65,13 @@ MARKERS = ["o", "s", "^", "D", "v"]
 # One figure of learning curves per (file, title, which runs, the flag it compares or None).
 # A figure that compares a flag is drawn only when its runs differ in that flag.
 CURVES = [
-    ("curves_cifar.png", "CIFAR-10", lambda run: run.experiment == "cifar10", None),
+    ("curves_cifar.png", "CIFAR-10", lambda run: run.experiment == "cifar10" and tables.is_wrn(run), None),
+    (
+        "curves_torchvision.png",
+        "CIFAR-10, torchvision models",
+        lambda run: run.experiment == "cifar10" and not tables.is_wrn(run),
+        None,
+    ),
     (
         "curves_mnist.png",
         "MNIST, the paper's protocol",
@@ -483,9 +490,9 @@ def save(fig: Figure, path: Path) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="diagrams.py",
-        description="Draw PNGs into --out: architecture.png (from the live models), curves_cifar.png and "
-        "curves_mnist*.png (the runs' metrics), and kernels_RUN.png for each hyper run (a generated "
-        "kernel at initialisation and after training).",
+        description="Draw PNGs into --out: architecture.png (from the live models), curves_cifar.png, "
+        "curves_torchvision.png and curves_mnist*.png (the runs' metrics), and kernels_RUN.png for each hyper "
+        "Wide-ResNet and MNIST run (a generated kernel at initialisation and after training).",
         formatter_class=HelpFormatter,
     )
     p.add_argument(
@@ -519,7 +526,8 @@ def draw_all(args: argparse.Namespace) -> None:
             draw_bn_lag(lagging, "Validation error with running and with precise BatchNorm statistics"),
             out / "bn_lag.png",
         )
-    for run in lowest_seeds([run for run in runs if run.hyper]):  # one picture per configuration
+    # One picture per configuration of the paper's models (a hypernetized torchvision model has no kernel_bank)
+    for run in lowest_seeds([run for run in runs if run.hyper and (run.experiment == "mnist" or tables.is_wrn(run))]):
         try:
             kernels = layer_kernels(run)
         except UserError as e:

@@ -710,8 +710,9 @@ def test_a_torchvision_model_trains_and_resumes_exactly(plain, tmp_path, tiny_ci
 def test_torchvision_runs_show_in_compare_with_their_gap_and_evaluate_as_recorded(tmp_path, tiny_cifar, capsys):
     """Two seeds each of resnet18 and hyper-resnet18: compare.py gives them their own section,
     with the hyper - plain gap; evaluate.py on best.pt prints the test error the run recorded,
-    and writes nothing."""
+    and writes nothing; diagrams.py draws their curves apart from the Wide-ResNets'."""
     import compare
+    import diagrams
     import evaluate
 
     for flags in ([], ["--plain"]):
@@ -728,6 +729,11 @@ def test_torchvision_runs_show_in_compare_with_their_gap_and_evaluate_as_recorde
     recorded = load(best)["best"]["test_error"]
     assert f"test error {recorded:.2f}% on 10 images | 515,818 parameters" in capsys.readouterr().out
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == files
+    figures = tmp_path / "figures"  # their own curves; no kernel picture (their kernels are no kernel_bank's)
+    assert diagrams.main(["--runs", str(tmp_path / "ck"), "--out", str(figures)]) == 0
+    drawn = {p.name for p in figures.iterdir()}
+    assert "curves_torchvision.png" in drawn and "curves_cifar.png" not in drawn
+    assert not any(name.startswith("kernels_") for name in drawn)
 
 
 def test_evaluate_refuses_a_missing_or_foreign_file_in_one_line(tmp_path, capsys):
