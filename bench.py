@@ -45,7 +45,7 @@ from cli import ArgumentParser, HelpFormatter, positive_int, run_cli
 from data import Normalize, write_synthetic_cifar
 from devices import AMP_CHOICES, Precision, choose_compute, configure_backends, pick_device
 from distributed import SINGLE_PROCESS
-from engine import Place, TrainState, compile_step, evaluate, precise_bn, train_step, uses_cuda_graphs
+from engine import Place, TrainState, evaluate, precise_bn, prepare_step, train_step
 from hypernetwork_modules import KernelBank, hypernetize
 from primary_net import PrimaryNetwork
 from provenance import device_model
@@ -150,8 +150,7 @@ class StepRunner:
         compiled = args.compile if compiled is None else compiled
         place = Place(device, SINGLE_PROCESS, self.precision, memory_format)
         self.state = TrainState.create(model, "adam" if hyper else "sgd", 1e-4, lambda step: 1.0, place, compiled)
-        if compiled:  # the whole step, as train.py --compile runs it
-            compile_step(self.state, fullgraph=True, cuda_graphs=uses_cuda_graphs(place))
+        prepare_step(self.state, place, compiled)  # as train.py runs it (the whole step compiled with --compile)
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
         self.y = torch.randint(0, 10, (batch,), device=device)
 

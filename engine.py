@@ -103,8 +103,9 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None = None  # fp16 only
-    forward: Callable = field(init=False)  # the model, or it wrapped in DDP (`runner.wrap`)
-    objective: Callable = field(init=False)  # (x, y, wd) -> loss, loss + penalty, logits; compiled by `compile_step`
+    # What a step calls, eager on one process until `prepare_step` decides for the run's place:
+    forward: Callable = field(init=False)  # the model, or it wrapped in DDP
+    objective: Callable = field(init=False)  # (x, y, wd) -> loss, loss + penalty, logits
     step_optimizer: Callable = field(init=False)  # optimizer.step, or it compiled
 
     def __post_init__(self) -> None:
@@ -301,9 +302,30 @@ def uses_cuda_graphs(place: Place) -> bool:
     return place.device.type == "cuda" and place.dist.world == 1
 
 
-def compile_step(state: TrainState, fullgraph: bool, backend: str = "inductor", cuda_graphs: bool = False) -> None:
-    """torch.compile the whole step: kernel generation, forward, loss and penalty as one graph
-    (FULLGRAPH: no graph break; AOTAutograd compiles the backward), and the optimizer step.
+def prepare_step(state: TrainState, place: Place, compiled: bool) -> None:
+    """Decide what `train_step` calls at PLACE, in this one place: the model, or it wrapped in
+    DDP under torchrun (the hypernetwork's and z's gradients averaged too); the objective and
+    the optimizer step, eager or (COMPILED) torch.compile'd."""
+    state.forward = state.model
+    if place.dist.world > 1:
+        device_ids = [place.device.index] if place.device.type == "cuda" else None
+        state.forward = torch.nn.parallel.DistributedDataParallel(state.model, device_ids=device_ids)
+    if compiled:  # under DDP, dynamo splits the graph at its gradient buckets
+        cuda_graphs = uses_cuda_graphs(place)
+        state.objective, state.step_optimizer = compile_step(
+            state, fullgraph=place.dist.world == 1, cuda_graphs=cuda_graphs
+        )
+        return
+    for group in state.optimizer.param_groups:  # a compiled run's checkpoint holds its lr as a tensor
+        group["lr"] = float(group["lr"])
+    state.objective, state.step_optimizer = objective_of(state.forward, state.model), state.optimizer.step
+
+
+def compile_step(
+    state: TrainState, fullgraph: bool, backend: str = "inductor", cuda_graphs: bool = False
+) -> tuple[Callable, Callable]:
+    """The whole step torch.compile'd, as (objective, optimizer step): kernel generation, forward,
+    loss and penalty as one graph (FULLGRAPH: no graph break; AOTAutograd compiles the backward).
     The lr becomes a tensor the schedule fills in place, so an lr change does not recompile.
     CUDA_GRAPHS: inductor's "reduce-overhead" mode, each step replayed as CUDA graphs (the
     optimizer must be capturable: `TrainState.create` with ``compiled=True`` makes it so)."""
@@ -311,16 +333,15 @@ def compile_step(state: TrainState, fullgraph: bool, backend: str = "inductor", 
         group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=group["params"][0].device)
     mode = "reduce-overhead" if cuda_graphs else None
     compiled = torch.compile(objective_of(state.forward, state.model), fullgraph=fullgraph, backend=backend, mode=mode)
-    state.step_optimizer = torch.compile(state.optimizer.step, backend=backend, mode=mode)
+    step_optimizer = torch.compile(state.optimizer.step, backend=backend, mode=mode)
     if not cuda_graphs:
-        state.objective = compiled
-        return
+        return compiled, step_optimizer
 
     def objective(x: torch.Tensor, y: torch.Tensor, weight_decay: float) -> tuple[torch.Tensor, ...]:
         torch.compiler.cudagraph_mark_step_begin()  # a new step: the last step's graph outputs may be overwritten
         return compiled(x, y, weight_decay)
 
-    state.objective = objective
+    return objective, step_optimizer
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float | None) -> None:

@@ -58,11 +58,9 @@ from engine import (
     Run,
     Settings,
     TrainState,
-    compile_step,
     evaluate_run,
-    objective_of,
+    prepare_step,
     train_one_epoch,
-    uses_cuda_graphs,
 )
 from experiment import DEFAULT_DATA_DIR, Experiment, check_complete, config_of, configuration_name, parse_args
 
@@ -318,22 +316,6 @@ def reset_files(run: Run) -> None:
         atomic_write_text(json.dumps(saved_config(run), indent=2) + "\n", run.run_dir / "config.json")
 
 
-def wrap(run: Run) -> None:
-    """DDP under torchrun (gradients of the hypernetwork and z's averaged too), then torch.compile if asked."""
-    model, place = run.state.model, run.place
-    forward = model
-    if place.dist.world > 1:
-        forward = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[place.device.index] if place.device.type == "cuda" else None
-        )
-    run.state.forward, run.state.objective = forward, objective_of(forward, model)
-    if run.config.compile:  # under DDP, dynamo splits the graph at its gradient buckets
-        compile_step(run.state, fullgraph=place.dist.world == 1, cuda_graphs=uses_cuda_graphs(place))
-    else:  # a compiled run's checkpoint holds its lr as a tensor: eager optimizers take a number
-        for group in run.state.optimizer.param_groups:
-            group["lr"] = float(group["lr"])
-
-
 def announce(run: Run, resumed: bool) -> None:
     """The run's one-line description."""
     a, d, s, place = run.config, run.data, run.schedule, run.place
@@ -552,7 +534,7 @@ def fit(experiment: Experiment, argv: list[str] | None = None) -> dict:
             restore(run, ckpt)
             note_moves(run, ckpt["placement"])
         reset_files(run)
-        wrap(run)
+        prepare_step(run.state, run.place, run.config.compile)
         from torch.utils.tensorboard import SummaryWriter  # imported late: slow, and only needed here
 
         writer = (

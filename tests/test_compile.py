@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch._dynamo
 
+import engine
 import mnist
-import runner
 import train
 from conftest import only_run
 from devices import FP32
@@ -42,7 +42,9 @@ def test_the_whole_step_is_one_graph_and_an_lr_change_does_not_recompile():
         lambda step: 1.0 if step < 2 else 0.1,
         Place(torch.device("cpu"), SINGLE_PROCESS, FP32, torch.contiguous_format),
     )
-    compile_step(state, fullgraph=True, backend="aot_eager")  # fullgraph: a graph break would raise
+    state.objective, state.step_optimizer = compile_step(
+        state, fullgraph=True, backend="aot_eager"
+    )  # fullgraph: a graph break would raise
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     train_step(state, x, y, 5e-4)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
@@ -54,7 +56,7 @@ def test_the_whole_step_is_one_graph_and_an_lr_change_does_not_recompile():
 
 @pytest.mark.slow
 def test_a_compiled_run_resumes_exactly(tmp_path, cifar_dir, monkeypatch):
-    monkeypatch.setattr(runner, "compile_step", FAST)
+    monkeypatch.setattr(engine, "compile_step", FAST)
     straight = run_args(tmp_path / "a", cifar_dir, "--epochs", "2", "--compile")
     assert train.main(straight) == 0
     split = run_args(tmp_path / "b", cifar_dir, "--epochs", "2", "--compile")

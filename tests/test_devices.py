@@ -252,21 +252,20 @@ class RecordedDDP(torch.nn.Module):
 
 
 def wrap_decisions(monkeypatch, device: str, world: int, compiled: bool) -> tuple:
-    """What `runner.wrap` makes of a run on DEVICE in a job of WORLD processes: the step's
+    """What `engine.prepare_step` makes of a run on DEVICE in a job of WORLD processes: the step's
     forward and compile_step's keywords (None when it was not called)."""
-    import types
 
     import engine
     from distributed import Distributed
 
     calls = []
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", RecordedDDP)
-    monkeypatch.setattr(runner, "compile_step", lambda state, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(engine, "compile_step", lambda state, **kwargs: calls.append(kwargs) or (None, None))
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     state = engine.TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     place = engine.Place(torch.device(device, 0) if device == "cuda" else torch.device(device), Distributed(0, world))
-    runner.wrap(types.SimpleNamespace(state=state, place=place, config=types.SimpleNamespace(compile=compiled)))
+    engine.prepare_step(state, place, compiled)
     assert len(calls) == int(compiled)
     return state.forward, calls[0] if calls else None
 

@@ -80,7 +80,7 @@ def fp16_run(folder, mnist_dir, ckpt: dict | None = None):
     try:
         if ckpt is not None:
             runner.restore(run, ckpt)
-        runner.wrap(run)
+        engine.prepare_step(run.state, run.place, run.config.compile)
         yield run
     finally:
         checkpointing.release_run_lock(run.lock)
