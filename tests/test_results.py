@@ -456,6 +456,7 @@ def test_diagrams_draws_every_figure(runs, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert sorted(line for line in lines if not line.startswith("note: ")) == [str(out / name) for name in names]
     assert [line for line in lines if line.startswith("note: ")] == [  # these runs are all of the paper's protocol
+        "note: no runs of CIFAR-10, torchvision models with metrics.jsonl: curves_torchvision.png not drawn",
         "note: no runs of MNIST, the author's notebook protocol with metrics.jsonl: curves_mnist_notebook.png not drawn",
         "note: no runs of MNIST hyper, the paper's protocol with metrics.jsonl of more than one --init: "
         "curves_mnist_init.png not drawn",
@@ -475,7 +476,8 @@ def test_diagrams_without_runs_draws_the_architecture_only(tmp_path, capsys):
     assert diagrams.main(["--runs", str(tmp_path / "empty"), "--out", str(tmp_path / "figures")]) == 0
     assert [p.name for p in (tmp_path / "figures").iterdir()] == ["architecture.png"]
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
-    assert len(notes) == 4 and "curves_cifar.png not drawn" in notes[0] and "curves_mnist.png" in notes[1]
+    assert len(notes) == 5 and "curves_cifar.png not drawn" in notes[0] and "curves_torchvision.png" in notes[1]
+    assert "curves_mnist.png" in notes[2]
 
 
 @pytest.mark.slow
