@@ -116,26 +116,9 @@ def test_no_autocast_where_torch_has_none(monkeypatch):
 @pytest.mark.slow
 def test_resume_may_change_precision_and_memory_format(tmp_path, cifar_dir, capsys):
     """A run started with a GPU's defaults (bf16, channels_last) resumes on a CPU without them."""
-    args = [
-        "--depth",
-        "10",
-        "--batch-size",
-        "32",
-        "--val-size",
-        "40",
-        "--no-progress",
-        "--no-download",
-        "--device",
-        "cpu",
-        "--data-dir",
-        str(cifar_dir),
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "runs"),
-        "--epochs",
-        "2",
-    ]
+    from test_train import run_args
+
+    args = run_args(tmp_path, cifar_dir, "--epochs", "2")
     assert train.main([*args, "--amp", "bf16", "--channels-last", "--stop-after", "1"]) == 0
     capsys.readouterr()
     assert train.main([*args, "--amp", "off", "--no-channels-last", "-r"]) == 0

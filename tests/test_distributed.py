@@ -31,6 +31,7 @@ from conftest import (
 )
 from data import Normalize, load_cifar10
 from devices import FP32
+from test_train import without_timing
 
 pytestmark = pytest.mark.slow  # every test here starts torchrun, a subprocess or a training run
 EPOCHS = "3"
@@ -213,16 +214,13 @@ def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_ends_as_
         out.count("resumed after epoch 1") == 1 and out.count("final: hyper-10-1") == 1 and "no checkpoint" not in out
     )
 
-    def result(record: dict) -> dict:  # a record without its timings
-        return {k: v for k, v in record.items() if not k.endswith("_seconds") and k != "images_per_s"}
-
     straight_run = only_run(reference[0] / "ck")
     resumed, straight = torch.load(last, weights_only=True), torch.load(straight_run / "last.pt", weights_only=True)
     assert resumed["epoch"] == straight["epoch"] == int(EPOCHS) and resumed["best"] == straight["best"]
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     records = [
-        [result(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        without_timing([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()])
         for run in (last.parent, straight_run)
     ]
     assert records[0] == records[1] and len(records[0]) == int(EPOCHS)

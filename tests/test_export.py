@@ -8,30 +8,12 @@ import train
 from cli import UserError
 from conftest import only_run
 from primary_net import num_parameters
+from test_train import run_args
 
 
 @pytest.mark.slow
 def test_export_cli_round_trip(tmp_path, cifar_dir, capsys):
-    args = [
-        "--depth",
-        "10",
-        "--batch-size",
-        "32",
-        "--val-size",
-        "40",
-        "--no-progress",
-        "--no-download",
-        "--device",
-        "cpu",
-        "--epochs",
-        "1",
-        "--data-dir",
-        str(cifar_dir),
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "runs"),
-    ]
+    args = run_args(tmp_path, cifar_dir, "--epochs", "1")
     assert train.main(args) == 0
     best = only_run(tmp_path / "ck") / "best.pt"
     assert export.main([str(best)]) == 0

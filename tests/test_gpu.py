@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import test_train
 import train
 from conftest import HANG, only_run
 from devices import capability, choose_precision
@@ -28,25 +29,7 @@ mps = pytest.mark.skipif(
 
 
 def run_args(root: Path, data: Path, device: str, *extra: str) -> list[str]:
-    return [
-        "--depth",
-        "10",
-        "--batch-size",
-        "32",
-        "--val-size",
-        "40",
-        "--no-progress",
-        "--no-download",
-        "--device",
-        device,
-        "--data-dir",
-        str(data),
-        "--checkpoint-dir",
-        str(root / "ck"),
-        "--log-dir",
-        str(root / "runs"),
-        *extra,
-    ]
+    return test_train.run_args(root, data, "--device", device, *extra)  # the last --device counts
 
 
 def load(path: Path) -> dict:

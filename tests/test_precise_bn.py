@@ -12,7 +12,7 @@ import train
 from conftest import only_run, saved_model
 from mnist import MnistNet
 from primary_net import PrimaryNetwork
-from test_train import load, tiny_args
+from test_train import load, run_args, tiny_args
 
 
 def batchnorm_inputs(net: PrimaryNetwork, images: torch.Tensor, normalize, batch: int) -> dict:
@@ -78,46 +78,22 @@ def test_a_model_without_batchnorm_is_left_alone():
 
 @pytest.mark.slow
 def test_runs_log_both_errors_and_resume_exactly(tmp_path, cifar_dir):
-    common = [
-        "--depth",
-        "10",
-        "--batch-size",
-        "32",
-        "--val-size",
-        "40",
-        "--no-progress",
-        "--no-download",
-        "--device",
-        "cpu",
-        "--data-dir",
-        str(cifar_dir),
-        "--epochs",
-        "2",
-        "--precise-bn",
-        "64",
+    def args(folder: str, precise_bn: str = "64") -> list[str]:
+        return run_args(tmp_path / folder, cifar_dir, "--epochs", "2", "--precise-bn", precise_bn)
+
+    assert train.main(args("a")) == 0
+    records = [
+        json.loads(line) for line in (only_run(tmp_path / "a" / "ck") / "metrics.jsonl").read_text().splitlines()
     ]
-    a = [*common, "--checkpoint-dir", str(tmp_path / "a"), "--log-dir", str(tmp_path / "runs")]
-    assert train.main(a) == 0
-    records = [json.loads(line) for line in (only_run(tmp_path / "a") / "metrics.jsonl").read_text().splitlines()]
     assert all({"val_error", "val_error_running", "precise_bn_seconds"} <= set(r) for r in records)
-    b = [*common, "--checkpoint-dir", str(tmp_path / "b"), "--log-dir", str(tmp_path / "runs")]
-    assert train.main([*b, "--stop-after", "1"]) == 0 and train.main([*b, "-r"]) == 0
-    x, y = (torch.load(only_run(tmp_path / d) / "last.pt", weights_only=True) for d in "ab")
+    assert train.main([*args("b"), "--stop-after", "1"]) == 0 and train.main([*args("b"), "-r"]) == 0
+    x, y = (load(only_run(tmp_path / d / "ck") / "last.pt") for d in "ab")
     for key in x["model"]:
         assert torch.equal(x["model"][key], y["model"][key]), key
-    off = [
-        *common[:-2],
-        "--precise-bn",
-        "0",
-        "--checkpoint-dir",
-        str(tmp_path / "c"),
-        "--log-dir",
-        str(tmp_path / "runs"),
-    ]
-    assert train.main(off) == 0
-    last = json.loads((only_run(tmp_path / "c") / "metrics.jsonl").read_text().splitlines()[-1])
+    assert train.main(args("c", "0")) == 0
+    last = json.loads((only_run(tmp_path / "c" / "ck") / "metrics.jsonl").read_text().splitlines()[-1])
     assert "val_error_running" not in last
-    z = torch.load(only_run(tmp_path / "c") / "last.pt", weights_only=True)
+    z = load(only_run(tmp_path / "c" / "ck") / "last.pt")
     assert torch.equal(z["model"]["kernel_bank.z"], x["model"]["kernel_bank.z"])  # training itself is unchanged
 
 
