@@ -144,12 +144,14 @@ class TrainState:
     def load(self, ckpt: dict) -> None:
         """The model, optimizer, lr schedule and (fp16) loss scale of a checkpoint.
 
-        The optimizer's per-parameter tensors take their parameter's memory layout: a
+        The optimizer keeps the implementation `create` chose for this place (a checkpoint
+        from another device, or from a compiled run, holds its own). Its per-parameter tensors
+        take their parameter's memory layout: a
         checkpoint holds them contiguous, and a run resumed with channels_last would
         otherwise send torch's batched (foreach) optimizer down its per-tensor path.
         """
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.optimizer.load_state_dict(own_implementation(ckpt["optimizer"], self.optimizer))
         for p, state in self.optimizer.state.items():
             for key, value in state.items():
                 if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
@@ -157,6 +159,21 @@ class TrainState:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt["scaler"]:  # an fp16 run goes on with its loss scale
             self.scaler.load_state_dict(ckpt["scaler"])
+
+
+IMPLEMENTATION = ("fused", "foreach", "capturable")  # how an optimizer computes: chosen for the place, not saved state
+
+
+def own_implementation(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """SAVED (an optimizer's state_dict) with OPTIMIZER's implementation flags: loading it then
+    keeps OPTIMIZER's implementation, and torch puts each state tensor where that
+    implementation needs it (Adam's step count on the parameter's device when fused or
+    capturable, on the CPU otherwise)."""
+    groups = [
+        {**group, **{k: mine[k] for k in IMPLEMENTATION if k in mine}}
+        for group, mine in zip(saved["param_groups"], optimizer.param_groups)
+    ]
+    return {**saved, "param_groups": groups}
 
 
 @dataclass
