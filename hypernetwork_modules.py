@@ -365,6 +365,16 @@ class HyperNetized(nn.Module):
         for name in layers:
             del modules[name].weight  # the weight now comes from a bank
         self.model = model
+        self.arguments = {"layers": list(layers), "z_dim": z_dim, "tile": tile}  # what `rebuild` passes to hypernetize
+
+    def get_extra_state(self) -> dict:
+        """The `hypernetize` arguments that made this module, saved in its state_dict (see `rebuild`)."""
+        return self.arguments
+
+    def set_extra_state(self, state: dict) -> None:
+        """Refuse a state_dict made with other `hypernetize` arguments: its tensors would not fit."""
+        if state != self.arguments:
+            raise ValueError(f"this state_dict was made by hypernetize with {state}, not {self.arguments}")
 
     def kernels(self) -> list[torch.Tensor]:
         """The generated weights, in the order of ``generated``: one call per hypernetwork."""
@@ -447,6 +457,22 @@ def hypernetize(
     """
     names = chosen_layers(model, layers, linear)
     return HyperNetized(model if inplace else copy.deepcopy(model), names, z_dim, tile)
+
+
+def rebuild(model: nn.Module, state_dict: dict) -> HyperNetized:
+    """A saved `HyperNetized` back from its STATE_DICT alone: MODEL (a fresh instance of the
+    wrapped architecture, e.g. ``torchvision.models.resnet18(num_classes=10)``) is
+    hypernetized with the arguments the state_dict recorded, in place, and loaded.
+
+    Raises:
+        ValueError: If STATE_DICT is not a HyperNetized module's (it records no arguments).
+    """
+    arguments = state_dict.get("_extra_state")
+    if not isinstance(arguments, dict) or set(arguments) != {"layers", "z_dim", "tile"}:
+        raise ValueError("not a HyperNetized state_dict: it records no hypernetize arguments (_extra_state)")
+    net = hypernetize(model, inplace=True, **arguments)
+    net.load_state_dict(state_dict)
+    return net
 
 
 def chosen_layers(

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from hypernetwork_modules import HyperNetized, default_layers, hypernetize
+from hypernetwork_modules import HyperNetized, default_layers, hypernetize, rebuild
 from primary_net import PrimaryNetwork
 
 
@@ -315,3 +315,21 @@ def test_the_trainer_steps_any_module_generating_each_kernel_once_per_step(name)
         modules = dict(model.named_modules())
         expected = sum(modules[n].weight.pow(2).sum() for n in default_layers(model))
         torch.testing.assert_close(engine.kernel_sq_norm_of(model)(), expected)
+
+
+def test_a_saved_hypernetized_model_rebuilds_from_its_state_dict_alone(tmp_path):
+    """The state_dict records hypernetize's arguments: a fresh torchvision model and `rebuild` give the
+    same module back, with no arguments remembered by the caller."""
+    torch.manual_seed(0)
+    net = hypernetize(torchvision.models.resnet18(num_classes=10), z_dim=8, layers=["layer1.0.conv1", "fc"]).eval()
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    saved = torch.load(tmp_path / "net.pt", weights_only=True)
+    back = rebuild(torchvision.models.resnet18(num_classes=10), saved).eval()
+    assert back.get_extra_state() == {"layers": ["layer1.0.conv1", "fc"], "z_dim": 8, "tile": 16}
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(back(x), net(x))
+    with pytest.raises(ValueError, match="not a HyperNetized state_dict"):
+        rebuild(torchvision.models.resnet18(num_classes=10), torchvision.models.resnet18(num_classes=10).state_dict())
+    other = hypernetize(torchvision.models.resnet18(num_classes=10), z_dim=8, layers=["layer1.0.conv1", "fc"], tile=8)
+    with pytest.raises(ValueError, match="made by hypernetize with"):
+        other.load_state_dict(saved, strict=False)

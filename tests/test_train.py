@@ -59,8 +59,8 @@ def cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def assert_same_state(a: dict, b: dict) -> None:
     """Model and optimizer tensors bit-identical."""
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key, value in a["model"].items():  # tensors, and a hypernetized model's arguments (its extra state)
+        assert torch.equal(value, b["model"][key]) if torch.is_tensor(value) else value == b["model"][key], key
     for pid, state in a["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][pid][name]), (pid, name)
