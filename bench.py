@@ -53,7 +53,7 @@ from run_records import read_run
 
 CIFAR_TRAIN_IMAGES = 45_000  # train.py's training split (50,000 less --val-size 5000)
 # What each ratio should reach on a CPU with 2 threads: at most for the step-time ratios (hyper/plain
-# at batch 128 and 8, hypernetize(ResNet-18)/ResNet-18), at least for the speedups and train.py/bare.
+# at batch 128 and 8, hypernetize(ResNet-18)/ResNet-18 in training and in inference), at least for the speedups and train.py/bare.
 TARGETS = {
     "step_128": 1.05,
     "step_8": 1.12,
@@ -61,6 +61,7 @@ TARGETS = {
     "pipeline": 0.95,
     "compile_128": 1.25,
     "resnet18_128": 1.15,
+    "resnet18_eval_128": 1.05,
 }
 Section = tuple[dict, list[str]]  # a section's numbers (for --json) and its rows of the report's table
 
@@ -186,6 +187,25 @@ def hypernetize_bench(device: torch.device, args: argparse.Namespace, repeats: i
     hyper = ModelStep(hypernetize(resnet), args.batch_size, device)  # a copy: resnet stays as it is
     plain = ModelStep(resnet, args.batch_size, device)
     t_plain, t_hyper, ratio = paired(*interleaved_times([plain, hyper], repeats, device))
+    return {"hyper_s": t_hyper, "plain_s": t_plain, "ratio": ratio}
+
+
+def hypernetize_eval_bench(device: torch.device, args: argparse.Namespace, repeats: int) -> dict:
+    """An inference forward (eval mode, no_grad: its kernels are generated once and reused) of
+    `hypernetize(resnet18)` against torchvision's ResNet-18 at --batch-size."""
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(num_classes=10).to(device).eval()
+    hyper = hypernetize(resnet).eval()
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+
+    def forward(model: torch.nn.Module) -> Callable[[], object]:
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                return model(x)
+
+        return run
+
+    t_plain, t_hyper, ratio = paired(*interleaved_times([forward(resnet), forward(hyper)], repeats, device))
     return {"hyper_s": t_hyper, "plain_s": t_plain, "ratio": ratio}
 
 
@@ -384,7 +404,12 @@ def hypernetize_section(args: argparse.Namespace, device: torch.device) -> Secti
     r = hypernetize_bench(device, args, args.repeats)
     what = f"train step, batch {args.batch_size}, CIFAR-size: hypernetize(ResNet-18) vs ResNet-18"
     cells = ms(r["hyper_s"]), ms(r["plain_s"]), f"{r['ratio']:.3f}x"
-    return {"hypernetize_resnet18": r}, [row(what, *cells, *verdict(r["ratio"], "<=", TARGETS["resnet18_128"]))]
+    e = hypernetize_eval_bench(device, args, args.repeats)
+    eval_what = f"inference forward, batch {args.batch_size}: hypernetize(ResNet-18) vs ResNet-18"
+    eval_cells = ms(e["hyper_s"]), ms(e["plain_s"]), f"{e['ratio']:.3f}x"
+    rows = [row(what, *cells, *verdict(r["ratio"], "<=", TARGETS["resnet18_128"]))]
+    rows.append(row(eval_what, *eval_cells, *verdict(e["ratio"], "<=", TARGETS["resnet18_eval_128"])))
+    return {"hypernetize_resnet18": r, "hypernetize_resnet18_eval": e}, rows
 
 
 def pipeline_section(args: argparse.Namespace, device: torch.device) -> Section:

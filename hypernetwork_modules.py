@@ -366,6 +366,7 @@ class HyperNetized(nn.Module):
             del modules[name].weight  # the weight now comes from a bank
         self.model = model
         self.arguments = {"layers": list(layers), "z_dim": z_dim, "tile": tile}  # what `rebuild` passes to hypernetize
+        self._cache: tuple[tuple, list[torch.Tensor]] | None = None  # (what they depend on, the weights) for inference
 
     def get_extra_state(self) -> dict:
         """The `hypernetize` arguments that made this module, saved in its state_dict (see `rebuild`)."""
@@ -377,10 +378,30 @@ class HyperNetized(nn.Module):
             raise ValueError(f"this state_dict was made by hypernetize with {state}, not {self.arguments}")
 
     def kernels(self) -> list[torch.Tensor]:
-        """The generated weights, in the order of ``generated``: one call per hypernetwork."""
+        """The generated weights, in the order of ``generated``: one call per hypernetwork.
+
+        For inference (eval mode, gradients off) they are made once and reused until a z or a
+        hypernetwork weight changes (its version counter, place or dtype), or the layout or
+        autocast does; in training mode, or with gradients on, every call generates them.
+        """
         layout = layout_of(self.model)
+        if self.training or torch.is_grad_enabled():
+            self._cache = None
+            return self._generate(layout)
+        key = self._cache_key(layout)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._generate(layout))
+        return self._cache[1]
+
+    def _generate(self, layout: torch.memory_format) -> list[torch.Tensor]:
         made = {key: bank(layout) for key, bank in self.banks.items()}
         return [made[key][i].reshape(shape) for (key, i), shape in zip(self.places, self.shapes)]
+
+    def _cache_key(self, layout: torch.memory_format) -> tuple:
+        """What the generated weights depend on besides their values' formulas."""
+        params = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in self.banks.parameters())
+        device = next(self.banks.parameters()).device.type
+        return params, layout, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
 
     def kernel_sq_norm(self) -> torch.Tensor:
         """Sum of squares of every generated weight (for an L2 penalty), from Gram matrices."""

@@ -46,6 +46,7 @@ def test_bench_runs_with_tiny_sizes(tmp_path, capsys):
         assert saved[key]["ratio"] > 0 and saved[key]["hyper_s"] > 0 and saved[key]["plain_s"] > 0
     assert saved["pipeline"]["train_py_images_per_s"] > 0
     assert saved["hypernetize_resnet18"]["ratio"] > 0 and "hypernetize(ResNet-18) vs ResNet-18" in table
+    assert saved["hypernetize_resnet18_eval"]["ratio"] > 0 and "inference forward, batch" in table
     p = saved["precise_bn"]
     assert (p["images"], p["val_images"], p["steps_per_epoch"]) == (4, 6, 45_000 // 4)
     assert p["overhead_s"] > 0 and p["fraction_of_epoch"] == p["overhead_s"] / (p["steps_per_epoch"] * p["step_s"])

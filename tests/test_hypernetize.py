@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from hypernetwork_modules import HyperNetized, default_layers, hypernetize, rebuild
+from hypernetwork_modules import HyperNetized, default_layers, hypernetize, layout_of, rebuild
 from primary_net import PrimaryNetwork
 
 
@@ -333,3 +333,32 @@ def test_a_saved_hypernetized_model_rebuilds_from_its_state_dict_alone(tmp_path)
     other = hypernetize(torchvision.models.resnet18(num_classes=10), z_dim=8, layers=["layer1.0.conv1", "fc"], tile=8)
     with pytest.raises(ValueError, match="made by hypernetize with"):
         other.load_state_dict(saved, strict=False)
+
+
+def test_inference_reuses_the_kernels_until_a_parameter_changes():
+    """Eval mode with gradients off generates once; an in-place update of a z or of a
+    hypernetwork weight (as an optimizer step makes) regenerates; training never reuses."""
+    torch.manual_seed(0)
+    net = hypernetize(torchvision.models.resnet18(num_classes=10), z_dim=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        first = net.kernels()
+        assert all(a is b for a, b in zip(net.kernels(), first))  # reused
+        expected = net(x)
+    for bank in net.banks.values():
+        for param in (bank.z, bank.hypernet.w_out.weight):
+            with torch.no_grad():
+                param.add_(0.01)
+                again = net.kernels()
+                assert not any(a is b for a, b in zip(again, first))
+                assert all(torch.equal(a, b) for a, b in zip(again, net._generate(layout_of(net.model))))
+            first = again
+    with torch.inference_mode():  # weights made here serve a later no_grad call, unchanged
+        made = [k.clone() for k in net.kernels()]
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(net.kernels(), made)) and not torch.equal(net(x), expected)
+    kernels = net.kernels()  # gradients on (e.g. a model fine-tuned in eval mode): fresh, with their graph
+    assert all(k.requires_grad for k in kernels) and not any(a is b for a, b in zip(kernels, net.kernels()))
+    net.train()
+    with torch.no_grad():
+        assert not any(a is b for a, b in zip(net.kernels(), net.kernels()))
