@@ -40,7 +40,9 @@ and the target runs once per sample under `vmap` (no Python loop).
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -190,6 +192,17 @@ class FlatLayout:
 # ---------------------------------------------------------------- running the target
 
 
+def without_parameters(target: nn.Module) -> nn.Module:
+    """A copy of TARGET without its parameters, which the hypernetwork generates: its buffers
+    (BatchNorm's running statistics) stay, the template's values do not (so a state_dict
+    holds no second copy of them), and TARGET itself is left as it was."""
+    stripped = copy.deepcopy(target)
+    for name, _ in list(stripped.named_parameters(remove_duplicate=False)):
+        module_name, _, attr = name.rpartition(".")
+        delattr(stripped.get_submodule(module_name), attr)
+    return stripped
+
+
 def refuse_training_batchnorm(target: nn.Module) -> None:
     """Dynamic mode: raise if any BatchNorm of the target is in training mode (see `TargetHyperNetwork.forward`)."""
     batchnorm = nn.modules.batchnorm._BatchNorm  # every BatchNorm*d, SyncBatchNorm and lazy variant
@@ -286,7 +299,7 @@ class TargetHyperNetwork(nn.Module):
         super().__init__()
         named = template_parameters(target)
         check_options(chunk_size, embed_dim, hidden_sizes, dynamic, encoder, in_features, constant_scale)
-        self.target = target.requires_grad_(False)
+        self.target = without_parameters(target)
         layout = FlatLayout.of(named)
         self.names, self.shapes, self.numels = layout.names, layout.shapes, layout.numels
         self.chunk_size, self.embed_dim, self.dynamic = chunk_size, embed_dim, dynamic
@@ -302,6 +315,12 @@ class TargetHyperNetwork(nn.Module):
         self.register_buffer("init_offset", offset.to(torch.get_default_dtype()))
         self.register_buffer("init_scale", scale.to(torch.get_default_dtype()))
         self.reset_parameters()
+        if self.num_hyper_parameters > self.num_target_parameters:
+            warnings.warn(
+                f"TargetHyperNetwork: the hypernetwork ({self.num_hyper_parameters:,} parameters) is larger than "
+                f"its target ({self.num_target_parameters:,}); a smaller chunk_size or embed_dim shrinks it",
+                stacklevel=2,
+            )
 
     def reset_parameters(self) -> None:
         """Embeddings z ~ N(0, 1); generator: `init_linear_` (N(0, 1/fan_in) weights, zero
@@ -355,6 +374,21 @@ class TargetHyperNetwork(nn.Module):
                 f"  ratio:        hypernetwork / target = {hyper / total:.3f}",
             ]
         )
+
+    @torch.no_grad()
+    def to_plain(self) -> nn.Module:
+        """The target as an ordinary module holding the generated parameters (static mode).
+
+        Raises:
+            ValueError: In dynamic mode, whose weights depend on each input.
+        """
+        if self.dynamic:
+            raise ValueError("dynamic mode generates weights per input: there is no one plain model")
+        plain = copy.deepcopy(self.target)
+        for name, value in self.generate().items():
+            module_name, _, attr = name.rpartition(".")
+            setattr(plain.get_submodule(module_name), attr, nn.Parameter(value.detach().clone()))
+        return plain
 
     def _embeddings_for(self, x: torch.Tensor | None) -> torch.Tensor:
         """The embeddings z this forward feeds the generator: (C, E), or (B, C, E) in dynamic mode."""

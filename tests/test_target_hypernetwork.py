@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -149,12 +150,13 @@ def test_gradients_reach_every_hypernetwork_parameter_and_embedding(dynamic):
         assert p.grad is None
 
 
-def test_target_parameters_are_frozen_and_unchanged_by_an_optimizer_step():
+def test_the_template_is_left_as_it_was_and_unchanged_by_an_optimizer_step():
     torch.manual_seed(0)
     target = bn_cnn()
     before = {n: p.detach().clone() for n, p in target.named_parameters()}
     hnet = TargetHyperNetwork(target, chunk_size=32, embed_dim=4)
-    assert all(not p.requires_grad for p in target.parameters())
+    assert all(p.requires_grad for p in target.parameters())  # the caller's module: not frozen, not emptied
+    assert not list(hnet.target.parameters())  # the hypernetwork's copy holds its buffers only
     hyper_before = hnet.embeddings.detach().clone()
     opt = torch.optim.AdamW(hnet.parameters(), lr=0.1, weight_decay=0.5)  # decay would move them if touched
     for _ in range(3):
@@ -350,7 +352,7 @@ def test_static_batchnorm_keeps_updating_its_running_stats():
     torch.manual_seed(0)
     target = bn_cnn()
     hnet = TargetHyperNetwork(target, chunk_size=32, embed_dim=4)
-    bn = target[1]
+    bn = hnet.target[1]  # its copy of the template's BatchNorm
     assert torch.equal(bn.running_mean, torch.zeros(4)) and bn.num_batches_tracked == 0
     hnet(torch.randn(8, 3, 6, 6) + 3)
     assert bn.num_batches_tracked == 1
@@ -450,12 +452,13 @@ def test_no_device_in_constructor_and_to_moves_everything():
 
 def test_state_dict_keys_are_stable():
     """Saved state must keep loading: the keys are part of the API, and their order is the
-    order of hnet.parameters(), which a saved optimizer state refers to by position."""
+    order of hnet.parameters(), which a saved optimizer state refers to by position. The
+    template's values are no part of it (the target keeps only its buffers)."""
     hnet = TargetHyperNetwork(
         nn.Linear(3, 2), chunk_size=4, embed_dim=2, hidden_sizes=(5,), dynamic=True, in_features=3
     )
     assert list(hnet.state_dict()) == [
-        "embeddings", "init_offset", "init_scale", "target.weight", "target.bias",
+        "embeddings", "init_offset", "init_scale",
         "generator.0.weight", "generator.0.bias", "generator.2.weight", "generator.2.bias",
         "encoder.1.weight", "encoder.1.bias", "encoder.3.weight", "encoder.3.bias",
     ]  # fmt: skip
@@ -541,3 +544,22 @@ def test_example_runs_as_a_script_from_the_repo_root():
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG)
     assert done.returncode == 0, done.stderr
     assert "step     2" in done.stdout
+
+
+def test_to_plain_holds_the_generated_parameters_and_gives_the_same_outputs():
+    torch.manual_seed(0)
+    hnet = TargetHyperNetwork(bn_cnn(), chunk_size=32, embed_dim=4).eval()
+    plain = hnet.to_plain()
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(plain(x), hnet(x)[0], rtol=0, atol=0)
+    assert {n: p.shape for n, p in plain.named_parameters()} == {n: p.shape for n, p in bn_cnn().named_parameters()}
+    with pytest.raises(ValueError, match="dynamic mode"):
+        TargetHyperNetwork(bn_cnn(), chunk_size=32, dynamic=True, in_features=108).to_plain()
+
+
+def test_a_hypernetwork_larger_than_its_target_says_so_in_one_line():
+    with pytest.warns(UserWarning, match=r"the hypernetwork \(.*\) is larger than its target \(103\)"):
+        TargetHyperNetwork(mlp_target())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TargetHyperNetwork(nn.Linear(100, 100), chunk_size=100, embed_dim=4, hidden_sizes=(8,))  # smaller: silent
