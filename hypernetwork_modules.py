@@ -341,6 +341,8 @@ class HyperNetized(nn.Module):
     (one `KernelBank` per tile shape, in ``banks``) and the weights handed to the model with
     `torch.func.functional_call`. The generated layers hold no weight of their own;
     everything else (BatchNorm, biases, the layers not chosen) stays an ordinary parameter.
+    The wrapped model is ``model`` (its layers by name: ``net.model.get_submodule("layer1.0")``);
+    called itself, it runs with the generated weights too.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], z_dim: int, tile: int):
@@ -365,8 +367,30 @@ class HyperNetized(nn.Module):
         for name in layers:
             del modules[name].weight  # the weight now comes from a bank
         self.model = model
+        # ``net.model(x)`` runs with the generated weights too: put in for the call, then taken out
+        self._put = False
+        self._hooks = [model.register_forward_pre_hook(self._put_in), model.register_forward_hook(self._take_out)]
         self.arguments = {"layers": list(layers), "z_dim": z_dim, "tile": tile}  # what `rebuild` passes to hypernetize
         self._cache: tuple[tuple, list[torch.Tensor]] | None = None  # (what they depend on, the weights) for inference
+
+    def _owners(self) -> list[tuple[nn.Module, str]]:
+        """(layer, "weight") for each generated weight, in the order of ``generated``."""
+        return [(self.model.get_submodule(name.rpartition(".")[0]), "weight") for name in self.generated]
+
+    def _put_in(self, module: nn.Module, args: tuple) -> None:
+        """Before a direct call of ``self.model``: the generated weights as the layers' attributes.
+        (`forward` passes them through `torch.func.functional_call`, which puts them in itself.)"""
+        owners = self._owners()
+        if not hasattr(owners[0][0], "weight"):
+            for (layer, attr), kernel in zip(owners, self.kernels()):
+                setattr(layer, attr, kernel)
+            self._put = True
+
+    def _take_out(self, module: nn.Module, args: tuple, output: object) -> None:
+        if self._put:
+            for layer, attr in self._owners():
+                delattr(layer, attr)
+            self._put = False
 
     def get_extra_state(self) -> dict:
         """The `hypernetize` arguments that made this module, saved in its state_dict (see `rebuild`)."""
@@ -416,7 +440,15 @@ class HyperNetized(nn.Module):
     @torch.no_grad()
     def to_plain(self) -> nn.Module:
         """An ordinary copy of the model holding the generated weights as its own."""
-        plain = copy.deepcopy(self.model)
+        for hook in self._hooks:  # the copy is an ordinary model: without them
+            hook.remove()
+        try:
+            plain = copy.deepcopy(self.model)
+        finally:
+            self._hooks = [
+                self.model.register_forward_pre_hook(self._put_in),
+                self.model.register_forward_hook(self._take_out),
+            ]
         modules = dict(plain.named_modules())
         for name, kernel in zip(self.generated, self.kernels()):
             modules[name.rsplit(".", 1)[0]].weight = nn.Parameter(kernel.detach().clone())

@@ -362,3 +362,23 @@ def test_inference_reuses_the_kernels_until_a_parameter_changes():
     net.train()
     with torch.no_grad():
         assert not any(a is b for a, b in zip(net.kernels(), net.kernels()))
+
+
+def test_the_wrapped_model_runs_with_the_generated_weights_when_called_itself():
+    """``net.model`` is the caller's architecture: called directly it runs with the generated
+    weights (gradients reach the z's), and holds none of them afterwards; to_plain's copy
+    is an ordinary model, without that machinery."""
+    torch.manual_seed(0)
+    net = hypernetize(torchvision.models.resnet18(num_classes=10), z_dim=8)
+    x = torch.randn(2, 3, 32, 32)
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net.model(x), net(x))
+    assert not hasattr(net.model.get_submodule("layer1.0.conv1"), "weight")
+    net.train()
+    net.model(x).sum().backward()
+    assert all(bank.z.grad is not None for bank in net.banks.values())
+    plain = net.eval().to_plain()
+    assert not plain._forward_pre_hooks and not plain._forward_hooks
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), net(x))
