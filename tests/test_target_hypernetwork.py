@@ -18,6 +18,9 @@ from cli import UserError
 from conftest import HANG, write_fake_cifar
 from target_hypernetwork import DEFAULT_ENCODER_HIDDEN, TargetHyperNetwork
 
+# Most tests wrap small targets on purpose: the warning that the hypernetwork is larger is tested on its own.
+pytestmark = pytest.mark.filterwarnings("ignore:TargetHyperNetwork.*larger than its target:UserWarning")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
