@@ -373,23 +373,24 @@ class HyperNetized(nn.Module):
         self.arguments = {"layers": list(layers), "z_dim": z_dim, "tile": tile}  # what `rebuild` passes to hypernetize
         self._cache: tuple[tuple, list[torch.Tensor]] | None = None  # (what they depend on, the weights) for inference
 
-    def _owners(self) -> list[tuple[nn.Module, str]]:
-        """(layer, "weight") for each generated weight, in the order of ``generated``."""
-        return [(self.model.get_submodule(name.rpartition(".")[0]), "weight") for name in self.generated]
+    def _layers(self) -> list[nn.Module]:
+        """The layer of each generated weight, in the order of ``generated``."""
+        return [self.model.get_submodule(name.rpartition(".")[0]) for name in self.generated]
 
     def _put_in(self, module: nn.Module, args: tuple) -> None:
         """Before a direct call of ``self.model``: the generated weights as the layers' attributes.
-        (`forward` passes them through `torch.func.functional_call`, which puts them in itself.)"""
-        owners = self._owners()
-        if not hasattr(owners[0][0], "weight"):
-            for (layer, attr), kernel in zip(owners, self.kernels()):
-                setattr(layer, attr, kernel)
-            self._put = True
+        (`forward` passes them through `torch.func.functional_call`, which puts them in itself,
+        so on that path this looks up one layer and returns.)"""
+        if hasattr(self.model.get_submodule(self.generated[0].rpartition(".")[0]), "weight"):
+            return
+        for layer, kernel in zip(self._layers(), self.kernels()):
+            layer.weight = kernel
+        self._put = True
 
     def _take_out(self, module: nn.Module, args: tuple, output: object) -> None:
         if self._put:
-            for layer, attr in self._owners():
-                delattr(layer, attr)
+            for layer in self._layers():
+                del layer.weight
             self._put = False
 
     def get_extra_state(self) -> dict:
