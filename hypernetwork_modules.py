@@ -25,11 +25,13 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Literal, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+Init = Literal["random", "fit"]  # how `hypernetize` starts the z's and hypernetworks
 
 
 def init_linear_(layer: nn.Linear) -> None:
@@ -166,6 +168,16 @@ def edge_tiles(shapes: list[tuple[int, ...]], grids: list[tuple[int, int]], hype
     return {keep: torch.tensor(index, dtype=torch.long) for keep, index in cut.items()}
 
 
+def principal(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of ROWS (n, m) and their top-K principal directions as orthonormal columns
+    (m, K), with zero columns where there are fewer than K: the best K-dim affine fit."""
+    mean = rows.mean(0)
+    vh = torch.linalg.svd(rows - mean, full_matrices=False).Vh  # (min(n, m), m)
+    basis = rows.new_zeros(rows.shape[1], k)
+    basis[:, : min(k, vh.shape[0])] = vh[:k].t()
+    return mean, basis
+
+
 class KernelBank(nn.Module):
     """The z-embeddings of a set of layers, and the shared hypernetwork that expands them.
 
@@ -256,6 +268,48 @@ class KernelBank(nn.Module):
             total = total + self.hypernet.sq_norm(self.z[getattr(self, f"cut_tiles_{k}")], keep)
         return total
 
+    def tiles_of(self, kernels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """KERNELS (one per layer, as in `shapes`) cut into this bank's tiles, float64, in the
+        hypernetwork's output order: (num_tiles, in, out*f*f); a crop's missing entries are 0."""
+        hn = self.hypernet
+        tiles = []
+        for kernel, (rows, cols) in zip(kernels, self.grids):
+            kernel = kernel.detach().reshape(*kernel.shape[:2], hn.f_size, hn.f_size).double()
+            full = kernel.new_zeros(rows * hn.out_size, cols * hn.in_size, hn.f_size, hn.f_size)
+            full[: kernel.shape[0], : kernel.shape[1]] = kernel
+            t = full.unflatten(0, (rows, hn.out_size)).unflatten(2, (cols, hn.in_size))  # (rows, out, cols, in, f, f)
+            tiles.append(t.permute(0, 2, 3, 1, 4, 5).flatten(0, 1).flatten(2))  # (rows*cols, in, out*f*f)
+        return torch.cat(tiles)
+
+    @torch.no_grad()
+    def fit_(self, kernels: Sequence[torch.Tensor]) -> float:
+        """Set the hypernetwork and every z so that the generated kernels approximate KERNELS.
+
+        The paper's hypernetwork makes each input slice of a tile as W_out a_i + B_out, and the
+        tile's slice coordinates as a = W_in z + B_in. The fit takes both stages in turn, each
+        the Eckart-Young best in squared error given the one before: the mean and top-d
+        principal directions of all slices give B_out and W_out (orthonormal), then the mean
+        and top-z_dim principal directions of the tiles' coordinates give B_in, W_in and the
+        z's. The total error is the sum of the two SVD residuals (with no cropped tiles).
+        Only a model whose slices span d directions and whose coordinates span z_dim comes
+        back exactly; the fit is not claimed to be the joint optimum of both stages.
+
+        Returns:
+            The relative squared error sum ||K - fit||^2 / sum ||K||^2 over KERNELS.
+        """
+        hn = self.hypernet
+        t = self.tiles_of(kernels)  # (n, in, out*f*f)
+        b_out, w_out = principal(t.flatten(0, 1), hn.z_dim)  # every slice -> one d-dim affine subspace
+        a = ((t - b_out) @ w_out).flatten(1)  # (n, in*d): each tile's slice coordinates
+        b_in, w_in = principal(a, hn.z_dim)  # every tile -> one z_dim-dim affine subspace
+        for param, value in zip(
+            (hn.w_out.weight, hn.w_out.bias, hn.w_in.weight, hn.w_in.bias, self.z),
+            (w_out, b_out, w_in, b_in, (a - b_in) @ w_in),
+        ):
+            param.copy_(value)
+        error = sum((k.double() - m.reshape(k.shape).double()).square().sum() for k, m in zip(kernels, self()))
+        return float(error / sum(k.double().square().sum() for k in kernels))
+
     def forward(self, memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
         """Generate every layer's kernel.
 
@@ -345,8 +399,10 @@ class HyperNetized(nn.Module):
     called itself, it runs with the generated weights too.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], z_dim: int, tile: int):
+    def __init__(self, model: nn.Module, layers: Sequence[str], z_dim: int, tile: int, init: Init = "random"):
         super().__init__()
+        if init not in ("random", "fit"):
+            raise ValueError(f"init must be 'random' or 'fit', not {init!r}")
         modules = dict(model.named_modules())
         weights = {name: modules[name].weight for name in layers}
         by_tile: dict[tuple[int, int, int], list[str]] = {}
@@ -360,6 +416,11 @@ class HyperNetized(nn.Module):
                 HyperNetwork(z_dim, inp, out, f),
                 z_stds=[weights[n].detach().float().std().item() for n in names],
             )
+        self.fit_errors = {  # each bank's relative squared error, where init="fit" started it from the model's weights
+            key: cast(KernelBank, self.banks[key]).fit_([weights[n] for n in names])
+            for key, names in zip(self.banks, by_tile.values())
+            if init == "fit"
+        }
         place = {n: (key, i) for key, names in zip(self.banks, by_tile.values()) for i, n in enumerate(names)}
         self.generated = [f"{name}.weight" for name in layers]
         self.places = [place[name] for name in layers]  # (bank, index in it) of each generated weight
@@ -458,7 +519,7 @@ class HyperNetized(nn.Module):
     def summary(self) -> str:
         """Per hypernetwork: the weights it makes and its parameters; then stored, generated and the ratio."""
         stored = sum(p.numel() for p in self.model.parameters())
-        lines = []
+        lines = [] if self.fit_errors else ["the generated weights start afresh: the model's own values are not used"]
         for key, module in self.banks.items():
             bank = cast(KernelBank, module)  # ModuleDict's items are typed nn.Module
             values = sum(math.prod(s) for s, (k, _) in zip(self.shapes, self.places) if k == key)
@@ -467,6 +528,7 @@ class HyperNetized(nn.Module):
                 f"{key} tiles: {len(bank.shapes)} weights, {values:,} values from {own:,} parameters "
                 f"({bank.num_tiles} z's + a {sum(p.numel() for p in bank.hypernet.parameters()):,}-parameter "
                 f"hypernetwork; {ratio(own, values)})"
+                + (f"; fit to the model's weights, error {100 * self.fit_errors[key]:.1f}%" if self.fit_errors else "")
             )
         made = sum(p.numel() for p in self.banks.parameters())
         generated = sum(math.prod(s) for s in self.shapes)
@@ -485,6 +547,7 @@ def hypernetize(
     layers: Sequence[str] | Callable[[str, nn.Module], bool] | None = None,
     linear: bool = True,
     inplace: bool = False,
+    init: Init = "random",
 ) -> HyperNetized:
     """Generate MODEL's weights with the paper's tiled hypernetworks, one per tile shape.
 
@@ -501,16 +564,18 @@ def hypernetize(
         inplace: Wrap MODEL itself instead of a copy (no second copy of a large model in
             memory): its generated layers then lose their stored weight, so MODEL alone no
             longer runs.
+        init: "random": the generated weights start afresh, and MODEL's own values of them are
+            NOT used: each layer's z's are drawn with the std of the weight they replace (a
+            hypernetwork keeps scale), so a trained model comes back untrained. "fit": every
+            hypernetwork and z are set from MODEL's weights by two SVDs per tile shape
+            (`KernelBank.fit_`); `summary()` and ``fit_errors`` give each shape's relative error.
 
     Raises:
         ValueError: If a name in LAYERS is no layer of MODEL, or a layer whose weight cannot
             be generated (the message says why), or there is nothing to generate.
-
-    Each generated weight starts at the scale of the layer's own initialisation: its z's
-    are drawn with the std of the weight it replaces (a hypernetwork keeps scale).
     """
     names = chosen_layers(model, layers, linear)
-    return HyperNetized(model if inplace else copy.deepcopy(model), names, z_dim, tile)
+    return HyperNetized(model if inplace else copy.deepcopy(model), names, z_dim, tile, init)
 
 
 def rebuild(model: nn.Module, state_dict: dict) -> HyperNetized:
