@@ -30,6 +30,12 @@ import provenance
 from data import Normalize, augment_cifar, load_cifar10
 from hypernetwork_modules import hypernetize
 
+LABELS = (  # (key, colour, legend) of each model the figure shows
+    ("stored", "tab:gray", "the CNN, stored weights"),
+    ("fit", "tab:blue", 'hypernetized, init="fit"'),
+    ("random", "tab:orange", "hypernetized, fresh init"),
+)
+
 
 def make_cnn(num_classes: int = 10) -> nn.Sequential:
     """Six conv3x3-BN-ReLU layers (32, 32 | 64, 64 | 128, 128 channels, a max-pool after each
@@ -109,9 +115,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, when, title in zip(axes, ("start", "finetuned"), ("right after hypernetizing", "after fine-tuning")):
-        for name, colour in (("stored", "tab:gray"), ("fit", "tab:blue"), ("random", "tab:orange")):
+        for name, colour, label in LABELS:
             xs = [r[name]["parameters"] for r in rows]
-            ax.scatter(xs, [100 * r[name][when] for r in rows], color=colour, label=f"{name} (n={len(rows)})")
+            ax.scatter(xs, [100 * r[name][when] for r in rows], color=colour, label=f"{label}, {len(rows)} seeds")
         ax.set(xscale="log", xlabel="trainable parameters", title=title)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("CIFAR-10 test accuracy (%)")
@@ -136,7 +142,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     x_train, y_train, x_test, y_test = load_cifar10(args.data_dir, download=False)
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         start, done = (spread([r[name][when] for r in rows]) for when in ("start", "finetuned"))
         print(f"{name:7s} {rows[0][name]['parameters']:>8,} parameters: {start} at the start, {done} fine-tuned")
     print(f"wrote {out / 'results.json'} and {out / 'fit_start.png'}")
+    return record
 
 
 if __name__ == "__main__":

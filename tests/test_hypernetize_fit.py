@@ -1,5 +1,6 @@
 """hypernetize(model, init="fit"): the z's and hypernetworks set from the model's own weights."""
 
+import json
 import math
 
 import pytest
@@ -7,7 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from data import write_synthetic_cifar
 from hypernetwork_modules import HyperNetwork, KernelBank, hypernetize
+from test_target_hypernetwork import load_example
 
 
 class WholeTiles(nn.Module):
@@ -106,3 +109,17 @@ def test_the_default_init_draws_as_a_kernel_bank_does_and_says_so():
 def test_an_unknown_init_is_refused():
     with pytest.raises(ValueError, match="init must be 'random' or 'fit'"):
         hypernetize(WholeTiles(), init="pretrained")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_the_fit_start_example_records_every_model_of_every_seed(tmp_path):
+    write_synthetic_cifar(tmp_path / "data", per_batch=20, test_size=20)
+    argv = ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--seeds", "0", "1"]
+    record = load_example("fit_start").main(argv + ["--pretrain-steps", "2", "--finetune-steps", "1"])
+    assert [r["seed"] for r in record["seeds"]] == [0, 1]
+    for row in record["seeds"]:
+        assert row["fit"]["parameters"] == row["random"]["parameters"] < row["stored"]["parameters"]
+        assert all(0 <= row[m][w] <= 1 for m in ("stored", "fit", "random") for w in ("start", "finetuned"))
+        assert set(row["fit_error"]) == {"16x16x3x3"} and 0 < row["fit_error"]["16x16x3x3"] < 1
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == record
+    assert (tmp_path / "out" / "fit_start.png").stat().st_size > 1000

@@ -531,7 +531,9 @@ def test_cifar_example_uses_train_loader_with_limits(tmp_path):
         example.load_cifar10(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("name", ["mlp_exercise", "library_style", "dynamic_weights", "cnn_generator_cifar"])
+@pytest.mark.parametrize(
+    "name", ["mlp_exercise", "library_style", "dynamic_weights", "cnn_generator_cifar", "fit_start"]
+)
 def test_examples_have_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_example(name).main(["--help"])
