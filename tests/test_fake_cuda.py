@@ -3,8 +3,8 @@
 torch's FakeTensorMode gives tensors a device, shape, dtype and layout but no data, so the
 step's forward, its loss and penalty, the augmentation and the optimizer's construction
 and state loading run as they would on a GPU: a tensor left on the CPU, a wrong autocast
-dtype or a host sync shows here. Three torch-level answers say "a GPU is here" around what
-asks (`gpu_like`); construction draws its random numbers without them. Backward does not
+dtype or a host sync shows here. Four torch-level answers say "a GPU is here" around what
+asks (`gpu_like`). Models are built on the CPU and moved, as `runner` does. Backward does not
 run: torch's autograd engine asks a real CUDA device for a context. What only a GPU can
 check (kernels, numerics, CUDA graphs, nccl) is in docs/platforms.md and gpu_check.py.
 """
