@@ -2,6 +2,8 @@
 
 import json
 import math
+import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +125,18 @@ def test_the_fit_start_example_records_every_model_of_every_seed(tmp_path):
         assert set(row["fit_error"]) == {"16x16x3x3"} and 0 < row["fit_error"]["16x16x3x3"] < 1
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == record
     assert (tmp_path / "out" / "fit_start.png").stat().st_size > 1000
+
+
+def test_the_library_docs_quote_the_archived_fit_start_run():
+    """docs/library.md's init="fit" table is results/fit_start.json's seeds, mean ± sd: nothing copied by hand."""
+    repo = Path(__file__).resolve().parents[1]
+    seeds = json.loads((repo / "results" / "fit_start.json").read_text())["seeds"]
+    docs = (repo / "docs" / "library.md").read_text()
+    for model in ("stored", "fit", "random"):
+        cells = [f"{seeds[0][model]['parameters']:,}"]
+        for when in ("start", "finetuned"):
+            values = [100 * row[model][when] for row in seeds]
+            cells.append(f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}%")
+        assert " | ".join(cells) in docs, (model, cells)
+    errors = ", ".join(f"{100 * row['fit_error']['16x16x3x3']:.1f}%" for row in seeds)
+    assert errors in docs.replace(" and ", ", ")
