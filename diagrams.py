@@ -418,14 +418,14 @@ def layer_kernels(run: run_records.Run) -> LayerKernels:
         experiment = all_experiments()[run.experiment]
         model = experiment.build_model(config_of(experiment, run.config))
     assert isinstance(model, (PrimaryNetwork, MnistNet))  # the experiments' models, both with a kernel_bank
-    init = model.kernels()[0]
+    init = model.generate()[0]
     prefix = len(run_records.BANK_PREFIX)
     try:
         model.kernel_bank.load_state_dict({k[prefix:]: v for k, v in run.kernel_bank.items()})
     except RuntimeError as e:
         raise UserError(f"{run.directory}: its kernel bank does not fit its configuration ({first_line(e)})") from None
     hypernet = model.kernel_bank.hypernet
-    return LayerKernels(init, model.kernels()[0], (hypernet.out_size, hypernet.in_size))
+    return LayerKernels(init, model.generate()[0], (hypernet.out_size, hypernet.in_size))
 
 
 def mosaic(kernel: torch.Tensor) -> np.ndarray:

@@ -20,7 +20,7 @@ import train
 from checkpointing import atomic_save, load_checkpoint, safe_load
 from cli import ArgumentParser, UserError, run_cli
 from experiment import config_of
-from primary_net import PrimaryNetwork, num_parameters, to_plain
+from primary_net import PrimaryNetwork, num_parameters
 
 EXPORT_FORMAT = "hyperresnet-plain-v1"
 
@@ -68,7 +68,7 @@ def export(checkpoint: Path, out: Path | None = None) -> Path:
     model = model_from_checkpoint(ckpt)
     if not model.hyper:
         raise UserError(f"{checkpoint} holds a plain network already: nothing to export")
-    plain = to_plain(model)
+    plain = model.to_plain()
     out = out or checkpoint.with_name(f"{checkpoint.stem}-plain.pt")
     architecture = {
         "depth": plain.depth,

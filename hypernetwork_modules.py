@@ -31,7 +31,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+__all__ = [
+    "HyperNetized",
+    "HyperNetwork",
+    "Init",
+    "KernelBank",
+    "ScaleIn",
+    "default_layers",
+    "hypernetize",
+    "init_linear_",
+    "layout_of",
+    "rebuild",
+]
+
 Init = Literal["random", "fit"]  # how `hypernetize` starts the z's and hypernetworks
+ScaleIn = Literal["z", "hypernet"]  # which parameters of a `KernelBank` carry its initial scale
 
 
 def init_linear_(layer: nn.Linear) -> None:
@@ -211,7 +225,7 @@ class KernelBank(nn.Module):
         shapes: Sequence[Sequence[int]],
         hypernet: HyperNetwork,
         z_stds: Sequence[float] | None = None,
-        scale_in: str = "z",
+        scale_in: ScaleIn = "z",
     ):
         super().__init__()
         self.hypernet = hypernet
@@ -258,7 +272,31 @@ class KernelBank(nn.Module):
         """Total number of z-embeddings (tiles) over all layers."""
         return self.z.shape[0]
 
-    def sq_norm(self) -> torch.Tensor:
+    @property
+    def z_dim(self) -> int:
+        """Size of each z."""
+        return self.z.shape[1]
+
+    @property
+    def num_hyper_parameters(self) -> int:
+        """Learnable parameters that make the kernels: the z's and the hypernetwork."""
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def num_target_parameters(self) -> int:
+        """Number of values generated: every entry of every kernel."""
+        return sum(math.prod(s) for s in self.shapes)
+
+    def summary(self) -> str:
+        """One line: the kernels made, and the z's and hypernetwork that make them."""
+        hyper = sum(p.numel() for p in self.hypernet.parameters())
+        return (
+            f"{len(self.shapes)} weights, {self.num_target_parameters:,} values from {self.num_hyper_parameters:,} "
+            f"parameters ({self.num_tiles} z's + a {hyper:,}-parameter hypernetwork; "
+            f"{ratio(self.num_hyper_parameters, self.num_target_parameters)})"
+        )
+
+    def kernel_sq_norm(self) -> torch.Tensor:
         """Sum of squares of every generated kernel (for the L2 penalty), from Gram matrices:
         one sum for the whole tiles, and one per kind of tile a crop cuts (see `edge_tiles`)."""
         if not self.cut_keeps:
@@ -309,6 +347,11 @@ class KernelBank(nn.Module):
             param.copy_(value)
         error = sum((k.double() - m.reshape(k.shape).double()).square().sum() for k, m in zip(kernels, self()))
         return float(error / sum(k.double().square().sum() for k in kernels))
+
+    def generate(self, memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
+        """Every layer's kernel: ``bank(memory_format)``, named as `HyperNetized.generate` and
+        `TargetHyperNetwork.generate` are (forward hooks see the call)."""
+        return self(memory_format)
 
     def forward(self, memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
         """Generate every layer's kernel.
@@ -444,7 +487,7 @@ class HyperNetized(nn.Module):
         so on that path this looks up one layer and returns.)"""
         if hasattr(self.model.get_submodule(self.generated[0].rpartition(".")[0]), "weight"):
             return
-        for layer, kernel in zip(self._layers(), self.kernels()):
+        for layer, kernel in zip(self._layers(), self.generate()):
             layer.weight = kernel
         self._put = True
 
@@ -463,7 +506,7 @@ class HyperNetized(nn.Module):
         if state != self.arguments:
             raise ValueError(f"this state_dict was made by hypernetize with {state}, not {self.arguments}")
 
-    def kernels(self) -> list[torch.Tensor]:
+    def generate(self) -> list[torch.Tensor]:
         """The generated weights, in the order of ``generated``: one call per hypernetwork.
 
         For inference (eval mode, gradients off) they are made once and reused until a z or a
@@ -473,13 +516,13 @@ class HyperNetized(nn.Module):
         layout = layout_of(self.model)
         if self.training or torch.is_grad_enabled():
             self._cache = None
-            return self._generate(layout)
+            return self._make(layout)
         key = self._cache_key(layout)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._generate(layout))
+            self._cache = (key, self._make(layout))
         return self._cache[1]
 
-    def _generate(self, layout: torch.memory_format) -> list[torch.Tensor]:
+    def _make(self, layout: torch.memory_format) -> list[torch.Tensor]:
         made = {key: bank(layout) for key, bank in self.banks.items()}
         return [made[key][i].reshape(shape) for (key, i), shape in zip(self.places, self.shapes)]
 
@@ -493,11 +536,11 @@ class HyperNetized(nn.Module):
         """Sum of squares of every generated weight (for an L2 penalty), from Gram matrices."""
         # Each bank is a KernelBank (ModuleDict types it nn.Module); the sum is never the int 0
         # of an empty sum, as hypernetize makes at least one bank.
-        return cast(torch.Tensor, sum(cast(KernelBank, bank).sq_norm() for bank in self.banks.values()))
+        return cast(torch.Tensor, sum(cast(KernelBank, bank).kernel_sq_norm() for bank in self.banks.values()))
 
     def forward(self, *args, **kwargs):
         """The model's forward, with the generated weights in place."""
-        return torch.func.functional_call(self.model, dict(zip(self.generated, self.kernels())), args, kwargs)
+        return torch.func.functional_call(self.model, dict(zip(self.generated, self.generate())), args, kwargs)
 
     @torch.no_grad()
     def to_plain(self) -> nn.Module:
@@ -512,26 +555,28 @@ class HyperNetized(nn.Module):
                 self.model.register_forward_hook(self._take_out),
             ]
         modules = dict(plain.named_modules())
-        for name, kernel in zip(self.generated, self.kernels()):
+        for name, kernel in zip(self.generated, self.generate()):
             modules[name.rsplit(".", 1)[0]].weight = nn.Parameter(kernel.detach().clone())
         return plain
+
+    @property
+    def num_hyper_parameters(self) -> int:
+        """Learnable parameters that make the generated weights: every bank's z's and hypernetwork."""
+        return sum(p.numel() for p in self.banks.parameters())
+
+    @property
+    def num_target_parameters(self) -> int:
+        """Number of values generated: every entry of every generated weight."""
+        return sum(math.prod(s) for s in self.shapes)
 
     def summary(self) -> str:
         """Per hypernetwork: the weights it makes and its parameters; then stored, generated and the ratio."""
         stored = sum(p.numel() for p in self.model.parameters())
         lines = [] if self.fit_errors else ["the generated weights start afresh: the model's own values are not used"]
-        for key, module in self.banks.items():
-            bank = cast(KernelBank, module)  # ModuleDict's items are typed nn.Module
-            values = sum(math.prod(s) for s, (k, _) in zip(self.shapes, self.places) if k == key)
-            own = sum(p.numel() for p in bank.parameters())
-            lines.append(
-                f"{key} tiles: {len(bank.shapes)} weights, {values:,} values from {own:,} parameters "
-                f"({bank.num_tiles} z's + a {sum(p.numel() for p in bank.hypernet.parameters()):,}-parameter "
-                f"hypernetwork; {ratio(own, values)})"
-                + (f"; fit to the model's weights, error {100 * self.fit_errors[key]:.1f}%" if self.fit_errors else "")
-            )
-        made = sum(p.numel() for p in self.banks.parameters())
-        generated = sum(math.prod(s) for s in self.shapes)
+        for key, bank in self.banks.items():
+            fit = f"; fit to the model's weights, error {100 * self.fit_errors[key]:.1f}%" if self.fit_errors else ""
+            lines.append(f"{key} tiles: {cast(KernelBank, bank).summary()}{fit}")  # ModuleDict types it nn.Module
+        made, generated = self.num_hyper_parameters, self.num_target_parameters
         lines.append(
             f"{len(self.generated)} weights generated by {len(self.banks)} hypernetwork(s); {stored:,} parameters "
             f"stored as they were; {stored + made:,} trainable in all, against {stored + generated:,} "

@@ -42,7 +42,7 @@ from config import SETTING, RunConfig, flag
 from data import augment_mnist, load_mnist, stretch_mnist
 from distributed import exit_process
 from experiment import Experiment, FlagDefaults, Schedule, kernel_init
-from hypernetwork_modules import HyperNetwork, KernelBank
+from hypernetwork_modules import HyperNetwork, KernelBank, ScaleIn
 from runner import main as run_main
 
 # Paper Table 7: test error (%) and parameters of the second layer (its kernel for "normal").
@@ -97,7 +97,7 @@ class MnistNet(nn.Module):
         self.conv1 = nn.Conv2d(1, CHANNELS, KERNEL, padding=KERNEL // 2)
         shape = (CHANNELS, CHANNELS, KERNEL, KERNEL)
         if hyper:  # one layer of one tile: the tile is the whole kernel
-            scale_in = "hypernet" if init == "scale-in-hypernet" else "z"
+            scale_in: ScaleIn = "hypernet" if init == "scale-in-hypernet" else "z"
             self.kernel_bank = KernelBank([shape], HyperNetwork(z_dim, CHANNELS, CHANNELS, KERNEL), scale_in=scale_in)
         else:
             self.conv2_weight = nn.Parameter(torch.empty(shape))
@@ -125,7 +125,7 @@ class MnistNet(nn.Module):
         nn.init.orthogonal_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
 
-    def kernels(self) -> list[torch.Tensor]:
+    def generate(self) -> list[torch.Tensor]:
         """[the second layer's (16, 16, 7, 7) kernel], generated on each call if hyper."""
         if not self.hyper:
             return [self.conv2_weight]
@@ -134,7 +134,7 @@ class MnistNet(nn.Module):
 
     def kernel_sq_norm(self) -> torch.Tensor:
         """Sum of squares of the second layer's kernel (for an optional L2 penalty)."""
-        return self.kernel_bank.sq_norm() if self.hyper else self.conv2_weight.pow(2).sum()
+        return self.kernel_bank.kernel_sq_norm() if self.hyper else self.conv2_weight.pow(2).sum()
 
     def layer2_parameters(self) -> int:
         """What Table 7 compares: the hypernetwork and its z, or the stored kernel."""
@@ -142,7 +142,7 @@ class MnistNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes) of images (N, 1, 28, 28), the second kernel generated first if hyper."""
-        (w2,) = self.kernels()
+        (w2,) = self.generate()
         h = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (N, 16, 14, 14)
         h = F.max_pool2d(F.relu(F.conv2d(h, w2, self.conv2_bias, padding=KERNEL // 2)), 2)  # (N, 16, 7, 7)
         return self.fc(h.flatten(1))

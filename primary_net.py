@@ -19,8 +19,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hypernetwork_modules import HyperNetwork, KernelBank, layout_of
+from hypernetwork_modules import HyperNetwork, KernelBank, ScaleIn, layout_of
 from resnet_blocks import WideBasicBlock, bn_fed
+
+__all__ = [
+    "PAPER_TABLE2",
+    "PrimaryNetwork",
+    "blocks_per_stage",
+    "model_name",
+    "num_parameters",
+    "paper_table",
+]
 
 STEM_CHANNELS = 16
 TILE = 16  # basic kernels are TILE x TILE x 3 x 3 (paper Sec. 4.2)
@@ -73,7 +82,7 @@ class PrimaryNetwork(nn.Module):
         hyper: bool = True,
         z_dim: int = 64,
         shortcut: str = "pad",
-        scale_in: str = "z",
+        scale_in: ScaleIn = "z",
     ):
         super().__init__()
         if width < 1:
@@ -102,7 +111,7 @@ class PrimaryNetwork(nn.Module):
             for w in self.stored_kernels:
                 nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")
 
-    def kernels(self) -> list[torch.Tensor]:
+    def generate(self) -> list[torch.Tensor]:
         """The 6N block kernels in use, in block order (generated on each call if hyper, in
         the layout of the stem's stored kernel: channels_last after ``to(memory_format=...)``)."""
         if self.hyper:
@@ -113,13 +122,23 @@ class PrimaryNetwork(nn.Module):
         """Sum of squares of all kernels in use, for the L2 penalty. For a hyper network it
         comes from the hypernetwork's Gram matrices, without generating the kernels."""
         if self.hyper:
-            return self.kernel_bank.sq_norm()
+            return self.kernel_bank.kernel_sq_norm()
         return sum(w.pow(2).sum() for w in self.stored_kernels)
+
+    @torch.no_grad()
+    def to_plain(self) -> PrimaryNetwork:
+        """A ``hyper=False`` network that stores the generated kernels: the same function, with
+        nothing left to generate at inference time (on this network's device)."""
+        plain = PrimaryNetwork(self.depth, self.width, self.num_classes, hyper=False, shortcut=self.shortcut)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("kernel_bank.")}
+        state.update({f"stored_kernels.{i}": k for i, k in enumerate(self.generate())})
+        plain.load_state_dict(state)
+        return plain.to(next(self.parameters()).device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes) of images (N, 3, 32, 32): the block kernels are generated
         once (a hyper network's one hypernetwork call), then the network runs."""
-        kernels = self.kernels()
+        kernels = self.generate()
         assert self.stem.bias is not None  # built with one
         h = self.stem_bn(
             F.conv2d(x, self.stem.weight, bn_fed(self.stem.bias), padding=self.stem.padding)
@@ -129,17 +148,6 @@ class PrimaryNetwork(nn.Module):
         h = F.relu(self.bn(h))
         h = F.adaptive_avg_pool2d(h, 1).flatten(1)  # (N, 64k)
         return self.fc(h)
-
-
-@torch.no_grad()
-def to_plain(model: PrimaryNetwork) -> PrimaryNetwork:
-    """A ``hyper=False`` network that stores MODEL's generated kernels: the same function,
-    with nothing left to generate at inference time."""
-    plain = PrimaryNetwork(model.depth, model.width, model.num_classes, hyper=False, shortcut=model.shortcut)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("kernel_bank.")}
-    state.update({f"stored_kernels.{i}": k for i, k in enumerate(model.kernels())})
-    plain.load_state_dict(state)
-    return plain.to(next(model.parameters()).device)
 
 
 def num_parameters(module: nn.Module) -> int:
@@ -159,7 +167,7 @@ def paper_table() -> str:
         zs = net.kernel_bank.num_tiles if hyper else 0
         lines.append(
             f"| {model_name(depth, width, hyper)} | {count:,} | {count / 1e6:.3f} | {paper_m:.3f} | "
-            f"{error:.2f}% | {zs} | {len(net.kernels()) if hyper else 0} |"
+            f"{error:.2f}% | {zs} | {len(net.generate()) if hyper else 0} |"
         )
     return "\n".join(lines)
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+__all__ = ["WideBasicBlock", "bn_fed"]
+
 SHORTCUTS = ("pad", "conv")
 
 

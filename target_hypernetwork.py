@@ -2,27 +2,31 @@
 
 `hypernetwork_modules.py` holds the paper's static scheme for 3x3 convolution kernels.
 This file applies the same scheme to an arbitrary `nn.Module`, whose parameters it
-treats as one flat vector cut into equal chunks. Both use the same words:
+treats as one flat vector cut into equal chunks. The three generators
+(`KernelBank`, `hypernetwork_modules.HyperNetized`, `TargetHyperNetwork`) share one
+vocabulary: the learned embeddings are ``z`` of size ``z_dim``; ``generate()`` makes
+the weights, one call per generator; ``kernel_sq_norm()`` (where the weights are
+kernels) is their L2 penalty; ``to_plain()`` (where there is a model) is the ordinary
+model holding them; ``summary()`` describes it; ``num_hyper_parameters`` and
+``num_target_parameters`` count what makes the weights and what is made. Where they differ:
 
     concept            KernelBank + HyperNetwork          TargetHyperNetwork
-    embeddings z       KernelBank.z, one z per tile       .embeddings, one z per chunk
-                       (num_tiles, z_dim)                 (num_chunks, embed_dim)
+    embeddings z       one z per tile                     one z per chunk
+                       (num_tiles, z_dim)                 (num_chunks, z_dim)
     generator          HyperNetwork: two linear layers,   .generator: an MLP with tanh,
                        shared by every tile               shared by every chunk
     one output         a tile (out, in, f, f),            a chunk of chunk_size values
                        16x16x3x3 by default
     layout             tile grid -> (C_out, C_in, f, f)   FlatLayout: flatten, truncate,
                                                           split per parameter tensor
-    one call           KernelBank.forward(): one          generate(): one generator call
-                       generator call per forward         per forward
     initial scale      in z: std sqrt(2 / fan_in)         after: offset + scale * raw,
                        per layer                          the template's own init
     per sample         no (static)                        dynamic=True: z + encoder(x)
 
 Both generators start from `hypernetwork_modules.init_linear_`. The path, top to bottom:
 
-    z (num_chunks, embed_dim)                  embeddings: one learned z per chunk
-      [dynamic: z + encoder(x)[:, None]]       (B, num_chunks, embed_dim), per sample
+    z (num_chunks, z_dim)                     embeddings: one learned z per chunk
+      [dynamic: z + encoder(x)[:, None]]      (B, num_chunks, z_dim), per sample
       -> generator MLP (tanh), ONE batched call   shared by every chunk
       -> raw (..., num_chunks, chunk_size)
       -> layout: flatten, truncate to the target's parameter count, split per tensor
@@ -30,7 +34,7 @@ Both generators start from `hypernetwork_modules.init_linear_`. The path, top to
       -> torch.func.functional_call(target, params, x)   [dynamic: under torch.func.vmap]
 
 num_chunks = ceil(num_target_parameters / chunk_size), so the hypernetwork
-(num_chunks * embed_dim embeddings plus one small generator) can be far smaller than
+(num_chunks * z_dim embeddings plus one small generator) can be far smaller than
 the target it generates.
 
 Static mode: one weight set for the whole batch. Dynamic mode: an encoder turns each
@@ -51,6 +55,11 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 
 from hypernetwork_modules import init_linear_
+
+__all__ = [
+    "FlatLayout",
+    "TargetHyperNetwork",
+]
 
 DEFAULT_ENCODER_HIDDEN = 64  # hidden width of the default dynamic-mode encoder
 
@@ -94,7 +103,7 @@ def template_parameters(target: nn.Module) -> dict[str, torch.Tensor]:
 
 def check_options(
     chunk_size: int,
-    embed_dim: int,
+    z_dim: int,
     hidden_sizes: Sequence[int],
     dynamic: bool,
     encoder: nn.Module | None,
@@ -106,8 +115,8 @@ def check_options(
     Raises:
         ValueError: A size < 1, constant_scale <= 0, or encoder/in_features not matching the mode.
     """
-    if chunk_size < 1 or embed_dim < 1:
-        raise ValueError(f"chunk_size and embed_dim must be >= 1, got {chunk_size} and {embed_dim}")
+    if chunk_size < 1 or z_dim < 1:
+        raise ValueError(f"chunk_size and z_dim must be >= 1, got {chunk_size} and {z_dim}")
     if any(h < 1 for h in hidden_sizes):
         raise ValueError(f"hidden sizes must be >= 1, got {tuple(hidden_sizes)}")
     if not constant_scale > 0:
@@ -245,7 +254,7 @@ class TargetHyperNetwork(nn.Module):
     ``out, params = hnet(x)``: ``params`` maps each name in
     ``target.named_parameters()`` to a tensor of that parameter's shape (dynamic mode:
     with a leading batch dimension), and ``out`` is the target applied to ``x`` with
-    them. In the words of `KernelBank`: one embedding z per chunk (`embeddings`), a
+    them. In the words of `KernelBank`: one embedding z per chunk (`z`), a
     generator shared by all chunks (`generator`), one generator call per forward
     (`generate`), and a layout (`layout`) in place of the tile grid.
 
@@ -271,14 +280,14 @@ class TargetHyperNetwork(nn.Module):
     Args:
         target: Any module with parameters; its forward takes one tensor.
         chunk_size: Outputs of the generator per embedding z.
-        embed_dim: Size of each embedding z (the generator's input).
+        z_dim: Size of each embedding z (the generator's input).
         hidden_sizes: Hidden widths of the generator MLP (tanh); ``()`` makes it linear.
         dynamic: Generate weights per sample: sample b's chunk c is generated from
-            ``embeddings[c] + encoder(x)[b]``.
-        encoder: Dynamic mode: a module mapping x (B, ...) to codes (B, embed_dim).
+            ``z[c] + encoder(x)[b]``.
+        encoder: Dynamic mode: a module mapping x (B, ...) to codes (B, z_dim).
         in_features: Dynamic mode without ``encoder``: size of a flattened input, for
             the default encoder ``Flatten -> Linear(in_features, 64) -> ReLU ->
-            Linear(64, embed_dim)`` (PyTorch's default init).
+            Linear(64, z_dim)`` (PyTorch's default init).
         constant_scale: Scale of the generated values for tensors that start constant.
     """
 
@@ -289,7 +298,7 @@ class TargetHyperNetwork(nn.Module):
         self,
         target: nn.Module,
         chunk_size: int = 1024,
-        embed_dim: int = 32,
+        z_dim: int = 32,
         hidden_sizes: Sequence[int] = (64,),
         dynamic: bool = False,
         encoder: nn.Module | None = None,
@@ -298,18 +307,18 @@ class TargetHyperNetwork(nn.Module):
     ):
         super().__init__()
         named = template_parameters(target)
-        check_options(chunk_size, embed_dim, hidden_sizes, dynamic, encoder, in_features, constant_scale)
+        check_options(chunk_size, z_dim, hidden_sizes, dynamic, encoder, in_features, constant_scale)
         self.target = without_parameters(target)
         layout = FlatLayout.of(named)
         self.names, self.shapes, self.numels = layout.names, layout.shapes, layout.numels
-        self.chunk_size, self.embed_dim, self.dynamic = chunk_size, embed_dim, dynamic
-        # This order (embeddings, generator, encoder, buffers) fixes the state_dict keys' order
+        self.chunk_size, self.z_dim, self.dynamic = chunk_size, z_dim, dynamic
+        # This order (z, generator, encoder, buffers) fixes the state_dict keys' order
         # and which random numbers each default init draws; keep it.
-        self.embeddings = nn.Parameter(torch.empty(layout.num_chunks(chunk_size), embed_dim))  # z: (C, E)
-        self.generator = mlp([embed_dim, *hidden_sizes, chunk_size], activation=nn.Tanh)
+        self.z = nn.Parameter(torch.empty(layout.num_chunks(chunk_size), z_dim))  # z: (C, z_dim)
+        self.generator = mlp([z_dim, *hidden_sizes, chunk_size], activation=nn.Tanh)
         if dynamic and encoder is None:
             assert in_features is not None  # check_options: dynamic mode needs encoder or in_features
-            encoder = mlp([in_features, DEFAULT_ENCODER_HIDDEN, embed_dim], activation=nn.ReLU, flatten=True)
+            encoder = mlp([in_features, DEFAULT_ENCODER_HIDDEN, z_dim], activation=nn.ReLU, flatten=True)
         self.encoder = encoder
         offset, scale = template_offset_and_scale(list(named.values()), constant_scale)
         self.register_buffer("init_offset", offset.to(torch.get_default_dtype()))
@@ -318,7 +327,7 @@ class TargetHyperNetwork(nn.Module):
         if self.num_hyper_parameters > self.num_target_parameters:
             warnings.warn(
                 f"TargetHyperNetwork: the hypernetwork ({self.num_hyper_parameters:,} parameters) is larger than "
-                f"its target ({self.num_target_parameters:,}); a smaller chunk_size or embed_dim shrinks it",
+                f"its target ({self.num_target_parameters:,}); a smaller chunk_size or z_dim shrinks it",
                 stacklevel=2,
             )
 
@@ -326,12 +335,12 @@ class TargetHyperNetwork(nn.Module):
         """Embeddings z ~ N(0, 1); generator: `init_linear_` (N(0, 1/fan_in) weights, zero
         biases), its last layer then rescaled so the raw outputs over all chunks have std 1.
         A given encoder is left as it is."""
-        nn.init.normal_(self.embeddings)
+        nn.init.normal_(self.z)
         linears = [m for m in self.generator if isinstance(m, nn.Linear)]
         for layer in linears:
             init_linear_(layer)
         with torch.no_grad():
-            raw = self.generator(self.embeddings)  # (C, chunk_size)
+            raw = self.generator(self.z)  # (C, chunk_size)
             if raw.numel() > 1:
                 linears[-1].weight.div_(raw.std())
 
@@ -343,7 +352,7 @@ class TargetHyperNetwork(nn.Module):
     @property
     def num_chunks(self) -> int:
         """Number of embeddings z: ceil(num_target_parameters / chunk_size)."""
-        return self.embeddings.shape[0]
+        return self.z.shape[0]
 
     @property
     def num_target_parameters(self) -> int:
@@ -352,8 +361,8 @@ class TargetHyperNetwork(nn.Module):
 
     @property
     def num_hyper_parameters(self) -> int:
-        """Learnable parameters of the hypernetwork: embeddings, generator, encoder."""
-        parts = [self.embeddings, *self.generator.parameters()]
+        """Learnable parameters of the hypernetwork: z's, generator, encoder."""
+        parts = [self.z, *self.generator.parameters()]
         if self.encoder is not None:
             parts += list(self.encoder.parameters())
         return sum(p.numel() for p in parts)
@@ -369,7 +378,7 @@ class TargetHyperNetwork(nn.Module):
                 f"TargetHyperNetwork ({'dynamic' if self.dynamic else 'static'}) for {type(self.target).__name__}",
                 f"  target:       {total:,} parameters in {len(self.names)} tensors (generated, not trained)",
                 f"  chunks:       {self.num_chunks} x {self.chunk_size} values, last chunk uses {used_in_last}",
-                f"  hypernetwork: {hyper:,} parameters = embeddings {self.embeddings.numel():,}"
+                f"  hypernetwork: {hyper:,} parameters = z's {self.z.numel():,}"
                 f" + generator {generator:,} + encoder {encoder:,}",
                 f"  ratio:        hypernetwork / target = {hyper / total:.3f}",
             ]
@@ -390,25 +399,24 @@ class TargetHyperNetwork(nn.Module):
             setattr(plain.get_submodule(module_name), attr, nn.Parameter(value.detach().clone()))
         return plain
 
-    def _embeddings_for(self, x: torch.Tensor | None) -> torch.Tensor:
-        """The embeddings z this forward feeds the generator: (C, E), or (B, C, E) in dynamic mode."""
+    def _z_for(self, x: torch.Tensor | None) -> torch.Tensor:
+        """The embeddings z this forward feeds the generator: (C, z_dim), or (B, C, z_dim) in dynamic mode."""
         if not self.dynamic:
             if x is not None:
                 raise ValueError("static mode generates one weight set from learned embeddings: call generate()")
-            return self.embeddings  # (C, E)
+            return self.z  # (C, z_dim)
         if x is None:
             raise ValueError("dynamic mode generates weights from the input: call generate(x)")
         assert self.encoder is not None  # dynamic mode always has one (see __init__)
-        code = self.encoder(x)  # (B, E)
-        if code.shape != (x.shape[0], self.embed_dim):
+        code = self.encoder(x)  # (B, z_dim)
+        if code.shape != (x.shape[0], self.z_dim):
             raise ValueError(
-                f"encoder output must have shape (batch, embed_dim) = ({x.shape[0]}, {self.embed_dim}),"
-                f" got {tuple(code.shape)}"
+                f"encoder output must have shape (batch, z_dim) = ({x.shape[0]}, {self.z_dim}), got {tuple(code.shape)}"
             )
-        return self.embeddings + code.unsqueeze(1)  # (B, C, E): each sample shifts every embedding z
+        return self.z + code.unsqueeze(1)  # (B, C, z_dim): each sample shifts every embedding z
 
     def generate(self, x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """All target parameters, from ONE generator call (as `KernelBank.forward` makes all kernels).
+        """All target parameters, from ONE generator call (as `KernelBank.generate` makes all kernels).
 
         Args:
             x: Dynamic mode: the input batch (B, ...) that the weights depend on.
@@ -417,7 +425,7 @@ class TargetHyperNetwork(nn.Module):
         Returns:
             {name: tensor of shape (*shape)} in static mode, (B, *shape) in dynamic mode.
         """
-        z = self._embeddings_for(x)  # (C, E) or (B, C, E)
+        z = self._z_for(x)  # (C, z_dim) or (B, C, z_dim)
         raw = self.generator(z)  # (..., C, chunk_size): one chunk per embedding z
         return self.layout.unflatten(raw, self.init_offset, self.init_scale)
 

@@ -27,7 +27,7 @@ from config import SETTING, RunConfig, flag
 from data import augment_cifar, load_cifar10
 from distributed import exit_process
 from experiment import SCALE_INITS, Experiment, FlagDefaults, Schedule, kernel_init, parser_defaults
-from hypernetwork_modules import hypernetize
+from hypernetwork_modules import ScaleIn, hypernetize
 from primary_net import PAPER_TABLE2, PrimaryNetwork, blocks_per_stage, model_name
 from runner import main as run_main
 
@@ -146,7 +146,7 @@ def build_model(config: CifarConfig) -> torch.nn.Module:
     if config.arch != "wrn":
         model = torchvision.models.get_model(config.arch, num_classes=10)
         return model if config.plain else hypernetize(model, z_dim=config.z_dim, inplace=True)
-    scale_in = "hypernet" if config.init == "scale-in-hypernet" else "z"
+    scale_in: ScaleIn = "hypernet" if config.init == "scale-in-hypernet" else "z"
     return PrimaryNetwork(
         config.depth,
         config.width,

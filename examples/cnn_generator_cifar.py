@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test-limit", type=int, default=2000, help="evaluate on the first N test images")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--chunk-size", type=int, default=1024, help="generator outputs per chunk embedding")
-    p.add_argument("--embed-dim", type=int, default=64)
+    p.add_argument("--z-dim", type=int, default=64)
     p.add_argument("--generator-hidden", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cnn = make_cnn()
-    hnet = TargetHyperNetwork(
-        cnn, chunk_size=args.chunk_size, embed_dim=args.embed_dim, hidden_sizes=(args.generator_hidden,)
-    )
+    hnet = TargetHyperNetwork(cnn, chunk_size=args.chunk_size, z_dim=args.z_dim, hidden_sizes=(args.generator_hidden,))
     n_cnn, n_hyper = hnet.num_target_parameters, hnet.num_hyper_parameters
     n_flat = flat_mlp_num_parameters(n_cnn)
     chunked = f"{hnet.num_chunks} x {args.chunk_size}"

@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--chunk-size", type=int, default=None, help="generator outputs per chunk (default: whole target)")
-    p.add_argument("--embed-dim", type=int, default=16)
+    p.add_argument("--z-dim", type=int, default=16)
     p.add_argument("--hidden", type=int, default=64, help="hidden width of the generator")
     p.add_argument("--mlp-hidden", type=int, default=80, help="hidden width of the MLP baseline")
     p.add_argument("--train-size", type=int, default=8192)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(args.seed)
     chunk_size = args.chunk_size or n_in * args.out + args.out  # default: Linear(n_in, out) in one chunk
-    hyper_kw = dict(chunk_size=chunk_size, embed_dim=args.embed_dim, hidden_sizes=(args.hidden,))
+    hyper_kw = dict(chunk_size=chunk_size, z_dim=args.z_dim, hidden_sizes=(args.hidden,))
     models = {
         "static": TargetHyperNetwork(nn.Linear(n_in, args.out), **hyper_kw),
         "mlp": Baseline([n_in, args.mlp_hidden, args.mlp_hidden, args.out]),

@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     p.add_argument("--hidden", type=int, default=256, help="hidden width of the target (256 in the spec)")
     p.add_argument("--num-chunks", type=int, default=512, help="chunk embeddings (chunk size follows)")
-    p.add_argument("--embed-dim", type=int, default=32, help="size of each chunk embedding")
+    p.add_argument("--z-dim", type=int, default=32, help="size of each chunk embedding")
     p.add_argument("--generator-hidden", type=int, default=64, help="hidden width of the generator MLP")
     p.add_argument("--train-size", type=int, default=4096)
     p.add_argument("--log-every", type=int, default=250)
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     target = make_target(args.hidden)
     total = sum(p.numel() for p in target.parameters())
     chunk_size = math.ceil(total / args.num_chunks)
-    hnet = TargetHyperNetwork(
-        target, chunk_size=chunk_size, embed_dim=args.embed_dim, hidden_sizes=(args.generator_hidden,)
-    )
+    hnet = TargetHyperNetwork(target, chunk_size=chunk_size, z_dim=args.z_dim, hidden_sizes=(args.generator_hidden,))
     print(hnet.summary())
     print(f"predict-the-mean test MSE {y_test.var(dim=0).mean().item():.4f}, noise floor {0.05**2:.4f}")
     with torch.no_grad():

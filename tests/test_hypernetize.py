@@ -118,7 +118,7 @@ def test_generated_kernels_start_at_each_layers_own_scale():
     model = torchvision.models.resnet18(num_classes=10)
     stds = {f"{n}.weight": m.weight.std().item() for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     net = hypernetize(model)
-    for name, kernel in zip(net.generated, net.kernels()):
+    for name, kernel in zip(net.generated, net.generate()):
         assert abs(kernel.std().item() / stds[name] - 1) < 0.25, name
 
 
@@ -140,7 +140,7 @@ def test_state_dict_round_trip_and_conversion_to_a_plain_model():
 
 def test_l2_penalty_from_gram_matrices_equals_the_kernels_sum_of_squares():
     net = hypernetize(SmallCNN()).double()
-    torch.testing.assert_close(net.kernel_sq_norm(), sum(k.pow(2).sum() for k in net.kernels()), rtol=1e-10, atol=0)
+    torch.testing.assert_close(net.kernel_sq_norm(), sum(k.pow(2).sum() for k in net.generate()), rtol=1e-10, atol=0)
 
 
 def test_train_eval_to_and_compile():
@@ -155,10 +155,10 @@ def test_train_eval_to_and_compile():
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(compiled(x), net.float()(x))
     last = copy.deepcopy(net).to(memory_format=torch.channels_last)  # its kernels follow the stem's layout
-    kernels = dict(zip(last.generated, last.kernels()))
+    kernels = dict(zip(last.generated, last.generate()))
     conv1 = kernels["conv1.weight"]
     assert conv1.is_contiguous(memory_format=torch.channels_last) and not conv1.is_contiguous()
-    assert all(torch.equal(a, b) for a, b in zip(net.kernels(), last.kernels()))
+    assert all(torch.equal(a, b) for a, b in zip(net.generate(), last.generate()))
 
 
 class PlainWRN(nn.Module):
@@ -182,9 +182,9 @@ def test_wrn_40_1_from_ordinary_convs_gives_the_papers_36_kernels_from_242_zs():
     paper = PrimaryNetwork(40, 1, hyper=True)
     (bank,) = net.banks.values()
     assert bank.num_tiles == paper.kernel_bank.num_tiles == 242
-    assert bank.shapes == paper.kernel_bank.shapes and len(net.kernels()) == 36
+    assert bank.shapes == paper.kernel_bank.shapes and len(net.generate()) == 36
     bank.load_state_dict(paper.kernel_bank.state_dict())
-    for a, b in zip(net.kernels(), paper.kernels()):
+    for a, b in zip(net.generate(), paper.generate()):
         assert torch.equal(a, b)
     assert sum(p.numel() for p in bank.parameters()) == sum(p.numel() for p in paper.kernel_bank.parameters())
 
@@ -196,9 +196,9 @@ def test_cropped_tiles_and_their_penalty_are_exact():
         nn.Conv2d(3, 24, 3), nn.Conv2d(24, 40, 3), nn.Conv2d(40, 40, 3, groups=8), nn.Conv2d(40, 24, 1)
     )
     net = hypernetize(model, z_dim=8).double()
-    assert [tuple(k.shape) for k in net.kernels()] == [(40, 24, 3, 3), (40, 5, 3, 3), (24, 40, 1, 1)]
+    assert [tuple(k.shape) for k in net.generate()] == [(40, 24, 3, 3), (40, 5, 3, 3), (24, 40, 1, 1)]
     assert list(net.banks) == ["16x16x3x3", "16x5x3x3", "16x16x1x1"]
-    torch.testing.assert_close(net.kernel_sq_norm(), sum(k.pow(2).sum() for k in net.kernels()), rtol=1e-10, atol=0)
+    torch.testing.assert_close(net.kernel_sq_norm(), sum(k.pow(2).sum() for k in net.generate()), rtol=1e-10, atol=0)
 
 
 FAMILIES = [
@@ -269,7 +269,7 @@ def test_every_layer_of_a_bank_crops_its_own_tiles():
     with torch.no_grad():
         torch.nn.init.normal_(bank.hypernet.w_in.bias)  # every term of the generator matters
         torch.nn.init.normal_(bank.hypernet.w_out.bias)
-    kernels = net.kernels()
+    kernels = net.generate()
     for layer, kernel in enumerate(kernels):
         torch.testing.assert_close(kernel, assembled(bank, layer), rtol=1e-12, atol=1e-12, msg=f"layer {layer}")
     expected = sum(assembled(bank, layer).pow(2).sum() for layer in range(3))
@@ -342,26 +342,26 @@ def test_inference_reuses_the_kernels_until_a_parameter_changes():
     net = hypernetize(torchvision.models.resnet18(num_classes=10), z_dim=8).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        first = net.kernels()
-        assert all(a is b for a, b in zip(net.kernels(), first))  # reused
+        first = net.generate()
+        assert all(a is b for a, b in zip(net.generate(), first))  # reused
         expected = net(x)
     for bank in net.banks.values():
         for param in (bank.z, bank.hypernet.w_out.weight):
             with torch.no_grad():
                 param.add_(0.01)
-                again = net.kernels()
+                again = net.generate()
                 assert not any(a is b for a, b in zip(again, first))
-                assert all(torch.equal(a, b) for a, b in zip(again, net._generate(layout_of(net.model))))
+                assert all(torch.equal(a, b) for a, b in zip(again, net._make(layout_of(net.model))))
             first = again
     with torch.inference_mode():  # weights made here serve a later no_grad call, unchanged
-        made = [k.clone() for k in net.kernels()]
+        made = [k.clone() for k in net.generate()]
     with torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(net.kernels(), made)) and not torch.equal(net(x), expected)
-    kernels = net.kernels()  # gradients on (e.g. a model fine-tuned in eval mode): fresh, with their graph
-    assert all(k.requires_grad for k in kernels) and not any(a is b for a, b in zip(kernels, net.kernels()))
+        assert all(torch.equal(a, b) for a, b in zip(net.generate(), made)) and not torch.equal(net(x), expected)
+    kernels = net.generate()  # gradients on (e.g. a model fine-tuned in eval mode): fresh, with their graph
+    assert all(k.requires_grad for k in kernels) and not any(a is b for a, b in zip(kernels, net.generate()))
     net.train()
     with torch.no_grad():
-        assert not any(a is b for a, b in zip(net.kernels(), net.kernels()))
+        assert not any(a is b for a, b in zip(net.generate(), net.generate()))
 
 
 def test_the_wrapped_model_runs_with_the_generated_weights_when_called_itself():

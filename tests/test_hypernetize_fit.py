@@ -83,7 +83,7 @@ def test_a_cropped_model_reports_the_error_of_its_own_weights():
     model = nn.Sequential(nn.Conv2d(3, 24, 3), nn.Conv2d(24, 40, 3), nn.Conv2d(40, 20, 3))  # every tile grid cropped
     net = hypernetize(model, z_dim=8, init="fit")
     original = [model[1].weight, model[2].weight]
-    error = sum(float((k - w).square().sum()) for k, w in zip(net.kernels(), original))
+    error = sum(float((k - w).square().sum()) for k, w in zip(net.generate(), original))
     relative = error / sum(float(w.square().sum()) for w in original)
     assert math.isclose(net.fit_errors["16x16x3x3"], relative, rel_tol=1e-4)
     assert 0 < relative < 1

@@ -49,18 +49,18 @@ def test_forward_shapes_and_the_kernel_in_use(hyper):
     torch.manual_seed(0)
     net = mnist.MnistNet(hyper=hyper)
     x = torch.randn(3, 1, 28, 28)
-    (w2,) = net.kernels()
+    (w2,) = net.generate()
     assert w2.shape == (16, 16, 7, 7)
     out = net(x)
     assert out.shape == (3, 10)
-    net.kernels = lambda: [torch.zeros_like(w2)]  # forward runs on what kernels() returns
+    net.generate = lambda: [torch.zeros_like(w2)]  # forward runs on what generate() returns
     assert not torch.equal(out, net(x))
     assert torch.allclose(net.kernel_sq_norm(), w2.pow(2).sum(), rtol=1e-4)
 
 
 def test_generated_kernel_is_kaiming_scaled():
     torch.manual_seed(0)
-    stds = torch.stack([mnist.MnistNet(hyper=True).kernels()[0].std() for _ in range(30)])
+    stds = torch.stack([mnist.MnistNet(hyper=True).generate()[0].std() for _ in range(30)])
     kaiming = (2 / (16 * 49)) ** 0.5
     assert abs(stds.mean().item() / kaiming - 1) < 0.25
 

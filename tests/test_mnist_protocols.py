@@ -148,7 +148,7 @@ def test_scale_in_hypernet_gives_the_same_kernel_scale_from_unit_z():
 def test_mnist_kernel_starts_at_kaiming_scale_with_either_scale_init():
     for init in ("scale-in-z", "scale-in-hypernet"):
         torch.manual_seed(0)
-        stds = torch.stack([mnist.MnistNet(hyper=True, init=init).kernels()[0].std() for _ in range(30)])
+        stds = torch.stack([mnist.MnistNet(hyper=True, init=init).generate()[0].std() for _ in range(30)])
         assert math.isclose(stds.mean().item(), math.sqrt(2 / (16 * 49)), rel_tol=0.15), init
 
 
@@ -157,13 +157,13 @@ def test_output_slicing_transposes_the_generated_kernel():
     by_input = mnist.MnistNet(hyper=True)
     by_output = mnist.MnistNet(hyper=True, slice_outputs=True)
     by_output.load_state_dict(by_input.state_dict())
-    (a,), (b,) = by_input.kernels(), by_output.kernels()
+    (a,), (b,) = by_input.generate(), by_output.generate()
     assert torch.equal(b, a.transpose(0, 1))
     # Slice i of the hypernetwork (its W_i, B_i) makes input channel i of one, output filter i of the other.
     with torch.no_grad():
         by_input.kernel_bank.hypernet.w_in.bias[:4] += 1.0  # moves slice 0 only
     by_output.load_state_dict(by_input.state_dict())
-    (a2,), (b2,) = by_input.kernels(), by_output.kernels()
+    (a2,), (b2,) = by_input.generate(), by_output.generate()
     assert torch.equal((a2 != a).any((0, 2, 3)), torch.arange(16) == 0)  # input channel 0 changed
     assert torch.equal((b2 != b).any((1, 2, 3)), torch.arange(16) == 0)  # output filter 0 changed
 

@@ -41,7 +41,7 @@ def test_installed_modules_import_from_another_directory(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = (
         "import hypernetwork_modules, primary_net, resnet_blocks, target_hypernetwork, importlib.util as u; "
-        "net = primary_net.PrimaryNetwork(10, 1); print(len(net.kernels()), u.find_spec('engine') is None)"
+        "net = primary_net.PrimaryNetwork(10, 1); print(len(net.generate()), u.find_spec('engine') is None)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG

@@ -85,7 +85,7 @@ def test_hypernetwork_accepts_any_leading_shape():
 def test_batched_assembly_equals_per_tile_loop(width):
     net = PrimaryNetwork(40, width, hyper=True).double()
     randomize_(net.kernel_bank, seed=2)
-    batched = net.kernels()
+    batched = net.generate()
     reference = per_tile_kernels(net.kernel_bank)
     assert len(batched) == len(reference) == 36
     for b, r in zip(batched, reference):
@@ -115,9 +115,9 @@ def test_a_channels_last_model_gets_its_kernels_channels_last_with_the_same_valu
     last = PrimaryNetwork(16, 1)
     last.load_state_dict(nchw.state_dict())
     last.to(memory_format=torch.channels_last)
-    kernels = last.kernels()
+    kernels = last.generate()
     assert all(k.is_contiguous(memory_format=torch.channels_last) and not k.is_contiguous() for k in kernels)
-    assert all(torch.equal(a, b) for a, b in zip(nchw.kernels(), kernels))
+    assert all(torch.equal(a, b) for a, b in zip(nchw.generate(), kernels))
     bank = KernelBank([(24, 40, 3, 3)], HyperNetwork(z_dim=8))  # a grid cut at its edges keeps its values
     assert torch.equal(bank()[0], bank(torch.channels_last)[0])
     x = torch.randn(4, 3, 32, 32)
@@ -140,7 +140,7 @@ def test_number_of_z_and_generated_layers(width, tiles):
     net = PrimaryNetwork(40, width, hyper=True)
     assert net.kernel_bank.num_tiles == tiles
     assert net.kernel_bank.z.shape == (tiles, 64)
-    assert len(net.kernels()) == 36
+    assert len(net.generate()) == 36
 
 
 def test_projection_shortcut_option_adds_1x1_convs():
@@ -232,7 +232,7 @@ def test_output_shape(hyper):
 def test_generated_kernels_start_with_kaiming_std(width, scale_in):
     torch.manual_seed(0)
     net = PrimaryNetwork(40, width, hyper=True, scale_in=scale_in)
-    for kernel in net.kernels():
+    for kernel in net.generate():
         target = math.sqrt(2.0 / (kernel.shape[1] * 9))
         assert abs(kernel.std().item() / target - 1) < 0.2, (tuple(kernel.shape), kernel.std().item(), target)
     z_std = net.kernel_bank.z.std().item()
@@ -243,7 +243,7 @@ def test_forward_runs_on_the_kernels_that_kernels_returns():
     net = PrimaryNetwork(10, 1, hyper=True).eval()
     x = torch.randn(2, 3, 32, 32)
     generated = net(x)
-    net.kernels = lambda: [torch.zeros_like(k) for k in PrimaryNetwork.kernels(net)]
+    net.generate = lambda: [torch.zeros_like(k) for k in PrimaryNetwork.generate(net)]
     assert not torch.allclose(net(x), generated)
 
 
@@ -287,7 +287,7 @@ def test_kernel_sq_norm_equals_sum_of_squares_of_generated_kernels(hyper):
         torch.nn.init.normal_(net.kernel_bank.hypernet.w_in.bias)
         torch.nn.init.normal_(net.kernel_bank.hypernet.w_out.bias)
     params = list(net.parameters())
-    explicit = sum(k.pow(2).sum() for k in net.kernels())
+    explicit = sum(k.pow(2).sum() for k in net.generate())
     cheap = net.kernel_sq_norm()
     torch.testing.assert_close(cheap, explicit, rtol=1e-12, atol=0)
     for (name, _), e, g in zip(
@@ -306,13 +306,13 @@ def test_sq_norm_is_float32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         value = net.kernel_sq_norm()
     assert value.dtype == torch.float32
-    torch.testing.assert_close(value, sum(k.pow(2).sum() for k in net.kernels()), rtol=1e-4, atol=0)
+    torch.testing.assert_close(value, sum(k.pow(2).sum() for k in net.generate()), rtol=1e-4, atol=0)
 
 
 def test_plain_wrn_kernels_start_at_kaiming_fan_in_scale():
     """Bug: the plain WRN's stored kernels drawn at Kaiming fan-out (mode="fan_out")."""
     torch.manual_seed(0)
-    kernels = PrimaryNetwork(10, 2, hyper=False).kernels()
+    kernels = PrimaryNetwork(10, 2, hyper=False).generate()
     assert sum(k.shape[0] != k.shape[1] for k in kernels) == 3  # layers where fan-in and fan-out differ (by 2x)
     for k in kernels:
         fan_in = k.shape[1] * k.shape[2] * k.shape[3]

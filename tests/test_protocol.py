@@ -70,7 +70,7 @@ def test_l2_penalty_is_exactly_half_wd_times_the_kernels_sum_of_squares(hyper):
     x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (4,))
     wd = 0.37  # large, so that a wrong factor shows
     reference = copy.deepcopy(model)
-    kernels = reference.kernels()
+    kernels = reference.generate()
     loss = F.cross_entropy(reference(x), y) + wd / 2 * sum(k.pow(2).sum() for k in kernels)
     grads = torch.autograd.grad(loss, list(reference.parameters()))
 

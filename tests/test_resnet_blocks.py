@@ -115,18 +115,18 @@ def test_network_equals_reference(depth, width, hyper, training):
             block.bias2.normal_(generator=g)
     net.train(training)
     x = torch.randn(3, 3, 32, 32, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(net(x), reference_network(net, x, net.kernels()), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(net(x), reference_network(net, x, net.generate()), rtol=1e-9, atol=1e-9)
 
 
 def test_each_block_gets_its_own_kernels_even_when_shapes_match():
     """Blocks 2..N of a stage have equal kernel shapes: swapping two kernels must change the output."""
     net = PrimaryNetwork(16, 1, hyper=True).double().eval()  # N = 2: blocks 0 and 1 share shapes
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    kernels = net.kernels()
+    kernels = net.generate()
     swapped = list(kernels)
     swapped[1], swapped[3] = kernels[3], kernels[1]  # block 0's second kernel <-> block 1's second kernel
     assert kernels[1].shape == kernels[3].shape
     unswapped = net(x)
-    net.kernels = lambda: swapped  # forward runs on what kernels() returns
+    net.generate = lambda: swapped  # forward runs on what generate() returns
     assert not torch.allclose(net(x), unswapped)
     torch.testing.assert_close(net(x), reference_network(net, x, swapped), rtol=1e-9, atol=1e-9)

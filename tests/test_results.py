@@ -59,7 +59,7 @@ def runs(tmp_path_factory, cifar_dir, mnist_dir) -> SimpleNamespace:
 
     def build_and_record(config: dict) -> PrimaryNetwork:
         model = train.build_model(config)
-        started["kernels"] = [k.detach().clone() for k in model.kernels()]
+        started["kernels"] = [k.detach().clone() for k in model.generate()]
         return model
 
     # Named by their models alone (their default names also spell out --epochs, --val-size, ...).
@@ -490,7 +490,7 @@ def test_kernels_start_where_fit_started_and_end_as_trained(runs):
         ckpt = load_checkpoint(runs.checkpoints / name / "last.pt")
         model = saved_model(ckpt["config"])
         model.load_state_dict(ckpt["model"])
-        assert torch.equal(kernels.trained, model.kernels()[0].detach())
+        assert torch.equal(kernels.trained, model.generate()[0].detach())
         assert not torch.allclose(kernels.init, kernels.trained)
         if kernels_at_start is not None:  # recorded inside runner.fit, right after it built the model
             assert torch.equal(kernels.init, kernels_at_start[0])

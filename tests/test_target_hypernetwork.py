@@ -81,7 +81,7 @@ def test_generated_shapes_equal_the_targets(key, chunk_size):
     torch.manual_seed(0)
     target = make()
     expected = {n: p.shape for n, p in target.named_parameters()}
-    hnet = TargetHyperNetwork(target, chunk_size=chunk_size, embed_dim=4, hidden_sizes=(8,))
+    hnet = TargetHyperNetwork(target, chunk_size=chunk_size, z_dim=4, hidden_sizes=(8,))
     out, params = hnet(torch.randn(x_shape))
     assert list(params) == list(expected)
     assert {n: p.shape for n, p in params.items()} == expected
@@ -91,7 +91,7 @@ def test_generated_shapes_equal_the_targets(key, chunk_size):
 def test_dynamic_params_have_a_leading_batch_dimension():
     torch.manual_seed(0)
     target = WithScalar()
-    hnet = TargetHyperNetwork(target, chunk_size=50, embed_dim=4, dynamic=True, in_features=3 * 6 * 6)
+    hnet = TargetHyperNetwork(target, chunk_size=50, z_dim=4, dynamic=True, in_features=3 * 6 * 6)
     out, params = hnet(torch.randn(7, 3, 6, 6))
     assert out.shape == (7, 5)
     assert {n: p.shape for n, p in params.items()} == {n: (7, *p.shape) for n, p in target.named_parameters()}
@@ -99,8 +99,8 @@ def test_dynamic_params_have_a_leading_batch_dimension():
 
 def test_params_are_offset_plus_scale_times_the_flat_generator_output_in_order():
     torch.manual_seed(0)
-    hnet = TargetHyperNetwork(WithScalar(), chunk_size=37, embed_dim=5, hidden_sizes=(6, 7)).double()
-    raw = hnet.generator(hnet.embeddings).flatten()  # (num_chunks * 37,)
+    hnet = TargetHyperNetwork(WithScalar(), chunk_size=37, z_dim=5, hidden_sizes=(6, 7)).double()
+    raw = hnet.generator(hnet.z).flatten()  # (num_chunks * 37,)
     assert raw.numel() == hnet.num_chunks * 37 > hnet.num_target_parameters
     params, start = hnet.generate(), 0
     for k, (_name, p) in enumerate(params.items()):
@@ -112,7 +112,7 @@ def test_params_are_offset_plus_scale_times_the_flat_generator_output_in_order()
 
 def test_static_output_equals_the_target_loaded_with_the_generated_params():
     torch.manual_seed(0)
-    hnet = TargetHyperNetwork(WithScalar(), chunk_size=100, embed_dim=8)
+    hnet = TargetHyperNetwork(WithScalar(), chunk_size=100, z_dim=8)
     x = torch.randn(4, 3, 6, 6)
     out, params = hnet(x)
     plain = WithScalar()
@@ -124,7 +124,7 @@ def test_one_generator_call_per_forward():
     torch.manual_seed(0)
     for dynamic in (False, True):
         kwargs = dict(dynamic=True, in_features=6) if dynamic else {}
-        hnet = TargetHyperNetwork(mlp_target(), chunk_size=5, embed_dim=4, **kwargs)
+        hnet = TargetHyperNetwork(mlp_target(), chunk_size=5, z_dim=4, **kwargs)
         calls = []
         hnet.generator.register_forward_hook(lambda *args, calls=calls: calls.append(1))
         hnet(torch.randn(3, 6))
@@ -138,17 +138,17 @@ def test_one_generator_call_per_forward():
 def test_gradients_reach_every_hypernetwork_parameter_and_embedding(dynamic):
     torch.manual_seed(0)
     kwargs = dict(dynamic=True, in_features=3 * 6 * 6) if dynamic else {}
-    hnet = TargetHyperNetwork(WithScalar(), chunk_size=16, embed_dim=6, hidden_sizes=(12,), **kwargs)
+    hnet = TargetHyperNetwork(WithScalar(), chunk_size=16, z_dim=6, hidden_sizes=(12,), **kwargs)
     out, _ = hnet(torch.randn(4, 3, 6, 6))
     out.square().mean().backward()
     trainable = [(n, p) for n, p in hnet.named_parameters() if p.requires_grad]
-    assert {n for n, _ in trainable} >= {"embeddings", "generator.0.weight", "generator.2.bias"}
+    assert {n for n, _ in trainable} >= {"z", "generator.0.weight", "generator.2.bias"}
     assert all(not n.startswith("target.") for n, _ in trainable)
     if dynamic:
         assert any(n.startswith("encoder.") for n, _ in trainable)
     for name, p in trainable:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert hnet.embeddings.grad.abs().sum(dim=1).gt(0).all(), "every chunk embedding must get a gradient"
+    assert hnet.z.grad.abs().sum(dim=1).gt(0).all(), "every chunk embedding must get a gradient"
     for p in hnet.target.parameters():
         assert p.grad is None
 
@@ -157,10 +157,10 @@ def test_the_template_is_left_as_it_was_and_unchanged_by_an_optimizer_step():
     torch.manual_seed(0)
     target = bn_cnn()
     before = {n: p.detach().clone() for n, p in target.named_parameters()}
-    hnet = TargetHyperNetwork(target, chunk_size=32, embed_dim=4)
+    hnet = TargetHyperNetwork(target, chunk_size=32, z_dim=4)
     assert all(p.requires_grad for p in target.parameters())  # the caller's module: not frozen, not emptied
     assert not list(hnet.target.parameters())  # the hypernetwork's copy holds its buffers only
-    hyper_before = hnet.embeddings.detach().clone()
+    hyper_before = hnet.z.detach().clone()
     opt = torch.optim.AdamW(hnet.parameters(), lr=0.1, weight_decay=0.5)  # decay would move them if touched
     for _ in range(3):
         out, _ = hnet(torch.randn(4, 3, 6, 6))
@@ -169,12 +169,12 @@ def test_the_template_is_left_as_it_was_and_unchanged_by_an_optimizer_step():
         opt.step()
     for n, p in target.named_parameters():
         assert torch.equal(p, before[n]), n
-    assert not torch.equal(hnet.embeddings, hyper_before), "the hypernetwork itself must have trained"
+    assert not torch.equal(hnet.z, hyper_before), "the hypernetwork itself must have trained"
 
 
 def test_training_reduces_the_loss():
     torch.manual_seed(0)
-    hnet = TargetHyperNetwork(mlp_target(), chunk_size=20, embed_dim=8)
+    hnet = TargetHyperNetwork(mlp_target(), chunk_size=20, z_dim=8)
     x, y = torch.randn(64, 6), torch.randn(64, 3)
     opt = torch.optim.Adam(hnet.parameters(), lr=1e-2)
     losses = []
@@ -190,24 +190,24 @@ def test_training_reduces_the_loss():
 # ---------------------------------------------------------------- counts and init
 
 
-@pytest.mark.parametrize("chunk_size,embed_dim,hidden", [(10, 4, (6,)), (66, 3, ()), (1, 2, (5, 7)), (1000, 8, (16,))])
-def test_parameter_counts_follow_the_formula(chunk_size, embed_dim, hidden):
+@pytest.mark.parametrize("chunk_size,z_dim,hidden", [(10, 4, (6,)), (66, 3, ()), (1, 2, (5, 7)), (1000, 8, (16,))])
+def test_parameter_counts_follow_the_formula(chunk_size, z_dim, hidden):
     target = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
     total = 5 * 7 + 7 + 7 * 3 + 3  # 66
-    hnet = TargetHyperNetwork(target, chunk_size=chunk_size, embed_dim=embed_dim, hidden_sizes=hidden)
+    hnet = TargetHyperNetwork(target, chunk_size=chunk_size, z_dim=z_dim, hidden_sizes=hidden)
     chunks = math.ceil(66 / chunk_size)
-    sizes = [embed_dim, *hidden, chunk_size]
+    sizes = [z_dim, *hidden, chunk_size]
     generator = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     assert hnet.num_target_parameters == total == 66
     assert hnet.num_chunks == chunks
-    assert hnet.embeddings.shape == (chunks, embed_dim)
-    assert hnet.num_hyper_parameters == chunks * embed_dim + generator
+    assert hnet.z.shape == (chunks, z_dim)
+    assert hnet.num_hyper_parameters == chunks * z_dim + generator
     assert f"{hnet.num_hyper_parameters:,} parameters" in hnet.summary()
 
 
 def test_pinned_counts_of_the_library_example_configuration():
     target = nn.Sequential(nn.Linear(8, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 4, bias=False))
-    hnet = TargetHyperNetwork(target, chunk_size=135, embed_dim=32, hidden_sizes=(64,))
+    hnet = TargetHyperNetwork(target, chunk_size=135, z_dim=32, hidden_sizes=(64,))
     # 8*256+256 + 256*256+256 + 256*4 = 69,120 = 512 * 135 exactly
     assert hnet.num_target_parameters == 69_120 and hnet.num_chunks == 512
     # 512*32 embeddings + (32*64+64) + (64*135+135) generator
@@ -216,7 +216,7 @@ def test_pinned_counts_of_the_library_example_configuration():
 
 
 def test_dynamic_counts_include_the_default_encoder():
-    hnet = TargetHyperNetwork(nn.Linear(12, 4), chunk_size=13, embed_dim=16, dynamic=True, in_features=12)
+    hnet = TargetHyperNetwork(nn.Linear(12, 4), chunk_size=13, z_dim=16, dynamic=True, in_features=12)
     h = DEFAULT_ENCODER_HIDDEN
     encoder = 12 * h + h + h * 16 + 16
     assert hnet.num_hyper_parameters == 4 * 16 + (16 * 64 + 64 + 64 * 13 + 13) + encoder == 3_869
@@ -225,8 +225,8 @@ def test_dynamic_counts_include_the_default_encoder():
 def test_generated_params_start_at_the_templates_scale():
     torch.manual_seed(0)
     target = nn.Sequential(nn.Conv2d(16, 64, 3), nn.BatchNorm2d(64), nn.Flatten(), nn.Linear(1024, 256))
-    hnet = TargetHyperNetwork(target, chunk_size=512, embed_dim=32, hidden_sizes=(64,))
-    raw = hnet.generator(hnet.embeddings)
+    hnet = TargetHyperNetwork(target, chunk_size=512, z_dim=32, hidden_sizes=(64,))
+    raw = hnet.generator(hnet.z)
     assert abs(raw.std().item() - 1) < 1e-4  # the last layer is rescaled to unit std
     params = hnet.generate()
     for name, template in target.named_parameters():
@@ -257,7 +257,7 @@ def test_constant_scale_sets_the_spread_of_tensors_that_start_constant():
     for constant_scale in (0.02, 0.5):
         torch.manual_seed(0)  # the same raw generator output for both scales
         target = ConstantsAtInit()
-        hnet = TargetHyperNetwork(target, chunk_size=64, embed_dim=8, constant_scale=constant_scale)
+        hnet = TargetHyperNetwork(target, chunk_size=64, z_dim=8, constant_scale=constant_scale)
         scale = dict(zip(hnet.names, hnet.init_scale.tolist()))
         assert scale["fc.weight"] == pytest.approx(target.fc.weight.std(unbiased=False).item())  # random: its own std
         for name in ("gain", "fc.bias", "bn.weight", "bn.bias"):
@@ -285,7 +285,7 @@ def test_vmap_equals_a_per_sample_python_loop(key):
     make, x_shape, _ = TARGETS[key]
     torch.manual_seed(0)
     in_features = math.prod(x_shape[1:])
-    hnet = TargetHyperNetwork(make(), chunk_size=23, embed_dim=6, dynamic=True, in_features=in_features).double()
+    hnet = TargetHyperNetwork(make(), chunk_size=23, z_dim=6, dynamic=True, in_features=in_features).double()
     x = torch.randn(x_shape, dtype=torch.float64)
     out, params = hnet(x)
     loop = []
@@ -299,7 +299,7 @@ def test_vmap_equals_a_per_sample_python_loop(key):
 
 def test_dynamic_weights_depend_only_on_their_own_sample():
     torch.manual_seed(0)
-    hnet = TargetHyperNetwork(mlp_target(), chunk_size=9, embed_dim=4, dynamic=True, in_features=6).double()
+    hnet = TargetHyperNetwork(mlp_target(), chunk_size=9, z_dim=4, dynamic=True, in_features=6).double()
     x = torch.randn(4, 6, dtype=torch.float64)
     out_a, params_a = hnet(x)
     x_b = x.clone()
@@ -313,7 +313,7 @@ def test_dynamic_weights_depend_only_on_their_own_sample():
 def test_user_encoder_is_used_and_trained():
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(6, 5))
-    hnet = TargetHyperNetwork(mlp_target(), chunk_size=9, embed_dim=5, dynamic=True, encoder=encoder)
+    hnet = TargetHyperNetwork(mlp_target(), chunk_size=9, z_dim=5, dynamic=True, encoder=encoder)
     assert hnet.encoder is encoder
     out, _ = hnet(torch.randn(3, 6))
     out.sum().backward()
@@ -324,7 +324,7 @@ def test_user_encoder_is_used_and_trained():
 def test_dynamic_mode_draws_dropout_per_sample():
     torch.manual_seed(0)
     target = nn.Sequential(nn.Linear(6, 32), nn.Dropout(0.5), nn.Linear(32, 2))
-    hnet = TargetHyperNetwork(target, chunk_size=64, embed_dim=4, dynamic=True, in_features=6)
+    hnet = TargetHyperNetwork(target, chunk_size=64, z_dim=4, dynamic=True, in_features=6)
     out, _ = hnet(torch.randn(5, 6))  # vmap's default randomness would raise here
     assert out.shape == (5, 2)
 
@@ -332,7 +332,7 @@ def test_dynamic_mode_draws_dropout_per_sample():
 def test_dynamic_dropout_masks_differ_between_identical_samples():
     torch.manual_seed(0)
     target = nn.Sequential(nn.Linear(6, 64), nn.Dropout(0.5))  # a zero in the output marks a dropped unit
-    hnet = TargetHyperNetwork(target, chunk_size=64, embed_dim=4, dynamic=True, in_features=6)
+    hnet = TargetHyperNetwork(target, chunk_size=64, z_dim=4, dynamic=True, in_features=6)
     x = torch.randn(1, 6).repeat(4, 1)  # four identical samples
     out, params = hnet(x)
     for p in params.values():  # same input, same generated weights ...
@@ -354,7 +354,7 @@ def test_dynamic_dropout_masks_differ_between_identical_samples():
 def test_static_batchnorm_keeps_updating_its_running_stats():
     torch.manual_seed(0)
     target = bn_cnn()
-    hnet = TargetHyperNetwork(target, chunk_size=32, embed_dim=4)
+    hnet = TargetHyperNetwork(target, chunk_size=32, z_dim=4)
     bn = hnet.target[1]  # its copy of the template's BatchNorm
     assert torch.equal(bn.running_mean, torch.zeros(4)) and bn.num_batches_tracked == 0
     hnet(torch.randn(8, 3, 6, 6) + 3)
@@ -374,7 +374,7 @@ def test_static_batchnorm_keeps_updating_its_running_stats():
 
 def test_dynamic_batchnorm_in_training_mode_is_refused_and_works_in_eval():
     torch.manual_seed(0)
-    hnet = TargetHyperNetwork(bn_cnn(), chunk_size=32, embed_dim=4, dynamic=True, in_features=3 * 6 * 6).double()
+    hnet = TargetHyperNetwork(bn_cnn(), chunk_size=32, z_dim=4, dynamic=True, in_features=3 * 6 * 6).double()
     x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
     with pytest.raises(ValueError, match="BatchNorm in training mode"):
         hnet(x)
@@ -405,8 +405,8 @@ def nan_linear() -> nn.Linear:
     [
         (NoParams, {}, "no parameters"),
         (nn.ReLU, {}, "no parameters"),
-        (mlp_target, {"chunk_size": 0}, "chunk_size and embed_dim must be >= 1"),
-        (mlp_target, {"embed_dim": 0}, "chunk_size and embed_dim must be >= 1"),
+        (mlp_target, {"chunk_size": 0}, "chunk_size and z_dim must be >= 1"),
+        (mlp_target, {"z_dim": 0}, "chunk_size and z_dim must be >= 1"),
         (mlp_target, {"hidden_sizes": (8, 0)}, "hidden sizes must be >= 1"),
         (mlp_target, {"constant_scale": 0.0}, "constant_scale"),
         (mlp_target, {"dynamic": True}, "exactly one of encoder or in_features"),
@@ -428,8 +428,8 @@ WRONG_ENCODERS = [nn.Linear(6, 7), nn.Identity(), nn.Sequential(nn.Linear(6, 32)
 
 @pytest.mark.parametrize("encoder", WRONG_ENCODERS)
 def test_encoder_with_the_wrong_output_shape_is_a_clear_error(encoder):
-    hnet = TargetHyperNetwork(mlp_target(), embed_dim=32, dynamic=True, encoder=encoder)
-    with pytest.raises(ValueError, match=r"encoder output must have shape \(batch, embed_dim\) = \(3, 32\)"):
+    hnet = TargetHyperNetwork(mlp_target(), z_dim=32, dynamic=True, encoder=encoder)
+    with pytest.raises(ValueError, match=r"encoder output must have shape \(batch, z_dim\) = \(3, 32\)"):
         hnet(torch.randn(3, 6))
 
 
@@ -450,18 +450,16 @@ def test_no_device_in_constructor_and_to_moves_everything():
     hnet.target.eval()
     out, params = hnet(torch.randn(2, 3, 6, 6, dtype=torch.float64))
     assert out.dtype == torch.float64 and all(p.dtype == torch.float64 for p in params.values())
-    assert "init_scale" in hnet.state_dict() and "embeddings" in hnet.state_dict()
+    assert "init_scale" in hnet.state_dict() and "z" in hnet.state_dict()
 
 
 def test_state_dict_keys_are_stable():
     """Saved state must keep loading: the keys are part of the API, and their order is the
     order of hnet.parameters(), which a saved optimizer state refers to by position. The
     template's values are no part of it (the target keeps only its buffers)."""
-    hnet = TargetHyperNetwork(
-        nn.Linear(3, 2), chunk_size=4, embed_dim=2, hidden_sizes=(5,), dynamic=True, in_features=3
-    )
+    hnet = TargetHyperNetwork(nn.Linear(3, 2), chunk_size=4, z_dim=2, hidden_sizes=(5,), dynamic=True, in_features=3)
     assert list(hnet.state_dict()) == [
-        "embeddings", "init_offset", "init_scale",
+        "z", "init_offset", "init_scale",
         "generator.0.weight", "generator.0.bias", "generator.2.weight", "generator.2.bias",
         "encoder.1.weight", "encoder.1.bias", "encoder.3.weight", "encoder.3.bias",
     ]  # fmt: skip
@@ -553,7 +551,7 @@ def test_example_runs_as_a_script_from_the_repo_root():
 
 def test_to_plain_holds_the_generated_parameters_and_gives_the_same_outputs():
     torch.manual_seed(0)
-    hnet = TargetHyperNetwork(bn_cnn(), chunk_size=32, embed_dim=4).eval()
+    hnet = TargetHyperNetwork(bn_cnn(), chunk_size=32, z_dim=4).eval()
     plain = hnet.to_plain()
     x = torch.randn(2, 3, 6, 6)
     torch.testing.assert_close(plain(x), hnet(x)[0], rtol=0, atol=0)
@@ -567,4 +565,4 @@ def test_a_hypernetwork_larger_than_its_target_says_so_in_one_line():
         TargetHyperNetwork(mlp_target())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        TargetHyperNetwork(nn.Linear(100, 100), chunk_size=100, embed_dim=4, hidden_sizes=(8,))  # smaller: silent
+        TargetHyperNetwork(nn.Linear(100, 100), chunk_size=100, z_dim=4, hidden_sizes=(8,))  # smaller: silent

@@ -1,12 +1,12 @@
 """to_plain: the ordinary copy of a hypernetwork-driven model computes the same function,
-is a copy, and trains like any ordinary model (for primary_net.to_plain and HyperNetized.to_plain)."""
+is a copy, and trains like any ordinary model (for PrimaryNetwork.to_plain and HyperNetized.to_plain)."""
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from hypernetwork_modules import hypernetize
-from primary_net import PrimaryNetwork, to_plain
+from primary_net import PrimaryNetwork
 from test_hypernetize import SmallCNN
 
 
@@ -54,12 +54,12 @@ def test_to_plain_copies_and_leaves_the_hypernetized_model_alone():
 
 
 def test_a_hyper_wrns_plain_copy_has_trainable_kernels_where_they_were_generated():
-    """primary_net.to_plain: every formerly generated kernel is a stored parameter, with gradients and optimizer steps."""
+    """PrimaryNetwork.to_plain: every formerly generated kernel is a stored parameter, with gradients and optimizer steps."""
     torch.manual_seed(0)
     hyper = PrimaryNetwork(10, 1, hyper=True)
-    plain = to_plain(hyper)
-    assert len(plain.kernels()) == len(hyper.kernels())
-    assert_trainable(plain, plain.kernels(), torch.randn(4, 3, 32, 32))
+    plain = hyper.to_plain()
+    assert len(plain.generate()) == len(hyper.generate())
+    assert_trainable(plain, plain.generate(), torch.randn(4, 3, 32, 32))
 
 
 def test_to_plain_gives_identical_outputs():
@@ -67,7 +67,7 @@ def test_to_plain_gives_identical_outputs():
     hyper = PrimaryNetwork(16, 2, hyper=True)
     hyper(torch.randn(8, 3, 32, 32))  # move BN running stats off their init
     hyper.eval()
-    plain = to_plain(hyper).eval()
+    plain = hyper.to_plain().eval()
     assert not plain.hyper and not hasattr(plain, "kernel_bank")
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
