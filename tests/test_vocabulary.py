@@ -26,7 +26,7 @@ def generators() -> dict[str, nn.Module]:
     return {
         "bank": KernelBank([(32, 16, 3, 3), (16, 16, 3, 3)], HyperNetwork(8, 16, 16, 3)),
         "hypernetized": hypernetize(model, z_dim=8),
-        "target": TargetHyperNetwork(nn.Linear(40, 30), chunk_size=100, z_dim=8),
+        "target": TargetHyperNetwork(nn.Linear(40, 30), chunk_size=50, z_dim=8, hidden_sizes=(4,)),
     }
 
 
