@@ -2,7 +2,6 @@
 
 import json
 import math
-import statistics
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 
 from data import write_synthetic_cifar
 from hypernetwork_modules import HyperNetwork, KernelBank, hypernetize
+from seed_stats import mean_sd
 from test_target_hypernetwork import load_example
 
 
@@ -135,8 +135,7 @@ def test_the_library_docs_quote_the_archived_fit_start_run():
     for model in ("stored", "fit", "random"):
         cells = [f"{seeds[0][model]['parameters']:,}"]
         for when in ("start", "finetuned"):
-            values = [100 * row[model][when] for row in seeds]
-            cells.append(f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}%")
+            cells.append(mean_sd([100 * row[model][when] for row in seeds]))
         assert " | ".join(cells) in docs, (model, cells)
     errors = ", ".join(f"{100 * row['fit_error']['16x16x3x3']:.1f}%" for row in seeds)
     assert errors in docs.replace(" and ", ", ")

@@ -7,7 +7,6 @@ import torch
 import torch.nn as nn
 
 from hypernetwork_modules import HyperNetwork, KernelBank, hypernetize
-from primary_net import PrimaryNetwork
 from target_hypernetwork import TargetHyperNetwork
 
 LIBRARY = ("hypernetwork_modules", "target_hypernetwork", "primary_net", "resnet_blocks")
@@ -44,15 +43,3 @@ def test_the_generators_share_their_names_and_their_counts_add_up(kind):
     assert all(z.shape[1] == 8 for z in zs)
     for old in ("kernels", "embeddings", "embed_dim", "sq_norm"):
         assert not hasattr(gen, old), old
-
-
-def test_every_model_that_generates_weights_has_to_plain_with_the_same_outputs():
-    x = torch.randn(2, 3, 8, 8)
-    net = generators()["hypernetized"].eval()
-    torch.testing.assert_close(net.to_plain()(x), net(x))
-    target = generators()["target"]
-    u = torch.randn(3, 40)
-    torch.testing.assert_close(target.to_plain()(u), target(u)[0])
-    wrn = PrimaryNetwork(10, 1).eval()
-    images = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(wrn.to_plain().eval()(images), wrn(images), rtol=1e-5, atol=1e-5)
